@@ -1,0 +1,1 @@
+"""normx-track: embedding-norm and NormXLogit instrumentation for LM pre-training."""
