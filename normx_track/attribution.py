@@ -1,0 +1,367 @@
+"""NormXLogit, LogAt and word-embedding norms: one forward pass, no gradients.
+
+Definitions (DESIGN.md, "Definitions"): with ``E`` the input embeddings, ``U`` the output
+head, ``f`` the final norm before the head and ``h_i^(l)`` position i's hidden state after
+layer l,
+
+    LogAt_i(y)      = (U f(h_i^(L)))[y]            (layer l: h_i^(l) through f and U)
+    NormXLogit_i(y) = ||E[x_i]||_2 * LogAt_i(y)     (or ||h_i^(0)||_2, ``norm_factor``)
+
+Public API
+----------
+``attribute(model, input_ids, ...) -> Attribution``  everything from ONE forward pass.
+``logat(...)`` / ``normxlogit(...)``                 thin wrappers returning [B, T].
+``embedding_norms(model) -> {"input": [V], ("output": [V])}``
+``final_norm(model)``                                the resolved ``f``.
+
+Conventions
+-----------
+* The explained position t defaults to each row's last real token (``attention_mask``),
+  so left- and right-padded batches both work; position ids are rebuilt from the mask so a
+  padded row scores exactly like the sequence alone.
+* Only positions i <= t that are real tokens are attributed; every other entry is NaN
+  (``Attribution.mask`` says which are real). NaN rather than 0 so that a forgotten mask
+  fails loudly instead of silently ranking pads.
+* The model kind is dispatched automatically: a model with output embeddings is a causal
+  LM; one without, but with a ``score``/``classifier`` head, is a sequence classifier
+  (``config.num_labels == 1`` or ``problem_type == "regression"``: a regressor).
+    - LM:             target y defaults to the model's argmax at t.
+    - classification: LogAt_i = head(f(h_i))[c], c the class predicted at t by default.
+    - regression:     LogAt_i = -|head(f(h_i)) - y_hat| (summed over outputs), y_hat the
+                      model's output at t; ``target``/``foil`` do not apply.
+  With ``foil``: LogAt(target) - LogAt(foil).
+* Scores, norms and the logits at t are float32 whatever the model dtype; ``f`` and a
+  classifier head run in the model's dtype, as the model itself runs them.
+* The model is put in eval mode for the call (dropout off) and restored afterwards.
+* Pass the unwrapped Hugging Face model. Heads that post-process logits (soft-capping,
+  logit scaling) are not modelled: LogAt is the plain ``U f(h)``.
+
+Hugging Face's ``hidden_states[-1]`` is already post-final-norm for GPT-2, GPT-NeoX and
+Llama (transformers 4.x and 5.x). This module does not rely on it: it captures the output
+of ``f`` with a forward hook for the last layer (f applied exactly once, by the model) and
+applies ``f`` itself to ``hidden_states[l]`` for l < L.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Attribution",
+    "attribute",
+    "embedding_norms",
+    "final_norm",
+    "logat",
+    "normxlogit",
+]
+
+Ids = Union[int, Sequence[int], Tensor, None]
+Layers = Union[str, int, Sequence[int]]
+
+# Paths of the final norm, relative to ``model.base_model``: GPT-2/GPT-J, GPT-NeoX/Phi,
+# Llama/Mistral/Qwen, Mamba-like, OPT.
+_FINAL_NORM_PATHS = ("ln_f", "final_layer_norm", "norm", "norm_f", "decoder.final_layer_norm")
+_CLASSIFIER_HEADS = ("score", "classifier")
+_NORM_FACTORS = ("word_embedding", "embedding_output")
+
+
+@dataclass
+class Attribution:
+    """Scores from one forward pass. [B, T] tensors are NaN where ``mask`` is False."""
+
+    logat: Tensor  # [B, T] last layer
+    normxlogit: Tensor  # [B, T]
+    norm: Tensor  # [B, T] the norm factor alone
+    target: Tensor  # [B] explained token id (LM) or class (classifier); -1 for regression
+    position: Tensor  # [B] explained position t
+    logits: Tensor  # [B, V] (or [B, C]) the model's output at t, float32
+    mask: Tensor  # [B, T] bool, attributed positions (real tokens, i <= t)
+    foil: Tensor | None = None  # [B] when contrastive
+    layers: tuple[int, ...] = ()  # layer indices of the per-layer stacks
+    logat_layers: Tensor | None = None  # [len(layers), B, T]
+    normxlogit_layers: Tensor | None = None  # [len(layers), B, T]
+
+
+# --------------------------------------------------------------------------- resolvers
+
+
+def _get_path(module: nn.Module, path: str) -> object:
+    for name in path.split("."):
+        module = getattr(module, name, None)
+    return module
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The normalisation applied right before the prediction head (``f``)."""
+    base = getattr(model, "base_model", model)
+    for path in _FINAL_NORM_PATHS:
+        mod = _get_path(base, path)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise ValueError(
+        f"cannot find the final norm of {type(model).__name__}: tried "
+        f"{', '.join(_FINAL_NORM_PATHS)} on {type(base).__name__}"
+    )
+
+
+def _head(model: nn.Module) -> tuple[str, nn.Module]:
+    """("lm" | "classification" | "regression", head module)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None:
+        return "lm", out
+    for name in _CLASSIFIER_HEADS:
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            cfg = model.config
+            regression = cfg.num_labels == 1 or getattr(cfg, "problem_type", None) == "regression"
+            return ("regression" if regression else "classification"), head
+    raise ValueError(
+        f"{type(model).__name__} has neither output embeddings nor a "
+        f"{'/'.join(_CLASSIFIER_HEADS)} head"
+    )
+
+
+def _num_layers(model: nn.Module) -> int:
+    cfg = model.config
+    n = getattr(cfg, "num_hidden_layers", None)
+    return n if n is not None else cfg.n_layer
+
+
+# --------------------------------------------------------------------------- norms
+
+
+def embedding_norms(model: nn.Module) -> dict[str, Tensor]:
+    """Row L2 norms of E ("input", [V]) and, when untied, of U ("output", [V]); float32."""
+    E = model.get_input_embeddings().weight.detach()
+    norms = {"input": torch.linalg.vector_norm(E, dim=1, dtype=torch.float32)}
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None and out.weight.data_ptr() != E.data_ptr():  # untied: distinct storage
+        norms["output"] = torch.linalg.vector_norm(out.weight.detach(), dim=1, dtype=torch.float32)
+    return norms
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # Restore exactly the modules that were training (model.train() would also flip
+    # submodules a user had frozen in eval mode).
+    training = [m for m in model.modules() if m.training]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+@contextlib.contextmanager
+def _capture_output(module: nn.Module) -> Iterator[list]:
+    outputs: list = []
+    handle = module.register_forward_hook(lambda mod, args, out: outputs.append(out))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def _as_ids(x: Ids, batch: int, device: torch.device, what: str) -> Tensor | None:
+    if x is None:
+        return None
+    ids = torch.as_tensor(x, device=device, dtype=torch.long).reshape(-1)
+    if ids.numel() == 1:
+        ids = ids.expand(batch)
+    if ids.numel() != batch:
+        raise ValueError(f"{what} must be a scalar or have one entry per row ({batch})")
+    return ids
+
+
+def _explained_position(mask: Tensor, position: Ids) -> Tensor:
+    if not mask.any(dim=1).all():
+        raise ValueError("every row needs at least one real token")
+    arange = torch.arange(mask.shape[1], device=mask.device)
+    if position is None:  # last real token; works for left and right padding
+        return (mask * arange).argmax(dim=1)
+    t = _as_ids(position, mask.shape[0], mask.device, "position") % mask.shape[1]
+    if not mask.gather(1, t[:, None]).all():
+        raise ValueError("position must point at a real (non-pad) token")
+    return t
+
+
+def _layer_ids(layers: Layers, n_layers: int) -> tuple[int, ...]:
+    if layers == "last":
+        return ()
+    if layers == "all":
+        return tuple(range(n_layers + 1))
+    ids = [layers] if isinstance(layers, int) else list(layers)
+    out = []
+    for l in ids:
+        if not -(n_layers + 1) <= l <= n_layers:
+            raise ValueError(f"layer {l} out of range for {n_layers} layers (0..{n_layers})")
+        out.append(l % (n_layers + 1))
+    return tuple(out)
+
+
+def _lm_scorer(U: nn.Module, target: Tensor, foil: Tensor | None):
+    """z [B,T,d] -> (U z)[y] [B,T] from the gathered rows U[y]: no [B,T,V] logits."""
+    w = U.weight[target].float()  # [B, d]
+    b = U.bias[target].float() if getattr(U, "bias", None) is not None else None
+    if foil is not None:
+        w = w - U.weight[foil].float()
+        b = b - U.bias[foil].float() if b is not None else None
+
+    def score(z: Tensor) -> Tensor:
+        s = torch.einsum("btd,bd->bt", z.float(), w)
+        return s + b[:, None] if b is not None else s
+
+    return score
+
+
+def _classifier_scorer(head: nn.Module, target: Tensor, foil: Tensor | None):
+    def score(z: Tensor) -> Tensor:
+        s = head(z).float()  # [B, T, C]; C is small, so the full output is fine
+        out = s.gather(2, target[:, None, None].expand(-1, s.shape[1], 1)).squeeze(2)
+        if foil is not None:
+            out = out - s.gather(2, foil[:, None, None].expand(-1, s.shape[1], 1)).squeeze(2)
+        return out
+
+    return score
+
+
+def _regression_scorer(head: nn.Module, y_hat: Tensor):
+    def score(z: Tensor) -> Tensor:
+        return -(head(z).float() - y_hat[:, None, :]).abs().sum(-1)
+
+    return score
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+@torch.no_grad()
+def attribute(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    target: Ids = None,
+    foil: Ids = None,
+    layers: Layers = "last",
+    norm_factor: str = "word_embedding",
+    position: Ids = None,
+) -> Attribution:
+    """LogAt, NormXLogit and the norm factor for every position, from one forward pass.
+
+    ``target``/``foil``: token ids (LM) or classes (classifier), a scalar or one per row.
+    ``layers``: "last" (no per-layer stacks), "all" (0..L) or layer indices (negative ok).
+    ``position``: explained position t per row (default: last real token).
+    """
+    if norm_factor not in _NORM_FACTORS:
+        raise ValueError(f"norm_factor must be one of {_NORM_FACTORS}, got {norm_factor!r}")
+    kind, head = _head(model)
+    f = final_norm(model)
+    device = model.get_input_embeddings().weight.device
+    input_ids = input_ids.to(device)
+    B, T = input_ids.shape
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+    t = _explained_position(mask, position)
+    n_layers = _num_layers(model)
+    layer_ids = _layer_ids(layers, n_layers)
+    # hidden_states are only needed for lower layers or the embedding-output norm.
+    need_hidden = any(l < n_layers for l in layer_ids) or norm_factor == "embedding_output"
+
+    with _eval_mode(model), _capture_output(f) as captured:
+        out = model.base_model(  # the backbone: skips the full [B,T,V] head
+            input_ids=input_ids,
+            attention_mask=mask.long(),
+            position_ids=(mask.long().cumsum(1) - 1).clamp(min=0),  # padding-invariant
+            output_hidden_states=need_hidden,
+            use_cache=False,
+        )
+        if len(captured) != 1:
+            raise RuntimeError(f"final norm ran {len(captured)} times in one forward pass")
+        final = captured[0]  # f(h^(L)), [B, T, d], applied once by the model itself
+
+        rows = torch.arange(B, device=device)
+        final_t = final[rows, t]  # [B, d]
+        if kind == "lm":
+            bias = getattr(head, "bias", None)
+            logits = nn.functional.linear(final_t.float(), head.weight.float(), None if bias is None else bias.float())
+        else:
+            logits = head(final_t).float()
+        target_ids = _as_ids(target, B, device, "target")
+        foil_ids = _as_ids(foil, B, device, "foil")
+        if kind == "regression":
+            if target_ids is not None or foil_ids is not None:
+                raise ValueError("target/foil do not apply to a regression head")
+            target_ids = torch.full((B,), -1, device=device, dtype=torch.long)
+            score = _regression_scorer(head, logits)
+        else:
+            target_ids = logits.argmax(-1) if target_ids is None else target_ids
+            make = _lm_scorer if kind == "lm" else _classifier_scorer
+            score = make(head, target_ids, foil_ids)
+
+        valid = mask & (torch.arange(T, device=device)[None, :] <= t[:, None])
+        nan = torch.tensor(float("nan"), device=device)
+        if norm_factor == "word_embedding":
+            norm = torch.linalg.vector_norm(model.get_input_embeddings().weight[input_ids].float(), dim=-1)
+        else:
+            norm = torch.linalg.vector_norm(out.hidden_states[0].float(), dim=-1)
+        norm = torch.where(valid, norm, nan)
+        last = torch.where(valid, score(final), nan)
+
+        per_layer = None
+        if layer_ids:
+            per_layer = torch.stack(
+                [last if l == n_layers else torch.where(valid, score(f(out.hidden_states[l])), nan) for l in layer_ids]
+            )
+
+    return Attribution(
+        logat=last,
+        normxlogit=norm * last,
+        norm=norm,
+        target=target_ids,
+        position=t,
+        logits=logits,
+        mask=valid,
+        foil=foil_ids,
+        layers=layer_ids,
+        logat_layers=per_layer,
+        normxlogit_layers=None if per_layer is None else norm * per_layer,
+    )
+
+
+def logat(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    target: Ids = None,
+    foil: Ids = None,
+    layer: int | None = None,
+    position: Ids = None,
+) -> Tensor:
+    """LogAt [B, T] at the last layer, or at ``layer`` (logit lens through f and U)."""
+    a = attribute(model, input_ids, attention_mask, target, foil, "last" if layer is None else [layer], position=position)
+    return a.logat if layer is None else a.logat_layers[0]
+
+
+def normxlogit(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    target: Ids = None,
+    foil: Ids = None,
+    layer: int | None = None,
+    norm_factor: str = "word_embedding",
+    position: Ids = None,
+) -> Tensor:
+    """NormXLogit [B, T] = norm factor x LogAt (see ``attribute``)."""
+    a = attribute(
+        model, input_ids, attention_mask, target, foil, "last" if layer is None else [layer], norm_factor, position
+    )
+    return a.normxlogit if layer is None else a.normxlogit_layers[0]

@@ -1,0 +1,239 @@
+"""`NormTracker`: a Lightning callback that snapshots word-embedding norms during training
+and records how they agree with gold importance signals (DESIGN.md).
+
+    tracker = NormTracker(gold=compute_gold(docs, vocab_size), vocab=tokens, out_dir="run")
+    Trainer(callbacks=[tracker]).fit(model)
+
+Works with any LightningModule wrapping an HF model; needs no Hydra and no normx training
+script. One rank measures and writes (weights are replicated under DDP; under FSDP every
+rank takes part in gathering the embedding first).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from . import __version__
+from .gold import GoldStatistics
+from .records import RecordWriter
+from .snapshot import embedding_norms, extreme_tokens, find_language_model, measure_snapshot
+
+log = logging.getLogger(__name__)
+
+
+class Probe(Protocol):
+    """Extra measurements at each snapshot (e.g. evidence alignment); rank zero only."""
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]: ...
+
+
+def snapshot_schedule(step: int, every_n_steps: int, log_spaced: bool) -> bool:
+    """0, then (if log_spaced) 1, 2, 4, ... below every_n_steps, then every every_n_steps."""
+    if step % every_n_steps == 0:
+        return True
+    return log_spaced and step < every_n_steps and (step & (step - 1)) == 0
+
+
+class NormTracker(L.Callback):
+    def __init__(self, gold: GoldStatistics | str | Path, vocab: Sequence[str] | None = None, *,
+                 out_dir: str | Path | None = None, every_n_steps: int = 100,
+                 log_spaced: bool = True, on_checkpoint: bool = True, on_train_end: bool = True,
+                 min_count: int = 10, signals: Mapping[str, np.ndarray] | None = None,
+                 probes: Sequence[Probe] = (), stop_on_nonfinite: bool = False,
+                 top_k_tokens: int = 20, meta: Mapping[str, Any] | None = None,
+                 model_getter: Callable[[L.LightningModule], torch.nn.Module] | None = None):
+        """
+        gold: gold statistics (or the path of a saved `gold.npz`), arrays over the vocabulary.
+        vocab: token strings by id (for tables and `vocab.json`).
+        signals: extra gold signals [V] by name, e.g. `{"lexicon/concreteness": scores}`.
+        every_n_steps / log_spaced / on_checkpoint / on_train_end: when to snapshot; step 0
+            (the initialisation) is always recorded.
+        """
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.gold = gold if isinstance(gold, GoldStatistics) else GoldStatistics.load(gold)
+        self.vocab = list(vocab) if vocab is not None else None
+        self.signals = {**{n: getattr(self.gold, n) for n in self.gold.names()}, **(signals or {})}
+        self._check_lengths()
+        self.out_dir = out_dir
+        self.every_n_steps, self.log_spaced = every_n_steps, log_spaced
+        self.on_checkpoint, self.at_train_end = on_checkpoint, on_train_end
+        self.min_count, self.top_k_tokens = min_count, top_k_tokens
+        self.probes, self.stop_on_nonfinite = list(probes), stop_on_nonfinite
+        self.meta, self.model_getter = dict(meta or {}), model_getter
+        self.last_step = -1  # the last step recorded (state kept in checkpoints)
+        self.tokens_seen = 0
+        self.writer: RecordWriter | None = None
+
+    def _check_lengths(self) -> None:
+        size = self.gold.vocab_size
+        if self.vocab is not None and len(self.vocab) != size:
+            raise ValueError(f"gold statistics cover {size} token types but vocab lists "
+                             f"{len(self.vocab)}; they must come from the same tokenizer")
+        for name, values in self.signals.items():
+            if np.shape(values) != (size,):
+                raise ValueError(f"gold signal {name!r} has shape {np.shape(values)}, "
+                                 f"expected ({size},) to match the vocabulary")
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        rows = self._language_model(pl_module).get_input_embeddings().weight.shape[0]
+        if rows < self.gold.vocab_size:
+            raise ValueError(f"the model's embedding has {rows} rows but the gold statistics "
+                             f"cover {self.gold.vocab_size} token types: wrong tokenizer?")
+        if trainer.is_global_zero:
+            self.writer = RecordWriter(self.out_dir or trainer.default_root_dir)
+            self.writer.write_meta(self._meta(pl_module))
+            if self.vocab is not None:
+                self.writer.write_vocab(self.vocab)
+            self.gold.save(self.writer.dir / "gold.npz")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.writer is not None:  # resumed: drop what was recorded after the checkpoint
+            self.writer.truncate_after(self.last_step)
+        if trainer.global_step == 0 and self.last_step < 0:
+            self._snapshot(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.tokens_seen += _count_tokens(batch) * trainer.world_size
+        step = trainer.global_step
+        if step > self.last_step and snapshot_schedule(step, self.every_n_steps, self.log_spaced):
+            self._snapshot(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # Lightning collects state_dict() before this hook, so refresh our entry after
+        # snapshotting: the checkpoint then says this step is recorded.
+        if self.on_checkpoint and trainer.global_step > self.last_step:
+            self._snapshot(trainer, pl_module)
+            checkpoint.setdefault("callbacks", {})[self.state_key] = self.state_dict()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_train_end and trainer.global_step > self.last_step:
+            self._snapshot(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step, "tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_step = int(state_dict["last_step"])
+        self.tokens_seen = int(state_dict["tokens_seen"])
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps)
+
+    # -- the snapshot ------------------------------------------------------------------------
+    def _language_model(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        return self.model_getter(pl_module) if self.model_getter else find_language_model(pl_module)
+
+    def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        root = trainer.strategy.model if trainer.strategy.model is not None else pl_module
+        arrays = embedding_norms(self._language_model(pl_module), root)  # all ranks (FSDP)
+        self.last_step = step
+        if not trainer.is_global_zero:
+            return
+        row = {"step": step, "tokens_seen": self.tokens_seen}
+        row.update(measure_snapshot(arrays, self.signals, self.gold.counts, self.min_count))
+        row.update(self._run_probes(pl_module))
+        self.writer.write_snapshot(step, arrays)
+        self.writer.append_metrics(row)
+        self._log(trainer, step, row, arrays)
+        self._check_finite(trainer, step, row)
+
+    def _run_probes(self, pl_module: L.LightningModule) -> dict[str, float]:
+        if not self.probes:
+            return {}
+        model = self._language_model(pl_module)
+        was_training = model.training
+        model.eval()
+        try:
+            return {k: v for probe in self.probes for k, v in probe(model).items()}
+        finally:
+            model.train(was_training)
+
+    def _check_finite(self, trainer: L.Trainer, step: int, row: dict[str, Any]) -> None:
+        bad = row.get("normx/norm/n_nonfinite", 0) + row.get("normx/output/norm/n_nonfinite", 0)
+        if bad:
+            log.warning("step %d: %d embedding norms are NaN or inf", step, bad)
+            if self.stop_on_nonfinite:
+                log.warning("stopping the run (stop_on_nonfinite=True)")
+                trainer.should_stop = True
+
+    def _log(self, trainer: L.Trainer, step: int, row: dict[str, Any],
+             arrays: dict[str, np.ndarray]) -> None:
+        scalars = {k: v for k, v in row.items() if k != "step"}
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+            if isinstance(logger, WandbLogger):
+                self._log_wandb_extras(logger, step, arrays)
+
+    def _log_wandb_extras(self, logger: WandbLogger, step: int, arrays: dict[str, np.ndarray]):
+        """Histogram, top/bottom-norm table and norm-vs-information-gain scatter."""
+        import wandb
+
+        norms, counts = arrays["input_norm"][: self.gold.vocab_size], self.gold.counts
+        seen = counts >= self.min_count
+        extras: dict[str, Any] = {"normx/histogram/input_norm": wandb.Histogram(norms[seen])}
+        if self.vocab is not None:
+            table = extreme_tokens(norms, self.vocab, counts, self.top_k_tokens, self.min_count)
+            columns = ["rank", "token", "id", "norm", "count"]
+            extras["normx/extreme_tokens"] = wandb.Table(
+                columns=columns, data=[[r[c] for c in columns] for r in table])
+        ig = self.gold.information_gain
+        keep = seen & np.isfinite(ig) & np.isfinite(norms)
+        points = wandb.Table(columns=["information_gain", "norm"],
+                             data=np.stack([ig[keep], norms[keep]], 1).tolist())
+        extras["normx/scatter/norm_vs_information_gain"] = wandb.plot.scatter(
+            points, "information_gain", "norm", title=f"norm vs information gain, step {step}")
+        logger.experiment.log({**extras, "trainer/global_step": step})
+
+    def _meta(self, pl_module: L.LightningModule) -> dict[str, Any]:
+        model = self._language_model(pl_module)
+        config = getattr(model, "config", None)
+        import lightning
+        import transformers
+
+        return {
+            "config": self.meta,
+            "model": {"class": type(model).__name__,
+                      "arch": config.to_dict() if hasattr(config, "to_dict") else None},
+            "vocab_size": self.gold.vocab_size,
+            "embedding_rows": int(model.get_input_embeddings().weight.shape[0]),
+            "vocab_hash": _vocab_hash(self.vocab),
+            "gold": sorted(self.signals),
+            "gold_settings": {"window": self.gold.window, "n_tokens": self.gold.n_tokens,
+                              "seed": self.gold.seed},
+            "tracker": {"every_n_steps": self.every_n_steps, "log_spaced": self.log_spaced,
+                        "min_count": self.min_count},
+            "versions": {"normx_track": __version__, "torch": torch.__version__,
+                         "lightning": lightning.__version__,
+                         "transformers": transformers.__version__,
+                         "python": platform.python_version()},
+        }
+
+
+def _vocab_hash(vocab: Sequence[str] | None) -> str | None:
+    if vocab is None:
+        return None
+    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
+
+
+def _count_tokens(batch: Any) -> int:
+    """Tokens in a batch: the attention mask's sum when given, else the input ids' size."""
+    if isinstance(batch, Mapping):
+        if "attention_mask" in batch:
+            return int(batch["attention_mask"].sum())
+        batch = batch.get("input_ids", next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    return int(batch.numel()) if isinstance(batch, torch.Tensor) else 0

@@ -1,0 +1,183 @@
+"""Plain dataclasses describing a run. `train.py` registers them with Hydra's ConfigStore,
+so Hydra validates keys and types; the library itself never imports Hydra.
+
+`validate()` checks values (Hydra checks only names and types) and raises `ConfigError`
+naming the offending key, e.g. ``trainer.max_steps must be > 0, got -5``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "gpt2"  # gpt2 | gpt_neox | llama: any HF causal LM config family
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    n_inner: Optional[int] = None  # MLP width; None means 4 * n_embd
+    n_positions: int = 128
+    dropout: float = 0.0
+    tie_word_embeddings: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+
+
+@dataclass
+class SyntheticDataConfig:
+    n_documents: int = 4000
+    n_topics: int = 8
+    content_words_per_topic: int = 120
+    zipf_exponent: float = 1.1
+    attractor_probability: float = 0.5
+    n_probes: int = 500
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # synthetic | hub | files
+    name: Optional[str] = None  # hub dataset name, e.g. roneneldan/TinyStories
+    subset: Optional[str] = None  # hub dataset config name, e.g. wikitext-103-raw-v1
+    split: str = "train"
+    files: list[str] = field(default_factory=list)  # local .txt/.jsonl/.json/.parquet files
+    text_field: str = "text"
+    streaming: bool = False
+    max_documents: Optional[int] = None
+    tokenizer: str = "bpe"  # "bpe" trains a byte-level BPE; otherwise a pretrained name or path
+    vocab_size: int = 4096  # for the trained BPE
+    block_size: int = 128
+    batch_size: int = 16
+    val_fraction: float = 0.05
+    num_workers: int = 0
+    cache_dir: str = ".cache/normx"
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp | ...
+    precision: str = "32-true"
+    max_steps: int = 600
+    val_check_interval: int = 200
+    limit_val_batches: int = 20
+    log_every_n_steps: int = 10
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    checkpoint_every_n_steps: int = 200
+    deterministic: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "wandb"  # wandb | csv | tensorboard | none
+    project: str = "normx-track"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    name: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled; None: WANDB_MODE, else online if logged in
+
+
+@dataclass
+class TrackerConfig:
+    enabled: bool = True
+    every_n_steps: int = 100
+    log_spaced: bool = True  # also snapshot at 1, 2, 4, 8, ... below every_n_steps
+    on_checkpoint: bool = True
+    on_train_end: bool = True
+    stats_tokens: Optional[int] = 2_000_000  # gold statistics over the first N training tokens
+    window: int = 5
+    shuffle_correction: bool = True
+    min_count: int = 10
+    lexicons: list[str] = field(default_factory=list)  # TSV word<TAB>score files
+    stop_on_nonfinite: bool = False
+    top_k_tokens: int = 20
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    output_dir: str = "outputs/run"
+    ckpt_path: Optional[str] = None  # a .ckpt to resume from, or "last"
+
+
+_CHOICES = {
+    "model.arch": ("gpt2", "gpt_neox", "llama"),
+    "data.source": ("synthetic", "hub", "files"),
+    "logger.kind": ("wandb", "csv", "tensorboard", "none"),
+}
+_POSITIVE = (
+    "model.n_layer", "model.n_embd", "model.n_head", "model.n_positions", "data.vocab_size",
+    "data.block_size", "data.batch_size", "data.synthetic.n_documents", "data.synthetic.n_topics",
+    "data.synthetic.content_words_per_topic", "trainer.max_steps", "trainer.val_check_interval",
+    "trainer.log_every_n_steps", "trainer.accumulate_grad_batches",
+    "trainer.checkpoint_every_n_steps", "tracker.every_n_steps", "tracker.window", "optim.lr",
+)
+_NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "data.num_workers",
+                 "tracker.min_count", "model.dropout", "trainer.gradient_clip_val")
+_FRACTIONS = ("data.val_fraction", "optim.min_lr_ratio", "model.dropout",
+              "data.synthetic.attractor_probability")
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Range checks Hydra cannot express; returns cfg so calls can be chained."""
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"{key} must be one of {list(choices)}, got {_get(cfg, key)!r}")
+    for key in _POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"{key} must be > 0, got {_get(cfg, key)}")
+    for key in _NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
+    for key in _FRACTIONS:
+        if not 0 <= _get(cfg, key) < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {_get(cfg, key)}")
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise ConfigError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by "
+                          f"model.n_head ({cfg.model.n_head})")
+    if cfg.data.block_size > cfg.model.n_positions:
+        raise ConfigError(f"data.block_size ({cfg.data.block_size}) must be <= "
+                          f"model.n_positions ({cfg.model.n_positions})")
+    if cfg.data.source == "hub" and not cfg.data.name:
+        raise ConfigError("data.name must name a hub dataset when data.source is 'hub'")
+    if cfg.data.source == "files" and not cfg.data.files:
+        raise ConfigError("data.files must list at least one file when data.source is 'files'")
+    return cfg
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain dicts/lists (for W&B and meta.json)."""
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj

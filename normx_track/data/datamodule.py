@@ -1,0 +1,164 @@
+"""The DataModule: tokenizes documents once into a cached token stream (nanoGPT-style flat
+int32 files, EOS between documents), then serves fixed-length blocks.
+
+Cache layout, keyed by everything that changes the tokens (`cache_dir/<key>/`):
+`train.bin`, `val.bin` (int32 tokens), `train_doc_lengths.npy`, `tokenizer/`,
+`synthetic/` (the embedded corpus and its probes), `info.json` (written last: the marker
+that the entry is complete, so a killed preparation is redone, never half-used).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import DataConfig
+from .sources import load_texts
+from .synthetic import SyntheticConfig, generate_corpus, write_corpus
+from .tokenizer import get_tokenizer
+
+
+class BlockDataset(Dataset):
+    """Non-overlapping blocks of `block_size` tokens from a flat token file."""
+
+    def __init__(self, path: Path, block_size: int):
+        self.tokens = np.memmap(path, dtype=np.int32, mode="r")
+        self.block_size = block_size
+        if len(self.tokens) < block_size:
+            raise ValueError(f"{path} holds {len(self.tokens)} tokens, fewer than one block "
+                             f"(data.block_size={block_size}); use more data or smaller blocks")
+
+    def __len__(self) -> int:
+        return len(self.tokens) // self.block_size
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        start = i * self.block_size
+        block = np.asarray(self.tokens[start:start + self.block_size], dtype=np.int64)
+        return {"input_ids": torch.from_numpy(block)}
+
+
+def cache_key(cfg: DataConfig, seed: int) -> str:
+    parts = {k: v for k, v in asdict(cfg).items()
+             if k not in ("block_size", "batch_size", "num_workers", "cache_dir", "streaming")}
+    parts["seed"] = seed
+    parts["files"] = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in cfg.files
+                      if os.path.exists(f)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.seed = seed
+        self.dir = Path(cfg.cache_dir) / cache_key(cfg, seed)
+        self.tokenizer = None
+
+    # -- preparation (idempotent, safe to run from several processes) --------------------
+    def prepare_data(self) -> None:
+        if (self.dir / "info.json").exists():
+            return
+        tmp = self.dir.with_name(self.dir.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self._build(tmp)
+        if (self.dir / "info.json").exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)  # a half-built entry from a crash
+            os.replace(tmp, self.dir)
+
+    def _build(self, out: Path) -> None:
+        synthetic_files = None
+        if self.cfg.source == "synthetic":
+            syn = SyntheticConfig(**asdict(self.cfg.synthetic), seed=self.seed)
+            synthetic_files = write_corpus(generate_corpus(syn), out / "synthetic")
+        texts = load_texts(self.cfg, synthetic_files)
+        order = np.random.default_rng(self.seed).permutation(len(texts))
+        n_val = max(1, int(len(texts) * self.cfg.val_fraction)) if len(texts) > 1 else 0
+        val_docs, train_docs = order[:n_val], order[n_val:]
+        tokenizer = get_tokenizer(self.cfg.tokenizer, (texts[i] for i in train_docs),
+                                  self.cfg.vocab_size, out / "tokenizer")
+        if not (out / "tokenizer").exists():
+            tokenizer.save_pretrained(out / "tokenizer")
+        lengths = self._write_tokens(tokenizer, [texts[i] for i in train_docs], out / "train.bin")
+        np.save(out / "train_doc_lengths.npy", lengths)
+        self._write_tokens(tokenizer, [texts[i] for i in val_docs], out / "val.bin")
+        info = {"n_documents": len(texts), "n_train_documents": len(train_docs),
+                "n_train_tokens": int(lengths.sum()), "vocab_size": len(tokenizer),
+                "config": asdict(self.cfg), "seed": self.seed}
+        (out / "info.json").write_text(json.dumps(info, indent=2))
+
+    @staticmethod
+    def _write_tokens(tokenizer, texts: list[str], path: Path) -> np.ndarray:
+        """Flat int32 tokens, EOS after each document; returns per-document lengths."""
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        docs = [np.asarray(d + [tokenizer.eos_token_id], dtype=np.int32) for d in ids]
+        stream = np.concatenate(docs) if docs else np.zeros(0, dtype=np.int32)
+        stream.tofile(path)
+        return np.asarray([len(d) for d in docs], dtype=np.int64)
+
+    # -- loading ---------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        if not (self.dir / "info.json").exists():
+            self.prepare_data()
+        from transformers import AutoTokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(self.dir / "tokenizer")
+        self.train_set = BlockDataset(self.dir / "train.bin", self.cfg.block_size)
+        self.val_set = BlockDataset(self.dir / "val.bin", self.cfg.block_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def vocab(self) -> list[str]:
+        """Token strings by id."""
+        by_id = {i: t for t, i in self.tokenizer.get_vocab().items()}
+        return [by_id.get(i, "") for i in range(self.vocab_size)]
+
+    @property
+    def probe_file(self) -> Path | None:
+        path = self.dir / "synthetic" / "probes.jsonl"
+        return path if path.exists() else None
+
+    def function_words(self) -> set[str] | None:
+        path = self.dir / "synthetic" / "function_words.txt"
+        return set(path.read_text().split()) if path.exists() else None
+
+    def statistics_documents(self, max_tokens: int | None = None) -> list[np.ndarray]:
+        """Training documents as token arrays, the first `max_tokens` tokens of the stream."""
+        tokens = np.memmap(self.dir / "train.bin", dtype=np.int32, mode="r")
+        bounds = np.cumsum(np.load(self.dir / "train_doc_lengths.npy"))
+        docs = np.split(np.asarray(tokens[: bounds[-1] if len(bounds) else 0]), bounds[:-1])
+        if max_tokens is None:
+            return docs
+        kept, total = [], 0
+        for doc in docs:
+            if total >= max_tokens:
+                break
+            kept.append(doc[: max_tokens - total])
+            total += len(kept[-1])
+        return kept
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True,
+                          drop_last=True, generator=generator, num_workers=self.cfg.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.cfg.batch_size,
+                          num_workers=self.cfg.num_workers)

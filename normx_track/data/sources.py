@@ -1,0 +1,74 @@
+"""Where documents come from: the embedded synthetic corpus, HF hub datasets by name, or
+local text/jsonl/parquet files, all read through HF `datasets`. One row is one document."""
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import datasets
+
+from ..config import DataConfig
+
+# File suffix -> the `datasets` packaged builder that reads it.
+_BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json",
+             ".parquet": "parquet", ".csv": "csv"}
+
+
+class DataSourceError(ValueError):
+    """A data source cannot be read; the message names the file or config key."""
+
+
+def builder_for(files: list[str]) -> str:
+    """The one `datasets` builder that reads all of `files` (checked to exist)."""
+    builders = set()
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise DataSourceError(f"data.files: no such file: {name}")
+        if path.suffix.lower() not in _BUILDERS:
+            raise DataSourceError(f"data.files: {name} has an unsupported suffix "
+                                  f"{path.suffix!r}; use one of {sorted(_BUILDERS)}")
+        builders.add(_BUILDERS[path.suffix.lower()])
+    if len(builders) != 1:
+        raise DataSourceError(f"data.files mixes formats ({sorted(builders)}); use one format")
+    return builders.pop()
+
+
+def load_local_files(files: list[str], split: str = "train") -> datasets.Dataset:
+    builder = builder_for(files)
+    return datasets.load_dataset(builder, data_files={split: [str(Path(f)) for f in files]},
+                                 split=split)
+
+
+def load_hub(cfg: DataConfig):
+    """A hub dataset by name (needs network or a warm HF cache)."""
+    try:
+        return datasets.load_dataset(cfg.name, cfg.subset, split=cfg.split,
+                                     streaming=cfg.streaming)
+    except Exception as err:  # datasets raises many types; say which config failed
+        raise DataSourceError(f"data.name={cfg.name!r} (subset {cfg.subset!r}, split "
+                              f"{cfg.split!r}) could not be loaded: {err}") from err
+
+
+def iter_texts(rows, text_field: str, origin: str, limit: int | None) -> Iterator[str]:
+    """Non-empty texts of `rows[text_field]`, at most `limit` of them."""
+    for row in islice(rows, limit):
+        if text_field not in row:
+            raise DataSourceError(f"{origin}: rows have no field {text_field!r} (data.text_field);"
+                                  f" fields are {sorted(row)}")
+        text = row[text_field]
+        if text and not text.isspace():
+            yield text
+
+
+def load_texts(cfg: DataConfig, synthetic_files: dict[str, Path] | None = None) -> list[str]:
+    """All documents of the configured source as strings (capped by data.max_documents)."""
+    if cfg.source == "synthetic":
+        assert synthetic_files is not None, "synthetic corpus must be written first"
+        rows, origin = load_local_files([str(synthetic_files["train"])]), str(synthetic_files["train"])
+    elif cfg.source == "files":
+        rows, origin = load_local_files(cfg.files), ", ".join(cfg.files)
+    else:
+        rows, origin = load_hub(cfg), f"hub dataset {cfg.name}"
+    return list(iter_texts(rows, cfg.text_field, origin, cfg.max_documents))

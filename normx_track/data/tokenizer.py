@@ -1,0 +1,62 @@
+"""Tokenizers: a pretrained one by name or path when it can be loaded, else a byte-level BPE
+trained with HF `tokenizers` on the training text and cached beside the data."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import ByteLevelBPETokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+EOS = "<|endoftext|>"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, directory: str | Path) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (GPT-2's scheme) and save it as an HF tokenizer directory."""
+    directory = Path(directory)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_batched(texts), vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=[EOS], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS,
+                                        unk_token=EOS)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def load_pretrained(name: str) -> PreTrainedTokenizerFast | None:
+    """A pretrained tokenizer from a local directory or the hub cache; None if unavailable."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        log.warning("tokenizer %r could not be loaded (%s); a BPE will be trained instead",
+                    name, str(err).splitlines()[0])
+        return None
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = EOS
+    return tokenizer
+
+
+def get_tokenizer(name: str, texts: Iterable[str], vocab_size: int,
+                  directory: str | Path) -> PreTrainedTokenizerFast:
+    """`name` loaded if possible; else (or for `name == "bpe"`) a BPE trained on `texts`
+    and saved in `directory`, reused from there when already trained."""
+    if name != "bpe":
+        tokenizer = load_pretrained(name)
+        if tokenizer is not None:
+            return tokenizer
+    if (Path(directory) / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(directory)
+    return train_bpe(texts, vocab_size, directory)

@@ -1,0 +1,433 @@
+"""Gold importance signals computed from a token stream (DESIGN.md "Definitions").
+
+Signals are arrays of length V indexed by token id:
+
+- ``counts``: c(w); ``self_information``: -log(c(w)/N) (natural log), NaN where c(w) = 0.
+- ``information_gain``: KL(p(.|w) || p(.)) from symmetric co-occurrence counts within
+  +-W tokens inside documents; NaN for tokens without co-occurrences.
+- ``information_gain_corrected``: information_gain minus the same KL computed on a seeded
+  shuffle of the stream (see :func:`shuffle_documents`).
+- ``function_word``: 1.0 / 0.0 / NaN labels (see :func:`function_word_labels`).
+
+How the co-occurrence KL is computed fast (no Python loop over tokens)
+-----------------------------------------------------------------------
+With n_w = sum_c C[w,c], m_c = sum_w C[w,c] (= n_c, C is symmetric) and T = sum C,
+
+    IG(w) = (1/n_w) sum_c C[w,c] log C[w,c] - log n_w - (1/n_w) sum_c C[w,c] log m_c + log T.
+
+n_w and the log m_c term are linear in C, so they come straight from positions: a token
+at position p of a length-L document has min(W,p) + min(W,L-1-p) neighbours, and the
+log m sum is a +-W moving sum over the stream. Only sum_c C log C needs distinct pair
+counts: each unordered pair event (x_i, x_j), 0 < j-i <= W, becomes one integer key
+``hi*(hi+1)/2 + lo`` (lo <= hi; uint32 while V < ~92k), the keys are sorted (numpy's
+SIMD sort) and run-length counted. Documents are separated by W sentinel tokens, so no
+pair crosses a document boundary without a sentinel, and sentinel pairs sort last and
+are cut off. Off-diagonal pairs seen once add 1*log 1 = 0 and are never decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import tempfile
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+SIGNALS = ("counts", "self_information", "information_gain",
+           "information_gain_corrected", "function_word")
+_DENSE_CELLS = 1 << 23      # dense table cells (int64): 64 MiB, i.e. K ~ 4096 top tokens
+_CHUNK_TOKENS = 1 << 21     # stream positions processed per chunk (bounds temporaries)
+_SPARSE_BUFFER = 1 << 25    # raw sparse keys buffered before a sort/merge (128 MiB u32)
+
+
+# --------------------------------------------------------------------------- streams
+def _as_documents(documents: Iterable[np.ndarray], vocab_size: int,
+                  max_tokens: int | None) -> list[np.ndarray]:
+    """Validate ids and truncate the stream after its first ``max_tokens`` tokens."""
+    docs, total = [], 0
+    for doc in documents:
+        if max_tokens is not None and total >= max_tokens:
+            break
+        doc = np.asarray(doc).ravel()
+        if doc.size and (doc.min() < 0 or doc.max() >= vocab_size):
+            raise ValueError(f"token ids must lie in [0, {vocab_size}); got "
+                             f"[{doc.min()}, {doc.max()}]")
+        if max_tokens is not None:
+            doc = doc[: max_tokens - total]
+        docs.append(doc.astype(np.int64, copy=False))
+        total += doc.size
+    return docs
+
+
+def _flatten(documents: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(d) for d in documents], dtype=np.int64)
+    flat = np.concatenate(documents) if len(documents) else np.zeros(0, np.int64)
+    return flat.astype(np.int64, copy=False), lengths
+
+
+def shuffle_documents(documents: Sequence[np.ndarray], seed: int) -> list[np.ndarray]:
+    """The shuffle behind ``information_gain_corrected``.
+
+    All tokens of the stream are permuted together with ``np.random.default_rng(seed)``
+    (unigram counts are preserved exactly), then cut back into documents of the original
+    lengths, so window truncation at document edges is the same as in the real stream.
+    """
+    flat, lengths = _flatten(documents)
+    flat = np.random.default_rng(seed).permutation(flat)
+    return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def _padded_positions(lengths: np.ndarray, window: int) -> np.ndarray:
+    """Where each token goes when every document is followed by ``window`` sentinels.
+
+    Any two real tokens of different documents are then more than ``window`` apart, so
+    every within-window pair that crosses a boundary contains a sentinel.
+    """
+    shift = np.repeat(np.arange(lengths.size, dtype=np.int64) * window, lengths)
+    return np.arange(shift.size) + shift
+
+
+def _padded(values: np.ndarray, positions: np.ndarray, size: int, fill, dtype):
+    out = np.full(size, fill, dtype=dtype)
+    out[positions] = values
+    return out
+
+
+# --------------------------------------------------------------- distinct pair counts
+def _tri(n: int) -> np.ndarray:
+    """Triangular numbers 0..n: the first key of row ``hi`` is tri[hi]."""
+    i = np.arange(n + 1, dtype=np.int64)
+    return i * (i + 1) // 2
+
+
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Index of the first element of every run of equal values in a sorted array."""
+    new = np.empty(sorted_keys.size, dtype=bool)
+    new[:1] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
+    return np.flatnonzero(new)
+
+
+def _runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique keys, counts) of a sorted array (np.unique is several times slower)."""
+    starts = _run_starts(sorted_keys)
+    return sorted_keys[starts], np.diff(starts, append=sorted_keys.size)
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Merge (unique keys, counts) of several chunks, summing counts of equal keys."""
+    keys = np.concatenate([k for k, _ in parts]).astype(np.uint64)
+    counts = np.concatenate([c for _, c in parts]).astype(np.uint64)
+    if keys.max(initial=0) < 2**32 and counts.max(initial=0) < 2**32:
+        # pack (key, count) into one uint64 so a plain (SIMD) sort does the grouping
+        packed = np.sort((keys << np.uint64(32)) | counts)
+        keys, counts = packed >> np.uint64(32), packed & np.uint64(2**32 - 1)
+    else:
+        order = np.argsort(keys, kind="stable")
+        keys, counts = keys[order], counts[order]
+    starts = _run_starts(keys)
+    return keys[starts], np.add.reduceat(counts.astype(np.int64), starts)
+
+
+def _chunk_keys(stream: np.ndarray, window: int, start: int, stop: int) -> np.ndarray:
+    """Sorted keys hi*(hi+1)/2 + lo of the pairs (i, i+d), start <= i < stop, d <= W."""
+    keys = np.empty(window * (stop - start), dtype=stream.dtype)
+    scratch = np.empty(stop - start, dtype=stream.dtype)
+    used = 0
+    for d in range(1, window + 1):
+        end = min(stop, stream.size - d)
+        if end <= start:
+            break
+        a, b, m = stream[start:end], stream[start + d:end + d], end - start
+        out, tmp = keys[used:used + m], scratch[:m]
+        np.maximum(a, b, out=out)                   # hi
+        np.add(out, 1, out=tmp)
+        np.multiply(out, tmp, out=out)
+        np.right_shift(out, 1, out=out)             # hi*(hi+1)/2, exact in the key dtype
+        out += np.minimum(a, b, out=tmp)            # + lo
+        used += m
+    keys = keys[:used]
+    keys.sort()
+    return keys
+
+
+def _pair_keys(stream: np.ndarray, n_ids: int, window: int, chunk_tokens: int):
+    """All within-window pair keys of ``stream`` (ids < n_ids), sorted.
+
+    Returns (keys, None) with one key per pair event when the stream fits in one chunk,
+    else (distinct keys, counts) merged over chunks.
+    """
+    # hi*(hi+1) must not overflow: uint32 up to 65536 ids (GPT-2, Llama, NeoX vocabularies)
+    key_dtype = np.uint32 if (n_ids - 1) * n_ids < 2**32 else np.uint64
+    stream = stream.astype(key_dtype)
+    starts = range(0, max(stream.size - 1, 1), chunk_tokens)
+    if len(starts) == 1:
+        return _chunk_keys(stream, window, 0, stream.size), None
+    return _merge([_runs(_chunk_keys(stream, window, s, min(s + chunk_tokens, stream.size)))
+                   for s in starts])
+
+
+def _sum_clogc(keys: np.ndarray, counts: np.ndarray | None, vocab_size: int) -> np.ndarray:
+    """Per token w: sum_c C[w,c] log C[w,c] from sorted pair keys (see _pair_keys).
+
+    C[lo,hi] = C[hi,lo] = k off the diagonal and C[w,w] = 2k (each event (w, w) counts
+    both ways). Off-diagonal pairs seen once add 1*log 1 = 0, so only repeated keys and
+    the diagonal are looked at. Keys of pairs with the sentinel (id vocab_size) sort
+    after all others and are cut.
+    """
+    tri = _tri(vocab_size + 1)
+    cut = np.searchsorted(keys, keys.dtype.type(tri[vocab_size]))
+    keys, counts = keys[:cut], None if counts is None else counts[:cut]
+    # diagonal (w, w) has key tri[w+1] - 1
+    diag_key = (tri[1:vocab_size + 1] - 1).astype(keys.dtype)
+    first, end = (np.searchsorted(keys, diag_key, side=s) for s in ("left", "right"))
+    if counts is None:
+        diag_n = end - first
+        run_first, run_last = _repeated_runs(keys)
+        run_keys, run_n = keys[run_first], run_last - run_first + 1
+    else:
+        diag_n = np.where(end > first, counts[np.minimum(first, keys.size - 1)], 0) \
+            if keys.size else np.zeros(vocab_size, np.int64)
+        repeated = np.flatnonzero(counts >= 2)
+        run_keys, run_n = keys[repeated], counts[repeated]
+    hi = np.searchsorted(tri, run_keys, side="right") - 1
+    lo = run_keys.astype(np.int64) - tri[hi]
+    off = lo != hi
+    c = run_n[off].astype(np.float64)
+    clogc = c * np.log(c)
+    return (_xlogx(2.0 * diag_n) + np.bincount(lo[off], clogc, minlength=vocab_size)
+            + np.bincount(hi[off], clogc, minlength=vocab_size))
+
+
+def _repeated_runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of every run of >= 2 equal values in a sorted array."""
+    same = np.zeros(sorted_keys.size + 1, dtype=bool)   # same[i]: keys[i-1] == keys[i]
+    np.equal(sorted_keys[1:], sorted_keys[:-1], out=same[1:-1])
+    return (np.flatnonzero(same[1:] & ~same[:-1]),      # equal to the next, not the previous
+            np.flatnonzero(same[:-1] & ~same[1:]))      # equal to the previous, not the next
+
+
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, x * np.log(x), 0.0)
+
+
+def _neighbour_sums(padded: np.ndarray, window: int) -> np.ndarray:
+    """Per padded position: sum of ``padded`` over the +-window neighbours."""
+    total = np.zeros_like(padded)
+    for d in range(1, window + 1):
+        total[:-d] += padded[d:]
+        total[d:] += padded[:-d]
+    return total
+
+
+def _kl(flat: np.ndarray, lengths: np.ndarray, vocab_size: int, window: int,
+        chunk_tokens: int) -> np.ndarray:
+    # n_w: each position has min(W, p) + min(W, L-1-p) neighbours in its document
+    pos = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    after = np.repeat(lengths, lengths) - 1 - pos
+    n = np.bincount(flat, weights=np.minimum(pos, window) + np.minimum(after, window),
+                    minlength=vocab_size)
+    total = n.sum()
+    where = _padded_positions(lengths, window)
+    size = flat.size + window * lengths.size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_n = np.where(n > 0, np.log(n), 0.0)
+        # sum_c C[w,c] log m_c: over occurrences of w, sum log m of each neighbour
+        # (sentinels carry 0); m = n because C is symmetric
+        log_m = _neighbour_sums(_padded(log_n[flat], where, size, 0.0, np.float64), window)
+        s_clogm = np.bincount(flat, weights=log_m[where], minlength=vocab_size)
+        stream = _padded(flat, where, size, vocab_size, np.int64)
+        keys, counts = _pair_keys(stream, vocab_size + 1, window, chunk_tokens)
+        s_clogc = _sum_clogc(keys, counts, vocab_size)
+        kl = (s_clogc - s_clogm) / n - log_n + (math.log(total) if total > 0 else 0.0)
+    kl[n == 0] = np.nan
+    return np.maximum(kl, 0.0, where=~np.isnan(kl), out=kl)   # clip float noise below 0
+
+
+def cooccurrence_kl(documents: Sequence[np.ndarray], vocab_size: int, window: int = 5,
+                    chunk_tokens: int = 1 << 23) -> np.ndarray:
+    """KL(p(.|w) || p(.)) per token id from +-window co-occurrences inside documents.
+
+    NaN for tokens without any co-occurrence (unseen, or only in 1-token documents).
+    ``chunk_tokens`` bounds memory: keys of that many positions (4*window bytes each)
+    are sorted at a time; streams longer than that merge the per-chunk counts.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    flat, lengths = _flatten(documents)
+    return _kl(flat, lengths, vocab_size, window, chunk_tokens)
+
+
+# ------------------------------------------------------------------------ container
+@dataclasses.dataclass
+class GoldStatistics:
+    """Gold signals as arrays [V] plus the settings that produced them."""
+
+    counts: np.ndarray
+    self_information: np.ndarray
+    information_gain: np.ndarray
+    information_gain_corrected: np.ndarray | None = None
+    function_word: np.ndarray | None = None
+    window: int = 5
+    n_tokens: int = 0
+    seed: int = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.counts.shape[0])
+
+    def names(self) -> list[str]:
+        """Names of the signals present (``counts`` included)."""
+        return [s for s in SIGNALS if getattr(self, s) is not None]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an .npz atomically: temp file in the same directory, then os.replace."""
+        path = os.fspath(path)
+        arrays = {s: getattr(self, s) for s in self.names()}
+        meta = np.array([self.window, self.n_tokens, self.seed], dtype=np.int64)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp.npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, _meta=meta, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "GoldStatistics":
+        """Read a file written by :meth:`save`; reject arrays not of length ``vocab_size``."""
+        with np.load(path) as z:
+            arrays = {s: z[s] for s in SIGNALS if s in z.files}
+            window, n_tokens, seed = (int(v) for v in z["_meta"])
+        missing = {"counts", "self_information", "information_gain"} - arrays.keys()
+        if missing:
+            raise ValueError(f"gold file {os.fspath(path)!r} lacks {sorted(missing)}")
+        sizes = {s: a.shape for s, a in arrays.items()}
+        expected = vocab_size if vocab_size is not None else arrays["counts"].shape[0]
+        if any(shape != (expected,) for shape in sizes.values()):
+            raise ValueError(f"gold file {os.fspath(path)!r} has array shapes {sizes}, "
+                             f"expected length {expected} (vocab_size)")
+        return cls(**arrays, window=window, n_tokens=n_tokens, seed=seed)
+
+
+def compute_gold(documents: Iterable[np.ndarray], vocab_size: int, window: int = 5,
+                 shuffle_correction: bool = True, seed: int = 0,
+                 max_tokens: int | None = None, chunk_tokens: int = 1 << 23
+                 ) -> GoldStatistics:
+    """All stream-derived gold signals of ``documents`` (1-D arrays of token ids).
+
+    ``max_tokens`` keeps the first N tokens of the stream only (the last kept document
+    may be cut). ``information_gain_corrected`` uses :func:`shuffle_documents` with
+    ``seed``. See :func:`cooccurrence_kl` for ``chunk_tokens``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    docs = _as_documents(documents, vocab_size, max_tokens)
+    flat, lengths = _flatten(docs)
+    counts = np.bincount(flat, minlength=vocab_size).astype(np.int64)
+    n_tokens = int(flat.size)
+    with np.errstate(divide="ignore"):
+        self_info = np.where(counts > 0, -np.log(counts / max(n_tokens, 1)), np.nan)
+    ig = _kl(flat, lengths, vocab_size, window, chunk_tokens)
+    corrected = None
+    if shuffle_correction:
+        shuffled = np.random.default_rng(seed).permutation(flat)   # as shuffle_documents
+        corrected = ig - _kl(shuffled, lengths, vocab_size, window, chunk_tokens)
+    return GoldStatistics(counts=counts, self_information=self_info, information_gain=ig,
+                          information_gain_corrected=corrected, window=window,
+                          n_tokens=n_tokens, seed=seed)
+
+
+def cache_key(*parts: str | bytes | int) -> str:
+    """Stable sha256 hex over identifiers (tokenizer hash, data name, settings...).
+
+    Each part is type-tagged and length-prefixed, so ("ab", "c") != ("a", "bc") and
+    1 != "1".
+    """
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, bool) or not isinstance(part, (str, bytes, int)):
+            raise TypeError(f"cache_key parts must be str, bytes or int, got {type(part)}")
+        tag, data = {str: (b"s", lambda p: p.encode("utf-8")), bytes: (b"b", lambda p: p),
+                     int: (b"i", lambda p: str(p).encode())}[type(part)]
+        raw = data(part)
+        h.update(tag + len(raw).to_bytes(8, "big") + raw)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------ labels and lexicons
+def _normalise_token(token: str) -> str:
+    # "Ġ" is GPT-2's byte-level marker for a leading space; "Ċ" (newline) is not a word.
+    return token.replace("\u0120", " ").strip().lower()
+
+
+def function_word_labels(vocab: Sequence[str], function_words: set[str]) -> np.ndarray:
+    """Float [V]: 1.0 function word, 0.0 content word, NaN neither.
+
+    A token is normalised by turning "Ġ" into a space, stripping whitespace and
+    lowercasing. It is labelled 1.0 if the result is in ``function_words`` (compared
+    lowercased), 0.0 if it is alphabetic (``str.isalpha``) and not in the set, and NaN
+    otherwise: punctuation, digits, mixed pieces and special tokens such as
+    ``<|endoftext|>`` say nothing about the function/content contrast. Word-internal
+    pieces without the space marker (e.g. "ing") are alphabetic and count as content;
+    labelling them is left to the caller's vocabulary choice.
+    """
+    lexicon = {w.lower() for w in function_words}
+    labels = np.full(len(vocab), np.nan)
+    for i, token in enumerate(vocab):
+        word = _normalise_token(token)
+        if word in lexicon:
+            labels[i] = 1.0
+        elif word.isalpha():
+            labels[i] = 0.0
+    return labels
+
+
+def load_lexicon(path: str | os.PathLike, encode: Callable[[str], list[int]],
+                 vocab_size: int) -> tuple[np.ndarray, dict]:
+    """Map a ``word<TAB>score`` TSV onto token ids.
+
+    A word maps if ``encode(" " + word)`` is one token (byte-level BPE spells a word
+    after a space with its own token), else if ``encode(word)`` is one token; otherwise it
+    is skipped and counted. The first mapping of a token id wins; later words mapping to
+    the same id are skipped as duplicates. Blank lines and lines starting with "#" are
+    ignored. Returns (scores [V] with NaN where absent, stats).
+    """
+    path = os.fspath(path)
+    scores = np.full(vocab_size, np.nan)
+    stats = dict(n_lines=0, n_mapped=0, n_skipped_multitoken=0, n_skipped_duplicate=0)
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip() or line.startswith("#"):
+                continue
+            stats["n_lines"] += 1
+            fields = line.split("\t")
+            try:
+                if len(fields) != 2:
+                    raise ValueError(f"expected 2 tab-separated fields, got {len(fields)}")
+                word, score = fields[0].strip(), float(fields[1])
+            except ValueError as err:
+                raise ValueError(f"{path}:{lineno}: malformed lexicon line: {err}") from None
+            ids = encode(" " + word)
+            if len(ids) != 1:
+                ids = encode(word)
+            if len(ids) != 1:
+                stats["n_skipped_multitoken"] += 1
+                continue
+            tid = int(ids[0])
+            if not 0 <= tid < vocab_size:
+                raise ValueError(f"{path}:{lineno}: token id {tid} for {word!r} is outside "
+                                 f"the vocabulary (vocab_size={vocab_size})")
+            if not np.isnan(scores[tid]):
+                stats["n_skipped_duplicate"] += 1
+                continue
+            scores[tid] = score
+            stats["n_mapped"] += 1
+    return scores, stats

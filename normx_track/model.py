@@ -1,0 +1,96 @@
+"""The LightningModule: any HF causal LM built from a config (no weights downloaded),
+AdamW with linear warm-up and cosine decay."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from .config import ModelConfig, OptimConfig
+
+_ARCH_TO_MODEL_TYPE = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "llama": "llama"}
+
+
+def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> PretrainedConfig:
+    """Translate our GPT-2-style size names into the chosen architecture's config."""
+    inner = cfg.n_inner or 4 * cfg.n_embd
+    common = dict(vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+                  tie_word_embeddings=cfg.tie_word_embeddings)
+    if cfg.arch == "gpt2":
+        sizes = dict(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, n_inner=inner,
+                     n_positions=cfg.n_positions, resid_pdrop=cfg.dropout,
+                     embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
+    else:  # GPT-NeoX and Llama share the modern field names
+        sizes = dict(num_hidden_layers=cfg.n_layer, hidden_size=cfg.n_embd,
+                     num_attention_heads=cfg.n_head, intermediate_size=inner,
+                     max_position_embeddings=cfg.n_positions)
+        if cfg.arch == "llama":
+            sizes["num_key_value_heads"] = cfg.n_head
+    return AutoConfig.for_model(_ARCH_TO_MODEL_TYPE[cfg.arch], **sizes, **common)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine down to min_ratio at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LanguageModel(L.LightningModule):
+    """Wraps `self.model`, a `transformers` causal LM; batches are dicts with `input_ids`."""
+
+    def __init__(self, hf_config: dict[str, Any], optim: dict[str, Any], max_steps: int):
+        super().__init__()
+        self.save_hyperparameters()  # plain dicts: checkpoints load with weights_only=True
+        config = AutoConfig.for_model(**hf_config)
+        self.model = AutoModelForCausalLM.from_config(config)
+        self.optim = OptimConfig(**{**optim, "betas": tuple(optim["betas"])})
+        self.max_steps = max_steps
+
+    @classmethod
+    def from_configs(cls, model: ModelConfig, optim: OptimConfig, vocab_size: int,
+                     eos_token_id: int, max_steps: int) -> "LanguageModel":
+        hf_config = build_hf_config(model, vocab_size, eos_token_id).to_dict()
+        optim_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(optim).items()}
+        return cls(hf_config, optim_dict, max_steps)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.model.get_output_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any):
+        return self.model(input_ids=input_ids, **kwargs)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/perplexity", torch.exp(loss.detach()))
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/perplexity", torch.exp(loss), sync_dist=True)
+
+    def configure_optimizers(self):
+        # Matrices (embeddings included) decay; biases and norm gains do not (nanoGPT's rule).
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.optim.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=self.optim.betas)
+        o = self.optim
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, o.warmup_steps, self.max_steps, o.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

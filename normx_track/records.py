@@ -1,0 +1,173 @@
+"""The durable on-disk record (DESIGN.md, "The durable record"): what analysis reads.
+
+    <run_dir>/normx/meta.json, vocab.json, gold.npz, metrics.jsonl, snapshots/step_XXXXXXXX.npz
+
+Every file is replaced atomically (temp file in the same folder, fsync, rename), so a crash
+or a full disk mid-write leaves the previous version intact. Non-finite metric values are
+written as JSON `null` (strict JSON for other tools) and read back as NaN.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+RECORD_DIR = "normx"
+_SNAPSHOT = re.compile(r"step_(\d{8,})\.npz$")
+
+
+class RecordWriteError(OSError):
+    """A record file could not be written; the previous version is intact."""
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open a temp file beside `path`; on clean exit it replaces `path` in one rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise RecordWriteError(err.errno, f"could not write {path} ({err.strerror or err}); "
+                                              "the previous version is intact") from err
+        raise
+
+
+def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    with atomic_open(path) as handle:
+        np.savez(handle, **arrays)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    with atomic_open(path, "w") as handle:
+        json.dump(obj, handle, indent=1)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def snapshot_path(record_dir: Path, step: int) -> Path:
+    return record_dir / "snapshots" / f"step_{step:08d}.npz"
+
+
+class RecordWriter:
+    """Writes one run's record. Rows are kept in memory, so each append rewrites
+    metrics.jsonl atomically without re-reading it."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir) / RECORD_DIR
+        (self.dir / "snapshots").mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self._lines = [json.dumps(r) for r in read_metrics(self.dir.parent, warn=True)]
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / "meta.json", meta)
+
+    def write_vocab(self, vocab: list[str]) -> None:
+        atomic_write_json(self.dir / "vocab.json", vocab)
+
+    def steps(self) -> list[int]:
+        return [json.loads(line)["step"] for line in self._lines]
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        if self._lines and row["step"] <= self.steps()[-1]:
+            raise ValueError(f"{self.metrics_path}: step {row['step']} is not after the last "
+                             f"recorded step {self.steps()[-1]}")
+        line = json.dumps({k: _finite_or_none(v) for k, v in row.items()})
+        self._write_lines(self._lines + [line])
+        self._lines.append(line)
+
+    def truncate_after(self, step: int) -> None:
+        """Forget rows and snapshots past `step` (written after the checkpoint a run resumes
+        from), so the resumed run records them again exactly once."""
+        kept = [line for line in self._lines if json.loads(line)["step"] <= step]
+        if len(kept) != len(self._lines):
+            self._write_lines(kept)
+            self._lines = kept
+        for later, path in list_snapshots(self.dir.parent).items():
+            if later > step:
+                path.unlink()
+
+    def write_snapshot(self, step: int, arrays: dict[str, np.ndarray]) -> Path:
+        path = snapshot_path(self.dir, step)
+        atomic_save_npz(path, **arrays)
+        return path
+
+    def _write_lines(self, lines: list[str]) -> None:
+        with atomic_open(self.metrics_path, "w") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+
+
+# -- reading (tolerant: a damaged record is read up to the damage, with a warning) ---------
+def record_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    return run_dir if run_dir.name == RECORD_DIR else run_dir / RECORD_DIR
+
+
+def read_metrics(run_dir: str | Path, warn: bool = True) -> list[dict[str, Any]]:
+    """Rows of metrics.jsonl in order, nulls as NaN; stops at the first damaged line."""
+    path = record_dir(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            if warn:
+                warnings.warn(f"{path}:{number}: damaged line; read the {len(rows)} rows "
+                              "before it and ignored the rest", stacklevel=2)
+            break
+        rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
+    return rows
+
+
+def list_snapshots(run_dir: str | Path) -> dict[int, Path]:
+    folder = record_dir(run_dir) / "snapshots"
+    found = {}
+    for path in sorted(folder.glob("step_*.npz")) if folder.exists() else []:
+        match = _SNAPSHOT.search(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def load_snapshot(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of one snapshot, or None (with a warning naming the file) if damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as err:
+        warnings.warn(f"{path}: unreadable snapshot ({err}); skipped", stacklevel=2)
+        return None
+
+
+def read_json(run_dir: str | Path, name: str) -> Any:
+    path = record_dir(run_dir) / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as err:
+        warnings.warn(f"{path}: unreadable JSON ({err})", stacklevel=2)
+        return None

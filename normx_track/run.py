@@ -1,0 +1,61 @@
+"""One training run from a `Config`: data, model, loggers, tracker, checkpoints, Trainer.
+Hydra-free, so notebooks and other launchers can call `run(cfg)` too."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+
+from .config import Config, to_dict
+from .data.datamodule import TextDataModule
+from .loggers import build_loggers
+from .model import LanguageModel
+
+log = logging.getLogger(__name__)
+
+
+def build_callbacks(cfg: Config, datamodule: TextDataModule, out: Path) -> list[L.Callback]:
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=out / "checkpoints", filename="step_{step:08d}",
+                        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+                        save_top_k=-1, save_last=True, auto_insert_metric_name=False),
+        ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].size(0),
+                          length_fn=lambda b: b["input_ids"].size(1)),
+    ]
+    if cfg.logger.kind != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.tracker.enabled:
+        from .tracking import build_tracker
+        callbacks.append(build_tracker(cfg, datamodule, out))
+    return callbacks
+
+
+def build_trainer(cfg: Config, out: Path, loggers, callbacks) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=t.max_steps, val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches, deterministic=t.deterministic,
+        default_root_dir=out, logger=loggers or False, callbacks=callbacks,
+        enable_progress_bar=True)
+
+
+def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
+    """Train; returns the final validation loss (what a Hydra sweeper would minimise)."""
+    L.seed_everything(cfg.seed, workers=True)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    datamodule = TextDataModule(cfg.data, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup()
+    model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
+                                       datamodule.eos_token_id, cfg.trainer.max_steps)
+    loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=list(config_files))
+    trainer = build_trainer(cfg, out, loggers, build_callbacks(cfg, datamodule, out))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    val_loss = trainer.callback_metrics.get("val/loss")
+    return float(val_loss) if val_loss is not None else None

@@ -1,0 +1,104 @@
+"""What one snapshot measures: embedding norms, and their agreement with gold signals.
+
+Kept apart from the callback so replay (analysis) computes exactly the same numbers from a
+saved checkpoint as the live run did."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import metrics
+
+# Signals that are correlated with the norms (counts is the control, not a target).
+_NOT_CORRELATED = {"counts", "function_word"}
+
+
+def find_language_model(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` itself if it exposes `get_input_embeddings`, else its first submodule that
+    does (e.g. the HF model inside a user's LightningModule)."""
+    for candidate in module.modules():
+        if callable(getattr(candidate, "get_input_embeddings", None)):
+            return candidate
+    raise TypeError(f"{type(module).__name__} has no submodule with get_input_embeddings(); "
+                    "pass model_getter= to the tracker to say where the language model is")
+
+
+def _full_params(module: torch.nn.Module):
+    """Under FSDP the embedding is sharded; gather it for the duration of a snapshot."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:  # pragma: no cover - torch without distributed
+        return nullcontext()
+    if any(isinstance(m, FSDP) for m in module.modules()):
+        return FSDP.summon_full_params(module, writeback=False, recurse=True)
+    return nullcontext()
+
+
+def _row_norms(weight: torch.Tensor) -> np.ndarray:
+    if hasattr(weight, "full_tensor"):  # FSDP2 / DTensor
+        weight = weight.full_tensor()
+    return torch.linalg.vector_norm(weight.detach().float(), dim=1).cpu().numpy()
+
+
+@torch.no_grad()
+def embedding_norms(language_model: torch.nn.Module, root: torch.nn.Module | None = None
+                    ) -> dict[str, np.ndarray]:
+    """`input` norms ||E[w]||, and `output` norms ||U[w]|| when the head is untied.
+    `root` is the (possibly FSDP-wrapped) module to gather parameters from."""
+    with _full_params(root if root is not None else language_model):
+        inp = language_model.get_input_embeddings().weight
+        head = language_model.get_output_embeddings()
+        norms = {"input_norm": _row_norms(inp)}
+        if head is not None and head.weight.data_ptr() != inp.data_ptr():
+            norms["output_norm"] = _row_norms(head.weight)
+    return norms
+
+
+def measure(norms: np.ndarray, signals: Mapping[str, np.ndarray], counts: np.ndarray,
+            min_count: int, prefix: str = "normx/") -> dict[str, float]:
+    """Flat metric keys (DESIGN.md) for one norm vector against every gold signal."""
+    vocab = len(counts)
+    norms = norms[:vocab]  # rows past the tokenizer's vocabulary are padding, never seen
+    row: dict[str, float] = {}
+    for name, gold in signals.items():
+        if name in _NOT_CORRELATED:
+            continue
+        result = metrics.correlations(norms, gold, counts, min_count=min_count)
+        for stat in ("spearman", "pearson", "partial_spearman"):
+            row[f"{prefix}{stat}/{name}"] = float(result[stat])
+        row[f"{prefix}n_types/{name}"] = int(result["n"])
+    if "function_word" in signals:
+        row[f"{prefix}auroc/function_word"] = float(
+            metrics.function_word_auroc(norms, signals["function_word"], counts, min_count))
+    stats = metrics.norm_statistics(norms, counts)
+    row.update({f"{prefix}norm/{key}": _plain(value) for key, value in stats.items()})
+    return row
+
+
+def _plain(value: Any) -> Any:
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
+
+
+def measure_snapshot(arrays: Mapping[str, np.ndarray], signals: Mapping[str, np.ndarray],
+                     counts: np.ndarray, min_count: int) -> dict[str, float]:
+    """Metrics for the input norms, and for the output norms under `normx/output/`."""
+    row = measure(arrays["input_norm"], signals, counts, min_count)
+    if "output_norm" in arrays:
+        row.update(measure(arrays["output_norm"], signals, counts, min_count,
+                           prefix="normx/output/"))
+    return row
+
+
+def extreme_tokens(norms: np.ndarray, vocab: list[str], counts: np.ndarray, k: int,
+                   min_count: int) -> list[dict[str, Any]]:
+    """The k highest- and k lowest-norm tokens among those seen at least `min_count` times."""
+    ids = np.flatnonzero((counts >= min_count) & np.isfinite(norms[:len(counts)]))
+    order = ids[np.argsort(-norms[ids], kind="stable")]
+    rows = []
+    for label, chosen in (("top", order[:k]), ("bottom", order[::-1][:k])):
+        rows += [{"rank": label, "token": vocab[i] if i < len(vocab) else "", "id": int(i),
+                  "norm": float(norms[i]), "count": int(counts[i])} for i in chosen]
+    return rows

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny training runs through the real `train.py` (Hydra, Lightning, W&B
+offline), sized to take seconds on 2 CPU cores."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A few hundred synthetic documents, a 512-token BPE and a 1-layer model.
+TINY = [
+    "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positions=32",
+    "data.block_size=32", "data.batch_size=4", "data.vocab_size=512",
+    "data.synthetic.n_documents=300", "data.synthetic.content_words_per_topic=20",
+    "data.synthetic.n_topics=3", "data.synthetic.n_probes=20",
+    "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_val_batches=2",
+    "trainer.checkpoint_every_n_steps=4", "trainer.log_every_n_steps=1",
+    "tracker.every_n_steps=4", "tracker.min_count=2", "tracker.stats_tokens=20000",
+    "optim.warmup_steps=2",
+]
+
+
+def test_env(cache_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", NORMX_CACHE_DIR=str(cache_dir),
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def run_train(cache_dir: Path, *overrides: str, check: bool = True, cwd: Path | None = None
+              ) -> subprocess.CompletedProcess:
+    """`python train.py <overrides>` in a subprocess, as a user would run it."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides],
+                          cwd=cwd or ROOT, env=test_env(cache_dir), capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("normx_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir) -> Path:
+    """One tiny W&B-offline run with the tracker, shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run_train(cache_dir, *TINY, f"hydra.run.dir={out}")
+    return out
