@@ -4,11 +4,13 @@
     python benchmarks/bench_attribution.py --full          # GPT-2 small (124M)
     python benchmarks/bench_attribution.py --lengths 128 --batch 4 --threads 2
 
-Each method runs in its own subprocess so that peak memory is not polluted by the others:
-on CUDA it is ``torch.cuda.max_memory_allocated`` above the loaded model, on CPU the rise of
-``ru_maxrss`` (the process's resident-set high-water mark) above the loaded model. Times are
-minima over at least ``--repeats`` runs (and ~1 s) after one warm-up run, divided by the
-batch size; the minimum is the figure least disturbed by other load on the machine.
+Peak memory: each method runs once per length in its own subprocess, so the others do not
+pollute it: on CUDA ``torch.cuda.max_memory_allocated`` above the loaded model, on CPU the
+rise of ``ru_maxrss`` (the resident-set high-water mark) above the loaded model.
+Time: one process, after a warm-up, ``--repeats`` rounds in which every method runs
+(~0.2 s of runs; IG once, in the first ``max(1, repeats // 3)`` rounds), interleaved so
+that load from other processes hits all methods alike; the minimum per method, divided by
+the batch size.
 
 Methods: ``forward`` (plain ``model(input_ids)``, full [B,T,V] logits: the ratio baseline),
 ``forward_last`` (``logits_to_keep=1``), ``normxlogit`` (``attribute()``), and Captum's
@@ -41,7 +43,7 @@ def parse(argv=None):
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs (IG: max(1, repeats // 3))")
+    p.add_argument("--repeats", type=int, default=3, help="timing rounds (IG runs in max(1, repeats // 3))")
     p.add_argument("--ig-steps", type=int, default=50)
     p.add_argument("--ig-internal-batch", type=int, default=16, help="Captum internal_batch_size")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -98,50 +100,80 @@ def method_fn(name, model, x, args):
                                 n_steps=args.ig_steps, internal_batch_size=args.ig_internal_batch).sum(-1)
 
 
+def _sync(device):
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _batch(args, length, device):
+    import torch
+
+    g = torch.Generator().manual_seed(length)
+    return torch.randint(0, args.vocab, (args.batch, length), generator=g).to(device)
+
+
 def worker(args):
+    """Peak memory of one method (one run per length) in a fresh process."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, device = build(args)
-    cuda = device == "cuda"
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    results = {}
+    peaks = {}
     for length in sorted(args.lengths):  # increasing, so each RSS high-water mark is this length's
-        g = torch.Generator().manual_seed(length)
-        x = torch.randint(0, args.vocab, (args.batch, length), generator=g).to(device)
-        fn = method_fn(args.worker, model, x, args)
-        if cuda:
+        fn = method_fn(args.worker, model, _batch(args, length, device), args)
+        if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base_cuda = torch.cuda.memory_allocated()
-        fn()  # warm-up; its peak counts
-        sync()
-        if cuda:
-            peak_mb = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+        fn()
+        _sync(device)
+        if device == "cuda":
+            peaks[length] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
         else:
-            peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-        # At least --repeats runs (IG: a third) and ~1 s of them; the minimum is the least
-        # disturbed by other load on the machine.
-        reps = max(1, args.repeats // 3) if args.worker == "integrated_gradients" else args.repeats
-        times = []
-        while len(times) < reps or sum(times) < 1.0:
-            t0 = time.perf_counter()
+            peaks[length] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
+    print("RESULT " + json.dumps(peaks))
+
+
+def time_methods(args):
+    """Seconds per example, methods interleaved round by round so that load from other
+    processes hits them alike; the minimum over runs is the least disturbed figure."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, device = build(args)
+    out = {name: {} for name in args.methods}
+    for length in sorted(args.lengths):
+        x = _batch(args, length, device)
+        fns = {name: method_fn(name, model, x, args) for name in args.methods}
+        for fn in fns.values():  # warm-up
             fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        results[length] = {"s_per_example": min(times) / args.batch, "peak_mb": peak_mb}
-    print("RESULT " + json.dumps(results))
+        best = dict.fromkeys(fns, float("inf"))
+        for rnd in range(args.repeats):
+            for name, fn in fns.items():
+                if name == "integrated_gradients" and rnd >= max(1, args.repeats // 3):
+                    continue
+                spent = 0.0
+                while spent < 0.2 or name == "integrated_gradients":  # cheap ones: ~0.2 s a round
+                    t0 = time.perf_counter()
+                    fn()
+                    _sync(device)
+                    dt = time.perf_counter() - t0
+                    best[name], spent = min(best[name], dt), spent + dt
+                    if name == "integrated_gradients":
+                        break
+        for name in fns:
+            out[name][length] = best[name] / args.batch
+    return out
 
 
 # --------------------------------------------------------------------------- driver side
 
 
-def run_method(name, argv):
+def peak_memory(name, argv):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, __file__, *argv, "--worker", name],
                           capture_output=True, text=True, env=env)
@@ -187,11 +219,17 @@ def main(argv=None):
     args = parse(argv)
     if args.worker:
         return worker(args)
-    res = {}
+    res = {name: {} for name in args.methods}
     for name in args.methods:
         t0 = time.perf_counter()
-        res[name] = run_method(name, argv)
-        print(f"  {name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+        for length, mb in peak_memory(name, argv).items():
+            res[name][length] = {"peak_mb": mb}
+        print(f"  memory {name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    for name, per_length in time_methods(args).items():
+        for length, sec in per_length.items():
+            res[name][length]["s_per_example"] = sec
+    print(f"  timing: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     report(res, args)
 
 

@@ -119,17 +119,19 @@ def _runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Merge (unique keys, counts) of several chunks, summing counts of equal keys."""
-    keys = np.concatenate([k for k, _ in parts]).astype(np.uint64)
-    counts = np.concatenate([c for _, c in parts]).astype(np.uint64)
-    if keys.max(initial=0) < 2**32 and counts.max(initial=0) < 2**32:
-        # pack (key, count) into one uint64 so a plain (SIMD) sort does the grouping
-        packed = np.sort((keys << np.uint64(32)) | counts)
-        keys, counts = packed >> np.uint64(32), packed & np.uint64(2**32 - 1)
+    if parts[0][0].dtype == np.uint32:
+        # pack (key, count < 2**32 within a chunk) into one uint64: one SIMD sort groups
+        packed = np.concatenate([(k.astype(np.uint64) << np.uint64(32)) | c.astype(np.uint64)
+                                 for k, c in parts])
+        packed.sort()
+        keys = (packed >> np.uint64(32)).astype(np.uint32)
+        counts = packed & np.uint64(2**32 - 1)
     else:
+        keys = np.concatenate([k for k, _ in parts])
         order = np.argsort(keys, kind="stable")
-        keys, counts = keys[order], counts[order]
+        keys, counts = keys[order], np.concatenate([c for _, c in parts])[order]
     starts = _run_starts(keys)
-    return keys[starts], np.add.reduceat(counts.astype(np.int64), starts)
+    return keys[starts], np.add.reduceat(counts, starts).astype(np.int64)
 
 
 def _chunk_keys(stream: np.ndarray, window: int, start: int, stop: int) -> np.ndarray:

@@ -41,6 +41,7 @@ def build_trainer(cfg: Config, out: Path, loggers, callbacks) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, deterministic=t.deterministic,
         default_root_dir=out, logger=loggers or False, callbacks=callbacks,
+        use_distributed_sampler=False,  # ResumableBatchSampler shards by rank itself
         enable_progress_bar=True)
 
 

@@ -24,7 +24,7 @@ TINY = [
 ]
 
 
-def test_env(cache_dir: Path) -> dict[str, str]:
+def subprocess_env(cache_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(WANDB_MODE="offline", WANDB_SILENT="true", NORMX_CACHE_DIR=str(cache_dir),
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -35,7 +35,7 @@ def run_train(cache_dir: Path, *overrides: str, check: bool = True, cwd: Path | 
               ) -> subprocess.CompletedProcess:
     """`python train.py <overrides>` in a subprocess, as a user would run it."""
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides],
-                          cwd=cwd or ROOT, env=test_env(cache_dir), capture_output=True,
+                          cwd=cwd or ROOT, env=subprocess_env(cache_dir), capture_output=True,
                           text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

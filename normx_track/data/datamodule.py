@@ -11,14 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import itertools
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Iterator
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
 from .sources import load_texts
@@ -45,6 +47,31 @@ class BlockDataset(Dataset):
         return {"input_ids": torch.from_numpy(block)}
 
 
+class ResumableBatchSampler(Sampler[list[int]]):
+    """An endless stream of shuffled batches where batch b is a pure function of
+    (seed, b): epoch b // per_epoch uses its own seeded permutation. Resuming at batch b
+    therefore replays exactly what an uninterrupted run would have seen. Under DDP each rank
+    takes every `world_size`-th batch."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, start: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.per_epoch = n_items // batch_size
+        if self.per_epoch < 1:
+            raise ValueError(f"{n_items} training blocks make no full batch of {batch_size} "
+                             "(data.batch_size); use more data or a smaller batch")
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.start, self.rank, self.world_size = start, rank, world_size
+
+    def batch(self, b: int) -> list[int]:
+        epoch, i = divmod(b, self.per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
+        return order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for local in itertools.count(self.start):
+            yield self.batch(local * self.world_size + self.rank)
+
+
 def cache_key(cfg: DataConfig, seed: int) -> str:
     parts = {k: v for k, v in asdict(cfg).items()
              if k not in ("block_size", "batch_size", "num_workers", "cache_dir", "streaming")}
@@ -61,6 +88,7 @@ class TextDataModule(L.LightningDataModule):
         self.seed = seed
         self.dir = Path(cfg.cache_dir) / cache_key(cfg, seed)
         self.tokenizer = None
+        self.batches_consumed = 0  # per rank, restored on resume so batches are not replayed
 
     # -- preparation (idempotent, safe to run from several processes) --------------------
     def prepare_data(self) -> None:
@@ -155,9 +183,19 @@ class TextDataModule(L.LightningDataModule):
         return kept
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=True,
-                          drop_last=True, generator=generator, num_workers=self.cfg.num_workers)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        sampler = ResumableBatchSampler(len(self.train_set), self.cfg.batch_size, self.seed,
+                                        self.batches_consumed, rank, world)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Called when a checkpoint is saved: every batch so far went into an optimizer step.
+        trainer = self.trainer
+        return {"batches_consumed": trainer.global_step * trainer.accumulate_grad_batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches_consumed = int(state_dict["batches_consumed"])
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.cfg.batch_size,

@@ -1,0 +1,211 @@
+"""Agreement of embedding norms / attributions with gold importance (plain numpy in/out).
+
+DESIGN.md "Definitions": correlations over token types with count >= min_count
+(Spearman, Pearson, partial Spearman controlling for log frequency), the AUROC of norms
+separating content from function words, norm summaries, evidence alignment (average
+precision, dot product, and their random baselines) and faithfulness helpers.
+Degenerate inputs (too few items, constant values, no positives) give NaN, never raise.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy import special, stats
+
+DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+# ------------------------------------------------------------------ correlations
+def _same_length(*arrays: np.ndarray) -> None:
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError(f"arrays over the vocabulary differ in length: "
+                         f"{[len(a) for a in arrays]}")
+
+
+def _corr(fn, x: np.ndarray, y: np.ndarray) -> float:
+    """scipy correlation, NaN (no warning) for constant input."""
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(fn(x, y).statistic)
+
+
+def _partial(r_xy: float, r_xz: float, r_yz: float) -> float:
+    denom = math.sqrt(max((1 - r_xz**2) * (1 - r_yz**2), 0.0))
+    return (r_xy - r_xz * r_yz) / denom if denom > 1e-12 else math.nan
+
+
+def correlations(norms: np.ndarray, gold: np.ndarray, counts: np.ndarray,
+                 min_count: int = 10) -> dict[str, float | int]:
+    """Spearman, Pearson and partial Spearman of ``norms`` vs ``gold`` over token types.
+
+    Types used: count >= min_count and both values finite; ``n`` says how many.
+    partial_spearman controls for log frequency: (r_xy - r_xz r_yz) /
+    sqrt((1 - r_xz^2)(1 - r_yz^2)) on Spearman coefficients (z = count; ranks of log
+    count equal ranks of count). NaN when n < 3 or an input is constant.
+    """
+    norms, gold, counts = (np.asarray(a, dtype=np.float64) for a in (norms, gold, counts))
+    _same_length(norms, gold, counts)
+    use = (counts >= min_count) & np.isfinite(norms) & np.isfinite(gold)
+    x, y, z = norms[use], gold[use], counts[use]
+    out = dict(spearman=math.nan, pearson=math.nan, partial_spearman=math.nan, n=int(use.sum()))
+    if out["n"] < 3:
+        return out
+    out["spearman"] = _corr(stats.spearmanr, x, y)
+    out["pearson"] = _corr(stats.pearsonr, x, y)
+    out["partial_spearman"] = _partial(out["spearman"], _corr(stats.spearmanr, x, z),
+                                       _corr(stats.spearmanr, y, z))
+    return out
+
+
+# ------------------------------------------------------------------------- AUROC
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties counting 1/2.
+
+    Labels are 1 (positive), 0 (negative); NaN labels or non-finite scores are ignored.
+    This is the Mann-Whitney U of the positives over n_pos * n_neg. NaN when a class is
+    empty.
+    """
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
+    _same_length(scores, labels)
+    ok = np.isfinite(scores) & np.isfinite(labels)
+    pos, neg = scores[ok & (labels == 1)], scores[ok & (labels == 0)]
+    if pos.size == 0 or neg.size == 0:
+        return math.nan
+    u = stats.mannwhitneyu(pos, neg, method="asymptotic").statistic
+    return float(u / (pos.size * neg.size))
+
+
+def function_word_auroc(norms: np.ndarray, function_word: np.ndarray, counts: np.ndarray,
+                        min_count: int = 10) -> float:
+    """AUROC of norms separating content words (positive class: label 0.0) from function
+    words (label 1.0), over types with count >= min_count. Content words are expected
+    to have larger norms, so 1.0 is perfect agreement and 0.5 chance."""
+    norms, function_word, counts = (np.asarray(a, np.float64)
+                                    for a in (norms, function_word, counts))
+    _same_length(norms, function_word, counts)
+    content = np.where(counts >= min_count, 1.0 - function_word, np.nan)
+    return auroc(norms, content)
+
+
+# ---------------------------------------------------------------- norm summaries
+def norm_statistics(norms: np.ndarray, counts: np.ndarray,
+                    n_buckets: int = 10) -> dict[str, float | int]:
+    """Summary of the norm vector, and mean norm per frequency bucket.
+
+    mean/std/min/max/median are over all finite norms; ``n_nonfinite`` counts the rest.
+    ``bucket_XX/mean``: seen tokens (count > 0, finite norm) sorted by count descending
+    (ties by id) are cut into ``n_buckets`` near-equal groups; bucket 00 is the most
+    frequent. Empty buckets give NaN.
+    """
+    norms, counts = np.asarray(norms, np.float64), np.asarray(counts)
+    _same_length(norms, counts)
+    finite = np.isfinite(norms)
+    vals = norms[finite]
+    out: dict[str, float | int] = {"n_nonfinite": int((~finite).sum())}
+    for name, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max),
+                     ("median", np.median)):
+        out[name] = float(fn(vals)) if vals.size else math.nan
+    seen = np.flatnonzero((counts > 0) & finite)
+    by_freq = seen[np.argsort(-counts[seen], kind="stable")]
+    for b, group in enumerate(np.array_split(by_freq, n_buckets)):
+        out[f"bucket_{b:02d}/mean"] = float(norms[group].mean()) if group.size else math.nan
+    return out
+
+
+# ------------------------------------------------------------ evidence alignment
+def _cues(importance: np.ndarray, relevant_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    importance = np.asarray(importance, np.float64)
+    relevant = np.asarray(relevant_mask, dtype=bool)
+    _same_length(importance, relevant)
+    if not np.isfinite(importance).all():
+        raise ValueError("importance scores must be finite")
+    return importance, relevant
+
+
+def average_precision(importance: np.ndarray, relevant_mask: np.ndarray) -> float:
+    """AP of positions ranked by importance (descending), cue positions relevant.
+
+    AP = mean over relevant positions of (relevant at or above its rank) / rank. Ties are
+    resolved by the *expectation over all orderings of tied positions*, so the result does
+    not depend on position order; with every score tied this is the random baseline.
+    For a tie group of g positions, m of them relevant, after ``b`` positions of which
+    ``rb`` relevant: a relevant position lands at slot j (uniform in 1..g) with on
+    average (j-1)(m-1)/(g-1) other relevant ones above it, so its expected precision is
+    (rb + 1 + (j-1)(m-1)/(g-1)) / (b + j). NaN when there is no relevant position.
+    """
+    importance, relevant = _cues(importance, relevant_mask)
+    r = int(relevant.sum())
+    if r == 0:
+        return math.nan
+    values, group = np.unique(-importance, return_inverse=True)   # group 0 = highest
+    g = np.bincount(group, minlength=values.size)
+    m = np.bincount(group, weights=relevant, minlength=values.size)
+    before, rel_before = np.cumsum(g) - g, np.cumsum(m) - m
+    total = 0.0
+    for gi, mi, b, rb in zip(g, m, before, rel_before):
+        if mi == 0:
+            continue
+        j = np.arange(1, gi + 1)
+        others = (j - 1) * (mi - 1) / (gi - 1) if gi > 1 else 0.0
+        total += mi * np.mean((rb + 1 + others) / (b + j))
+    return float(total / r)
+
+
+def random_average_precision(relevant_mask: np.ndarray) -> float:
+    """Exact E[AP] under a uniformly random ranking of n positions with r relevant:
+    ((n - r) H_n + (r - 1) n) / (n (n - 1)), H_n the harmonic number (1.0 when n = 1).
+    It is :func:`average_precision` with all scores tied (one group, b = rb = 0)."""
+    relevant = np.asarray(relevant_mask, dtype=bool)
+    n, r = relevant.size, int(relevant.sum())
+    if r == 0:
+        return math.nan
+    if n == 1:
+        return 1.0
+    harmonic = float(np.sum(1.0 / np.arange(1, n + 1)))
+    return ((n - r) * harmonic + (r - 1) * n) / (n * (n - 1))
+
+
+def dot_product_alignment(importance: np.ndarray, relevant_mask: np.ndarray) -> float:
+    """Softmax of importance over positions, summed at the cue positions (NaN: no cue)."""
+    importance, relevant = _cues(importance, relevant_mask)
+    if not relevant.any():
+        return math.nan
+    return float(special.softmax(importance)[relevant].sum())
+
+
+def random_dot_product(relevant_mask: np.ndarray) -> float:
+    """Uniform softmax baseline: r / n (NaN: no cue)."""
+    relevant = np.asarray(relevant_mask, dtype=bool)
+    return float(relevant.mean()) if relevant.any() else math.nan
+
+
+# ------------------------------------------------------------------ faithfulness
+def topk_positions(importance: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the ceil(fraction * n) most important positions (at least 1, at most
+    n), most important first; ties keep position order (stable)."""
+    importance = np.asarray(importance, np.float64)
+    n = importance.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(n, max(1, math.ceil(round(fraction * n, 9))))   # round: 0.3*10 is 3.0000000004
+    return np.argsort(-importance, kind="stable")[:k]
+
+
+def comprehensiveness(p_full: float | np.ndarray,
+                      p_removed_by_k: Sequence[float] | np.ndarray) -> float | np.ndarray:
+    """Mean over k of p_full - p(target | top-k% positions removed); higher = the
+    attribution found what the prediction needs. ``p_removed_by_k`` has k first."""
+    return np.mean(np.asarray(p_full) - np.asarray(p_removed_by_k, np.float64), axis=0)
+
+
+def sufficiency(p_full: float | np.ndarray,
+                p_kept_by_k: Sequence[float] | np.ndarray) -> float | np.ndarray:
+    """Mean over k of p_full - p(target | only top-k% positions kept); lower = the top
+    positions suffice. ``p_kept_by_k`` has k first."""
+    return np.mean(np.asarray(p_full) - np.asarray(p_kept_by_k, np.float64), axis=0)

@@ -1,0 +1,90 @@
+"""Tokenizer training, local files through HF datasets, packing and caching."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from normx_track.config import DataConfig, SyntheticDataConfig
+from normx_track.data.datamodule import TextDataModule
+from normx_track.data.sources import DataSourceError, load_local_files, load_texts
+from normx_track.data.tokenizer import get_tokenizer, train_bpe
+
+TEXTS = ["the cat sat on the mat .", "a dog ran after the cat !", "numbers 12345 and ünïcödé 🙂"]
+
+
+def test_bpe_round_trips_text(tmp_path):
+    tokenizer = train_bpe(TEXTS * 50, vocab_size=300, directory=tmp_path / "bpe")
+    for text in TEXTS + ["unseen wörds, tabs\tand\nnewlines"]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert tokenizer.decode(ids) == text
+    assert (tmp_path / "bpe" / "tokenizer.json").exists()
+    again = get_tokenizer("bpe", [], 300, tmp_path / "bpe")  # reused, not retrained on []
+    assert again.encode(TEXTS[0]) == tokenizer.encode(TEXTS[0])
+
+
+def test_unavailable_pretrained_tokenizer_falls_back_to_bpe(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tokenizer = get_tokenizer(str(tmp_path / "no_such_tokenizer"), TEXTS * 20, 280, tmp_path / "bpe")
+    assert tokenizer.decode(tokenizer.encode(TEXTS[0])) == TEXTS[0]
+
+
+def test_local_text_jsonl_and_parquet_files_load_through_datasets(tmp_path):
+    txt = tmp_path / "a.txt"
+    txt.write_text("first document\n\nsecond document\n")
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
+    assert load_texts(DataConfig(source="files", files=[str(txt)])) == ["first document",
+                                                                        "second document"]
+    assert load_texts(DataConfig(source="files", files=[str(jsonl)])) == TEXTS
+    parquet = tmp_path / "c.parquet"
+    load_local_files([str(jsonl)]).to_parquet(parquet)
+    assert load_texts(DataConfig(source="files", files=[str(parquet)], max_documents=2)) == TEXTS[:2]
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(DataSourceError, match="no such file: .*missing.txt"):
+        load_texts(DataConfig(source="files", files=[str(tmp_path / "missing.txt")]))
+    bad = tmp_path / "x.jsonl"
+    bad.write_text(json.dumps({"body": "hi"}) + "\n")
+    with pytest.raises(DataSourceError, match=r"x.jsonl: rows have no field 'text'"):
+        load_texts(DataConfig(source="files", files=[str(bad)]))
+
+
+def small_synthetic(tmp_path, **kw) -> DataConfig:
+    return DataConfig(cache_dir=str(tmp_path / "cache"), vocab_size=400, block_size=16,
+                      batch_size=4, synthetic=SyntheticDataConfig(
+                          n_documents=120, n_topics=2, content_words_per_topic=12, n_probes=5),
+                      **kw)
+
+
+def test_datamodule_packs_blocks_and_is_deterministic(tmp_path):
+    dm = TextDataModule(small_synthetic(tmp_path), seed=3)
+    dm.prepare_data()
+    dm.setup()
+    stream = np.fromfile(dm.dir / "train.bin", dtype=np.int32)
+    assert len(dm.train_set) == len(stream) // 16
+    np.testing.assert_array_equal(dm.train_set[2]["input_ids"].numpy(), stream[32:48])
+    docs = dm.statistics_documents()
+    assert sum(map(len, docs)) == len(stream)
+    assert all(d[-1] == dm.eos_token_id for d in docs)  # EOS closes every document
+    assert sum(map(len, dm.statistics_documents(max_tokens=100))) == 100
+    assert dm.probe_file is not None and "the" in dm.function_words()
+    text = dm.tokenizer.decode(docs[0][:-1])
+    assert text.split()[-1] == "."
+    # Same seed, fresh cache: identical tokens; another seed: another split.
+    twin = TextDataModule(small_synthetic(tmp_path / "twin"), seed=3)
+    twin.prepare_data()
+    assert (twin.dir / "train.bin").read_bytes() == (dm.dir / "train.bin").read_bytes()
+    other = TextDataModule(small_synthetic(tmp_path), seed=4)
+    other.prepare_data()
+    assert (other.dir / "train.bin").read_bytes() != (dm.dir / "train.bin").read_bytes()
+
+
+def test_interrupted_preparation_is_redone(tmp_path):
+    dm = TextDataModule(small_synthetic(tmp_path), seed=0)
+    dm.dir.mkdir(parents=True)
+    (dm.dir / "train.bin").write_bytes(b"half")  # a crash before info.json was written
+    dm.setup()
+    assert (dm.dir / "info.json").exists() and len(dm.train_set) > 0
