@@ -42,10 +42,11 @@ def test_multirun_two_jobs(cache_dir: Path, tmp_path: Path):
     run_train(cache_dir, "-m", *TINY, "trainer.max_steps=2", "tracker=off", "logger=csv",
               "seed=0,1", f"hydra.sweep.dir={sweep}")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [j.name for j in jobs] == ["0_seed=0", "1_seed=1"]
+    assert [j.name for j in jobs] == ["0", "1"]
     for job in jobs:
         assert (job / "checkpoints" / "last.ckpt").exists()
-        assert "seed: " + job.name[-1] in (job / ".hydra" / "config.yaml").read_text()
+        assert f"seed={job.name}" in (job / ".hydra" / "overrides.yaml").read_text()
+        assert f"seed: {job.name}" in (job / ".hydra" / "config.yaml").read_text()
 
 
 def test_typo_in_key_names_the_key(cache_dir: Path):
