@@ -73,6 +73,8 @@ def build(args):
 
 def method_fn(name, model, x, args):
     """A zero-argument callable running one method on batch x."""
+    import warnings
+
     import torch
     from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
@@ -84,6 +86,8 @@ def method_fn(name, model, x, args):
         return lambda: torch.no_grad()(model)(input_ids=x, logits_to_keep=1).logits
     if name == "normxlogit":
         return lambda: attribute(model, x).normxlogit
+
+    warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
 
     def last_logits(embeds):  # Captum's forward: logits at the explained (last) position
         return model(inputs_embeds=embeds, logits_to_keep=1).logits[:, -1]

@@ -114,7 +114,8 @@ def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
 def _runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(unique keys, counts) of a sorted array (np.unique is several times slower)."""
     starts = _run_starts(sorted_keys)
-    return sorted_keys[starts], np.diff(starts, append=sorted_keys.size)
+    counts = np.diff(starts, append=sorted_keys.size)
+    return sorted_keys[starts], counts.astype(np.uint32) if sorted_keys.size < 2**32 else counts
 
 
 def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -129,21 +130,19 @@ def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
     else:
         keys = np.concatenate([k for k, _ in parts])
         order = np.argsort(keys, kind="stable")
-        keys, counts = keys[order], np.concatenate([c for _, c in parts])[order]
+        keys = keys[order]
+        counts = np.concatenate([c for _, c in parts]).astype(np.int64)[order]
     starts = _run_starts(keys)
     return keys[starts], np.add.reduceat(counts, starts).astype(np.int64)
 
 
-def _chunk_keys(stream: np.ndarray, window: int, start: int, stop: int) -> np.ndarray:
-    """Sorted keys hi*(hi+1)/2 + lo of the pairs (i, i+d), start <= i < stop, d <= W."""
-    keys = np.empty(window * (stop - start), dtype=stream.dtype)
-    scratch = np.empty(stop - start, dtype=stream.dtype)
+def _chunk_keys(stream: np.ndarray, window: int) -> np.ndarray:
+    """Sorted keys hi*(hi+1)/2 + lo of all pairs (i, i+d), 1 <= d <= W, of ``stream``."""
+    keys = np.empty(window * stream.size, dtype=stream.dtype)
+    scratch = np.empty(stream.size, dtype=stream.dtype)
     used = 0
-    for d in range(1, window + 1):
-        end = min(stop, stream.size - d)
-        if end <= start:
-            break
-        a, b, m = stream[start:end], stream[start + d:end + d], end - start
+    for d in range(1, min(window, stream.size - 1) + 1):
+        a, b, m = stream[:-d], stream[d:], stream.size - d
         out, tmp = keys[used:used + m], scratch[:m]
         np.maximum(a, b, out=out)                   # hi
         np.add(out, 1, out=tmp)
@@ -156,24 +155,22 @@ def _chunk_keys(stream: np.ndarray, window: int, start: int, stop: int) -> np.nd
     return keys
 
 
-def _pair_keys(stream: np.ndarray, n_ids: int, window: int, chunk_tokens: int):
-    """All within-window pair keys of ``stream`` (ids < n_ids), sorted.
-
-    Returns (keys, None) with one key per pair event when the stream fits in one chunk,
-    else (distinct keys, counts) merged over chunks.
-    """
-    # hi*(hi+1) must not overflow: uint32 up to 65536 ids (GPT-2, Llama, NeoX vocabularies)
-    key_dtype = np.uint32 if (n_ids - 1) * n_ids < 2**32 else np.uint64
-    stream = stream.astype(key_dtype)
-    starts = range(0, max(stream.size - 1, 1), chunk_tokens)
-    if len(starts) == 1:
-        return _chunk_keys(stream, window, 0, stream.size), None
-    return _merge([_runs(_chunk_keys(stream, window, s, min(s + chunk_tokens, stream.size)))
-                   for s in starts])
+def _document_chunks(lengths: np.ndarray, chunk_tokens: int) -> list[tuple[slice, slice]]:
+    """Consecutive groups of whole documents of about ``chunk_tokens`` tokens (at least one
+    document each), as (document slice, token slice)."""
+    ends = np.cumsum(lengths)
+    begins = ends - lengths
+    chunks, d0 = [], 0
+    while d0 < lengths.size:
+        d1 = max(d0 + 1, int(np.searchsorted(ends, begins[d0] + chunk_tokens, side="right")))
+        chunks.append((slice(d0, d1), slice(int(begins[d0]), int(ends[d1 - 1]))))
+        d0 = d1
+    return chunks
 
 
 def _sum_clogc(keys: np.ndarray, counts: np.ndarray | None, vocab_size: int) -> np.ndarray:
-    """Per token w: sum_c C[w,c] log C[w,c] from sorted pair keys (see _pair_keys).
+    """Per token w: sum_c C[w,c] log C[w,c] from sorted pair keys: one key per pair
+    event (``counts`` None), or distinct keys with their counts.
 
     C[lo,hi] = C[hi,lo] = k off the diagonal and C[w,w] = 2k (each event (w, w) counts
     both ways). Off-diagonal pairs seen once add 1*log 1 = 0, so only repeated keys and
@@ -208,8 +205,9 @@ def _repeated_runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First and last index of every run of >= 2 equal values in a sorted array."""
     same = np.zeros(sorted_keys.size + 1, dtype=bool)   # same[i]: keys[i-1] == keys[i]
     np.equal(sorted_keys[1:], sorted_keys[:-1], out=same[1:-1])
-    return (np.flatnonzero(same[1:] & ~same[:-1]),      # equal to the next, not the previous
-            np.flatnonzero(same[:-1] & ~same[1:]))      # equal to the previous, not the next
+    # same is False at both ends, so its flips alternate: run first, run last, ...
+    flips = np.flatnonzero(same[1:] != same[:-1])
+    return flips[0::2], flips[1::2]
 
 
 def _xlogx(x: np.ndarray) -> np.ndarray:
@@ -226,25 +224,44 @@ def _neighbour_sums(padded: np.ndarray, window: int) -> np.ndarray:
     return total
 
 
+def _neighbour_counts(flat: np.ndarray, lengths: np.ndarray, window: int,
+                      vocab_size: int) -> np.ndarray:
+    """n_w: 2W neighbours per occurrence, less W-k for the k-th token from either end of
+    its document (k < W); only the 2W edge positions per document are visited."""
+    n = 2.0 * window * np.bincount(flat, minlength=vocab_size)
+    begins = np.cumsum(lengths) - lengths
+    for k in range(window):
+        has = lengths > k
+        for at in (begins[has] + k, begins[has] + lengths[has] - 1 - k):
+            n -= (window - k) * np.bincount(flat[at], minlength=vocab_size)
+    return n
+
+
 def _kl(flat: np.ndarray, lengths: np.ndarray, vocab_size: int, window: int,
         chunk_tokens: int) -> np.ndarray:
-    # n_w: each position has min(W, p) + min(W, L-1-p) neighbours in its document
-    pos = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    after = np.repeat(lengths, lengths) - 1 - pos
-    n = np.bincount(flat, weights=np.minimum(pos, window) + np.minimum(after, window),
-                    minlength=vocab_size)
-    total = n.sum()
-    where = _padded_positions(lengths, window)
-    size = flat.size + window * lengths.size
-    with np.errstate(divide="ignore", invalid="ignore"):
+    chunks = _document_chunks(lengths, chunk_tokens)
+    n = _neighbour_counts(flat, lengths, window, vocab_size)
+    with np.errstate(divide="ignore"):
         log_n = np.where(n > 0, np.log(n), 0.0)
-        # sum_c C[w,c] log m_c: over occurrences of w, sum log m of each neighbour
+    # hi*(hi+1) must not overflow: uint32 keys up to 65535 ids (+ the sentinel id V)
+    key_dtype = np.uint32 if vocab_size * (vocab_size + 1) < 2**32 else np.uint64
+    s_clogm, parts = np.zeros(vocab_size), []
+    for docs, toks in chunks:
+        ids, lens = flat[toks], lengths[docs]
+        where = _padded_positions(lens, window)
+        size = ids.size + window * lens.size
+        # sum_c C[w,c] log m_c: over occurrences of w, add log m of each neighbour
         # (sentinels carry 0); m = n because C is symmetric
-        log_m = _neighbour_sums(_padded(log_n[flat], where, size, 0.0, np.float64), window)
-        s_clogm = np.bincount(flat, weights=log_m[where], minlength=vocab_size)
-        stream = _padded(flat, where, size, vocab_size, np.int64)
-        keys, counts = _pair_keys(stream, vocab_size + 1, window, chunk_tokens)
-        s_clogc = _sum_clogc(keys, counts, vocab_size)
+        log_m = _neighbour_sums(_padded(log_n[ids], where, size, 0.0, np.float64), window)
+        s_clogm += np.bincount(ids, weights=log_m[where], minlength=vocab_size)
+        keys = _chunk_keys(_padded(ids, where, size, vocab_size, key_dtype), window)
+        parts.append(keys if len(chunks) == 1 else _runs(keys))
+    if len(chunks) == 1:            # one key per pair event: no counting pass needed
+        s_clogc = _sum_clogc(parts[0], None, vocab_size)
+    else:
+        s_clogc = _sum_clogc(*_merge(parts), vocab_size) if parts else np.zeros(vocab_size)
+    total = n.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
         kl = (s_clogc - s_clogm) / n - log_n + (math.log(total) if total > 0 else 0.0)
     kl[n == 0] = np.nan
     return np.maximum(kl, 0.0, where=~np.isnan(kl), out=kl)   # clip float noise below 0
@@ -255,8 +272,10 @@ def cooccurrence_kl(documents: Sequence[np.ndarray], vocab_size: int, window: in
     """KL(p(.|w) || p(.)) per token id from +-window co-occurrences inside documents.
 
     NaN for tokens without any co-occurrence (unseen, or only in 1-token documents).
-    ``chunk_tokens`` bounds memory: keys of that many positions (4*window bytes each)
-    are sorted at a time; streams longer than that merge the per-chunk counts.
+    ``chunk_tokens`` bounds working memory (roughly 100 bytes per token of a chunk, e.g.
+    ~0.8 GB at the default 2**23): whole documents are grouped into chunks of about that
+    many tokens, and longer streams merge the per-chunk distinct pair counts (slower per
+    token, and the distinct pairs of the whole stream are held, ~12 bytes each).
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")

@@ -58,12 +58,6 @@ class LanguageModel(L.LightningModule):
         optim_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(optim).items()}
         return cls(hf_config, optim_dict, max_steps)
 
-    def get_input_embeddings(self) -> torch.nn.Module:
-        return self.model.get_input_embeddings()
-
-    def get_output_embeddings(self) -> torch.nn.Module:
-        return self.model.get_output_embeddings()
-
     def forward(self, input_ids: torch.Tensor, **kwargs: Any):
         return self.model(input_ids=input_ids, **kwargs)
 

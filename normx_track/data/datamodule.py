@@ -48,28 +48,31 @@ class BlockDataset(Dataset):
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """An endless stream of shuffled batches where batch b is a pure function of
+    """An endless stream of shuffled batches where global batch b is a pure function of
     (seed, b): epoch b // per_epoch uses its own seeded permutation. Resuming at batch b
-    therefore replays exactly what an uninterrupted run would have seen. Under DDP each rank
-    takes every `world_size`-th batch."""
+    therefore replays exactly what an uninterrupted run would have seen. Under DDP a global
+    batch holds `batch_size * world_size` items and each rank takes its slice, so N ranks
+    see the same data per step as one process with an N times larger batch."""
 
     def __init__(self, n_items: int, batch_size: int, seed: int, start: int = 0,
                  rank: int = 0, world_size: int = 1):
-        self.per_epoch = n_items // batch_size
+        self.global_size = batch_size * world_size
+        self.per_epoch = n_items // self.global_size
         if self.per_epoch < 1:
-            raise ValueError(f"{n_items} training blocks make no full batch of {batch_size} "
-                             "(data.batch_size); use more data or a smaller batch")
+            raise ValueError(f"{n_items} training blocks make no full batch of "
+                             f"{self.global_size} (data.batch_size x devices); use more data "
+                             "or a smaller batch")
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
-        self.start, self.rank, self.world_size = start, rank, world_size
+        self.start, self.rank = start, rank
 
     def batch(self, b: int) -> list[int]:
         epoch, i = divmod(b, self.per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
-        return order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+        start = i * self.global_size + self.rank * self.batch_size
+        return order[start:start + self.batch_size].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
-        for local in itertools.count(self.start):
-            yield self.batch(local * self.world_size + self.rank)
+        return map(self.batch, itertools.count(self.start))
 
 
 def cache_key(cfg: DataConfig, seed: int) -> str:
@@ -88,7 +91,7 @@ class TextDataModule(L.LightningDataModule):
         self.seed = seed
         self.dir = Path(cfg.cache_dir) / cache_key(cfg, seed)
         self.tokenizer = None
-        self.batches_consumed = 0  # per rank, restored on resume so batches are not replayed
+        self.batches_consumed = 0  # global batches; restored on resume so none is replayed
 
     # -- preparation (idempotent, safe to run from several processes) --------------------
     def prepare_data(self) -> None:

@@ -1,0 +1,237 @@
+"""The tracker: the record on disk, its numbers against independent computations,
+resume and DDP giving the same rows, atomic writes, and use from a plain Lightning script."""
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from conftest import TINY, run_train
+from normx_track import NormTracker, compute_gold
+from normx_track import records
+from normx_track.callback import snapshot_schedule
+from normx_track.gold import GoldStatistics
+from normx_track.records import RecordWriteError, RecordWriter, read_metrics
+
+MIN_COUNT = 2  # tracker.min_count in TINY
+
+
+def rows_of(run: Path) -> list[dict]:
+    return read_metrics(run)
+
+
+def assert_rows_close(a: list[dict], b: list[dict], rtol: float = 0.0, atol: float = 0.0):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            np.testing.assert_allclose(ra[key], rb[key], rtol=rtol, atol=atol, err_msg=key)
+
+
+def test_record_layout(tiny_run: Path):
+    rec = tiny_run / "normx"
+    meta = json.loads((rec / "meta.json").read_text())
+    vocab = json.loads((rec / "vocab.json").read_text())
+    gold = GoldStatistics.load(rec / "gold.npz")
+    assert meta["vocab_size"] == len(vocab) == gold.vocab_size == 512
+    assert meta["config"]["model"]["n_embd"] == 32 and meta["model"]["class"] == "GPT2LMHeadModel"
+    assert {"self_information", "information_gain", "information_gain_corrected",
+            "function_word"} <= set(meta["gold"])
+    rows = rows_of(tiny_run)
+    steps = [r["step"] for r in rows]
+    assert steps == [0, 1, 2, 4, 8]  # log-spaced, then every 4, step 0 always
+    assert sorted(records.list_snapshots(tiny_run)) == steps
+    tokens = [r["tokens_seen"] for r in rows]
+    assert tokens == [s * 4 * 32 for s in steps]  # batch 4 x block 32 per step
+    snap = records.load_snapshot(records.list_snapshots(tiny_run)[8])
+    assert snap["input_norm"].shape == (512,) and "output_norm" not in snap  # tied
+
+
+def test_spearman_in_record_equals_scipy_on_saved_arrays(tiny_run: Path):
+    rec = tiny_run / "normx"
+    gold = GoldStatistics.load(rec / "gold.npz")
+    for row in rows_of(tiny_run):
+        norms = records.load_snapshot(records.list_snapshots(tiny_run)[row["step"]])["input_norm"]
+        for signal in ("information_gain", "self_information", "information_gain_corrected"):
+            values = getattr(gold, signal)
+            keep = (gold.counts >= MIN_COUNT) & np.isfinite(values)
+            expected = scipy.stats.spearmanr(norms[keep], values[keep]).statistic
+            assert row[f"normx/spearman/{signal}"] == pytest.approx(expected, abs=1e-12)
+            assert row[f"normx/n_types/{signal}"] == keep.sum()
+            pearson = scipy.stats.pearsonr(norms[keep], values[keep]).statistic
+            assert row[f"normx/pearson/{signal}"] == pytest.approx(pearson, abs=1e-12)
+
+
+def test_information_gain_in_gold_file_is_the_corpus_kl(tiny_run: Path):
+    """gold.npz came from the first stats_tokens of the training stream: recompute the KL
+    for a few tokens by brute force over that stream."""
+    gold = GoldStatistics.load(tiny_run / "normx" / "gold.npz")
+    from normx_track.config import DataConfig, SyntheticDataConfig
+    cache = Path(json.loads((tiny_run / "normx" / "meta.json").read_text())["config"]["data"]["cache_dir"])
+    train_bin = next(cache.glob("*/train.bin"))
+    lengths = np.load(train_bin.parent / "train_doc_lengths.npy")
+    stream = np.fromfile(train_bin, dtype=np.int32)[:20000]
+    docs = np.split(stream, np.cumsum(lengths)[:-1])
+    docs = [d for d in docs if len(d)]
+    pair_counts: dict[tuple[int, int], int] = {}
+    for doc in docs:
+        for i in range(len(doc)):
+            for j in range(max(0, i - 5), min(len(doc), i + 6)):
+                if i != j:
+                    pair_counts[doc[i], doc[j]] = pair_counts.get((doc[i], doc[j]), 0) + 1
+    total = sum(pair_counts.values())
+    col = np.zeros(512)
+    for (_, c), n in pair_counts.items():
+        col[c] += n
+    for w in np.argsort(-gold.counts)[[0, 5, 40]]:
+        row = {c: n for (a, c), n in pair_counts.items() if a == w}
+        n_w = sum(row.values())
+        kl = sum(n / n_w * np.log((n / n_w) / (col[c] / total)) for c, n in row.items())
+        assert gold.information_gain[w] == pytest.approx(kl, rel=1e-9)
+
+
+def test_resume_after_checkpoint_gives_the_uninterrupted_rows(tiny_run, cache_dir, tmp_path):
+    """A run that died after step 8 had been recorded resumes from its step-4 checkpoint:
+    rows after step 4 are dropped and recorded again, equal to the uninterrupted run's."""
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tiny_run, crashed, ignore=shutil.ignore_patterns("wandb"))
+    run_train(cache_dir, *TINY, "logger=none", f"hydra.run.dir={crashed}",
+              f"ckpt_path={crashed / 'checkpoints' / 'step_00000004.ckpt'}")
+    assert_rows_close(rows_of(crashed), rows_of(tiny_run), rtol=1e-6, atol=1e-9)
+    assert sorted(records.list_snapshots(crashed)) == [0, 1, 2, 4, 8]
+
+
+@pytest.mark.timeout(300)
+def test_ddp_two_processes_give_the_single_process_rows(tiny_run, cache_dir, tmp_path):
+    out = tmp_path / "ddp"
+    overrides = [o if not o.startswith("data.batch_size") else "data.batch_size=2" for o in TINY]
+    run_train(cache_dir, *overrides, "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.devices=2", "trainer.precision=32-true", "logger=none",
+              f"hydra.run.dir={out}")
+    # Two ranks x batch 2 see the single process's batches of 4: same updates, same rows.
+    assert_rows_close(rows_of(out), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
+
+
+def test_snapshot_schedule():
+    taken = [s for s in range(0, 301) if snapshot_schedule(s, 100, log_spaced=True)]
+    assert taken == [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300]
+    assert [s for s in range(0, 25) if snapshot_schedule(s, 10, log_spaced=False)] == [0, 10, 20]
+
+
+def test_failed_writes_leave_the_previous_record_intact(tmp_path, monkeypatch):
+    writer = RecordWriter(tmp_path)
+    writer.write_snapshot(1, {"input_norm": np.arange(4.0)})
+    writer.append_metrics({"step": 1, "normx/x": 0.5})
+    before = (writer.dir / "metrics.jsonl").read_bytes()
+
+    def disk_full(handle, **arrays):
+        handle.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records.np, "savez", disk_full)
+    with pytest.raises(RecordWriteError, match="No space left on device.*previous version is intact"):
+        writer.write_snapshot(1, {"input_norm": np.zeros(4)})
+    monkeypatch.undo()
+    np.testing.assert_array_equal(records.load_snapshot(writer.dir / "snapshots" / "step_00000001.npz")["input_norm"], np.arange(4.0))
+
+    real_open = records.os.fdopen
+
+    def failing_fdopen(fd, mode="r"):
+        handle = real_open(fd, mode)
+        handle.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return handle
+
+    monkeypatch.setattr(records.os, "fdopen", failing_fdopen)
+    with pytest.raises(RecordWriteError):
+        writer.append_metrics({"step": 2, "normx/x": 0.7})
+    monkeypatch.undo()
+    assert (writer.dir / "metrics.jsonl").read_bytes() == before
+    assert not list(writer.dir.glob(".*.tmp")), "temp files were left behind"
+    writer.append_metrics({"step": 2, "normx/x": 0.7})  # and the writer still works
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_truncated_metrics_line_is_read_up_to_the_damage(tmp_path):
+    writer = RecordWriter(tmp_path)
+    for step in (0, 1, 2):
+        writer.append_metrics({"step": step, "normx/x": float(step)})
+    with open(writer.metrics_path, "a") as f:
+        f.write('{"step": 3, "normx/x": 0.')  # a kill mid-line (not our writer's doing)
+    with pytest.warns(UserWarning, match="metrics.jsonl:4: damaged line"):
+        assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2]
+
+
+# -- the callback in a plain Lightning script: no Hydra, no normx model or data --------------
+class PlainLM(L.LightningModule):
+    def __init__(self, vocab_size: int, tie: bool = False):
+        super().__init__()
+        config = GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16,
+                            vocab_size=vocab_size, tie_word_embeddings=tie)
+        self.lm = GPT2LMHeadModel(config)
+
+    def training_step(self, batch, batch_idx):
+        return self.lm(input_ids=batch[0], labels=batch[0]).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def plain_data(vocab_size: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (64, 16), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=8), ids
+
+
+def fit_plain(tmp_path, model, tracker, steps=6):
+    loader, _ = plain_data(model.lm.config.vocab_size)
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, callbacks=[tracker])
+    trainer.fit(model, loader)
+    return trainer
+
+
+def test_callback_in_a_plain_lightning_script_tracks_untied_output_norms(tmp_path):
+    _, ids = plain_data(50)
+    gold = compute_gold([d.numpy() for d in ids], 50, shuffle_correction=False)
+    model = PlainLM(50, tie=False)
+    fit_plain(tmp_path, model, NormTracker(gold, every_n_steps=3, min_count=1))
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 6]
+    assert "normx/output/spearman/information_gain" in rows[-1]
+    snap = records.load_snapshot(records.list_snapshots(tmp_path)[6])
+    np.testing.assert_allclose(snap["output_norm"],
+                               model.lm.lm_head.weight.detach().norm(dim=1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(snap["input_norm"],
+                               model.lm.transformer.wte.weight.detach().norm(dim=1).numpy(), rtol=1e-6)
+
+
+def test_nonfinite_norms_are_counted_and_can_stop_the_run(tmp_path):
+    _, ids = plain_data(50)
+    gold = compute_gold([d.numpy() for d in ids], 50, shuffle_correction=False)
+    model = PlainLM(50, tie=True)
+    with torch.no_grad():
+        model.lm.transformer.wte.weight[7] = float("nan")
+    trainer = fit_plain(tmp_path, model, NormTracker(gold, every_n_steps=100, min_count=1,
+                                                     stop_on_nonfinite=True))
+    rows = read_metrics(tmp_path)
+    assert rows[0]["step"] == 0 and rows[0]["normx/norm/n_nonfinite"] >= 1
+    assert trainer.global_step < 6, "the run should have stopped at the first snapshot"
+
+
+def test_gold_that_does_not_fit_the_vocabulary_is_rejected(tmp_path):
+    gold = compute_gold([np.arange(60) % 60], 60, shuffle_correction=False)
+    with pytest.raises(ValueError, match="gold statistics cover 60 token types but vocab lists 50"):
+        NormTracker(gold, vocab=[str(i) for i in range(50)])
+    with pytest.raises(ValueError, match="lexicon/x.*shape \\(3,\\)"):
+        NormTracker(gold, signals={"lexicon/x": np.zeros(3)})
+    with pytest.raises(ValueError, match="embedding has 50 rows but the gold statistics cover 60"):
+        fit_plain(tmp_path, PlainLM(50), NormTracker(gold))
