@@ -30,20 +30,32 @@ import subprocess
 import sys
 import time
 
-METHODS = ("forward", "forward_last", "normxlogit", "saliency", "input_x_gradient", "integrated_gradients")
+METHODS = ("forward", "forward_last", "normxlogit",
+           "saliency", "input_x_gradient", "integrated_gradients")
+# (label, numerator, denominator, target text, pass test or None for information only)
+CHECKS = [
+    ("NormXLogit/forward", "normxlogit", "forward", "<= 1.2", lambda r: r <= 1.2),
+    ("NormXLogit/forward(last)", "normxlogit", "forward_last", "(info)", None),
+    ("IG/NormXLogit", "integrated_gradients", "normxlogit", ">= 100", lambda r: r >= 100),
+    ("IxG/NormXLogit", "input_x_gradient", "normxlogit", ">= 2", lambda r: r >= 2),
+    ("Saliency/NormXLogit", "saliency", "normxlogit", "(info)", None),
+]
 SHORT = {"forward": "forward", "forward_last": "forward(last)", "normxlogit": "NormXLogit",
          "saliency": "Saliency", "input_x_gradient": "IxG", "integrated_gradients": "IG"}
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--full", action="store_true", help="GPT-2 small: 12 layers x 768, vocab 50257")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timing rounds (IG runs in max(1, repeats // 3))")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timing rounds (IG runs in the first max(1, repeats // 3))")
     p.add_argument("--ig-steps", type=int, default=50)
     p.add_argument("--ig-internal-batch", type=int, default=16, help="Captum internal_batch_size")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -100,8 +112,10 @@ def method_fn(name, model, x, args):
     if name == "input_x_gradient":
         return lambda: InputXGradient(last_logits).attribute(embeds, target=target).sum(-1)
     ig = IntegratedGradients(last_logits)
-    return lambda: ig.attribute(embeds, baselines=torch.zeros_like(embeds), target=target,
-                                n_steps=args.ig_steps, internal_batch_size=args.ig_internal_batch).sum(-1)
+    return lambda: ig.attribute(
+        embeds, baselines=torch.zeros_like(embeds), target=target,
+        n_steps=args.ig_steps, internal_batch_size=args.ig_internal_batch,
+    ).sum(-1)
 
 
 def _sync(device):
@@ -178,7 +192,8 @@ def time_methods(args):
 
 
 def peak_memory(name, argv):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
     proc = subprocess.run([sys.executable, __file__, *argv, "--worker", name],
                           capture_output=True, text=True, env=env)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -190,7 +205,10 @@ def peak_memory(name, argv):
 def report(res, args):
     import torch
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads() if not args.threads else args.threads} threads"
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"CPU, {args.threads or torch.get_num_threads()} threads"
     print(f"GPT-2 {args.layers} layers x {args.hidden}, vocab {args.vocab}; batch {args.batch}; "
           f"IG n_steps={args.ig_steps}; {device}")
     print(f"{'method':<15}{'T':>6}{'ms/example':>13}{'x NormXLogit':>14}{'peak MB':>10}")
@@ -199,19 +217,15 @@ def report(res, args):
         for name in args.methods:
             r = res[name][length]
             ratio = f"{r['s_per_example'] / nx:.2f}" if nx else "-"
-            print(f"{SHORT[name]:<15}{length:>6}{1e3 * r['s_per_example']:>13.2f}{ratio:>14}{r['peak_mb']:>10.1f}")
+            ms = 1e3 * r["s_per_example"]
+            print(f"{SHORT[name]:<15}{length:>6}{ms:>13.2f}{ratio:>14}{r['peak_mb']:>10.1f}")
     print("\nratios (target):")
     for length in sorted(args.lengths):
         t = {k: v[length]["s_per_example"] for k, v in res.items()}
-        checks = [("NormXLogit/forward", "normxlogit", "forward", "<= 1.2", lambda r: r <= 1.2),
-                  ("NormXLogit/forward(last)", "normxlogit", "forward_last", "(info)", lambda r: True),
-                  ("IG/NormXLogit", "integrated_gradients", "normxlogit", ">= 100", lambda r: r >= 100),
-                  ("IxG/NormXLogit", "input_x_gradient", "normxlogit", ">= 2", lambda r: r >= 2),
-                  ("Saliency/NormXLogit", "saliency", "normxlogit", "(info)", lambda r: True)]
-        for label, num, den, target, ok in checks:
+        for label, num, den, target, ok in CHECKS:
             if num in t and den in t:
                 r = t[num] / t[den]
-                flag = "" if target == "(info)" else ("  ok" if ok(r) else "  MISSED")
+                flag = "" if ok is None else ("  ok" if ok(r) else "  MISSED")
                 print(f"  T={length:<4} {label:<26}{r:>9.2f}   target {target}{flag}")
 
 

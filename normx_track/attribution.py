@@ -37,9 +37,10 @@ Conventions
   logit scaling) are not modelled: LogAt is the plain ``U f(h)``.
 
 Hugging Face's ``hidden_states[-1]`` is already post-final-norm for GPT-2, GPT-NeoX and
-Llama (transformers 4.x and 5.x). This module does not rely on it: it captures the output
-of ``f`` with a forward hook for the last layer (f applied exactly once, by the model) and
-applies ``f`` itself to ``hidden_states[l]`` for l < L.
+Llama (checked on transformers 5.24; ``tests/test_attribution.py`` pins it, and that the
+model's logits are ``U f(h^(L))`` with f applied once). This module does not rely on it:
+for the last layer it captures the output of ``f`` with a forward hook (f applied exactly
+once, by the model), and it applies ``f`` itself to ``hidden_states[l]`` for l < L.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ Layers = Union[str, int, Sequence[int]]
 
 # Paths of the final norm, relative to ``model.base_model``: GPT-2/GPT-J, GPT-NeoX/Phi,
 # Llama/Mistral/Qwen, Mamba-like, OPT.
-_FINAL_NORM_PATHS = ("ln_f", "final_layer_norm", "norm", "norm_f", "decoder.final_layer_norm")
+_FINAL_NORM_PATHS = (
+    "ln_f", "final_layer_norm", "norm", "norm_f", "decoder.final_layer_norm"
+)
 _CLASSIFIER_HEADS = ("score", "classifier")
 _NORM_FACTORS = ("word_embedding", "embedding_output")
 
@@ -141,7 +144,8 @@ def embedding_norms(model: nn.Module) -> dict[str, Tensor]:
     norms = {"input": torch.linalg.vector_norm(E, dim=1, dtype=torch.float32)}
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if out is not None and out.weight.data_ptr() != E.data_ptr():  # untied: distinct storage
-        norms["output"] = torch.linalg.vector_norm(out.weight.detach(), dim=1, dtype=torch.float32)
+        U = out.weight.detach()
+        norms["output"] = torch.linalg.vector_norm(U, dim=1, dtype=torch.float32)
     return norms
 
 
@@ -244,6 +248,44 @@ def _regression_scorer(head: nn.Module, y_hat: Tensor):
 # --------------------------------------------------------------------------- main entry
 
 
+def _forward(model, f, input_ids, mask, need_hidden: bool):
+    """One backbone pass -> (f(h^(L)) as the model computed it, hidden_states or None)."""
+    with _eval_mode(model), _capture_output(f) as captured:
+        out = model.base_model(  # the backbone: never builds the full [B,T,V] head output
+            input_ids=input_ids,
+            attention_mask=mask.long(),
+            position_ids=(mask.long().cumsum(1) - 1).clamp(min=0),  # padding-invariant
+            output_hidden_states=need_hidden,
+            use_cache=False,
+        )
+    if len(captured) != 1:
+        raise RuntimeError(f"final norm ran {len(captured)} times in one forward pass")
+    return captured[0], out.hidden_states
+
+
+def _scorer(kind: str, head: nn.Module, final_t: Tensor, target: Ids, foil: Ids):
+    """(model output at t [B, V|C], target ids [B], foil ids [B] | None, z -> LogAt [B,T])."""
+    B, device = final_t.shape[0], final_t.device
+    if kind == "lm":
+        bias = getattr(head, "bias", None)
+        logits = nn.functional.linear(
+            final_t.float(), head.weight.float(), None if bias is None else bias.float()
+        )
+    else:
+        logits = head(final_t).float()
+    target_ids = _as_ids(target, B, device, "target")
+    foil_ids = _as_ids(foil, B, device, "foil")
+    if kind == "regression":
+        if target_ids is not None or foil_ids is not None:
+            raise ValueError("target/foil do not apply to a regression head")
+        no_target = torch.full((B,), -1, device=device, dtype=torch.long)
+        return logits, no_target, None, _regression_scorer(head, logits)
+    if target_ids is None:
+        target_ids = logits.argmax(-1)
+    make = _lm_scorer if kind == "lm" else _classifier_scorer
+    return logits, target_ids, foil_ids, make(head, target_ids, foil_ids)
+
+
 @torch.no_grad()
 def attribute(
     model: nn.Module,
@@ -259,67 +301,44 @@ def attribute(
 
     ``target``/``foil``: token ids (LM) or classes (classifier), a scalar or one per row.
     ``layers``: "last" (no per-layer stacks), "all" (0..L) or layer indices (negative ok).
+    ``norm_factor``: "word_embedding" (||E[x_i]||) or "embedding_output" (||h_i^(0)||).
     ``position``: explained position t per row (default: last real token).
     """
     if norm_factor not in _NORM_FACTORS:
         raise ValueError(f"norm_factor must be one of {_NORM_FACTORS}, got {norm_factor!r}")
     kind, head = _head(model)
     f = final_norm(model)
-    device = model.get_input_embeddings().weight.device
-    input_ids = input_ids.to(device)
+    E = model.get_input_embeddings().weight
+    input_ids = input_ids.to(E.device)
     B, T = input_ids.shape
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+    mask = torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask is not None:
+        mask = attention_mask.to(E.device).bool()
     t = _explained_position(mask, position)
     n_layers = _num_layers(model)
     layer_ids = _layer_ids(layers, n_layers)
     # hidden_states are only needed for lower layers or the embedding-output norm.
     need_hidden = any(l < n_layers for l in layer_ids) or norm_factor == "embedding_output"
 
-    with _eval_mode(model), _capture_output(f) as captured:
-        out = model.base_model(  # the backbone: skips the full [B,T,V] head
-            input_ids=input_ids,
-            attention_mask=mask.long(),
-            position_ids=(mask.long().cumsum(1) - 1).clamp(min=0),  # padding-invariant
-            output_hidden_states=need_hidden,
-            use_cache=False,
-        )
-        if len(captured) != 1:
-            raise RuntimeError(f"final norm ran {len(captured)} times in one forward pass")
-        final = captured[0]  # f(h^(L)), [B, T, d], applied once by the model itself
+    final, hidden = _forward(model, f, input_ids, mask, need_hidden)
+    if need_hidden and len(hidden) != n_layers + 1:
+        raise RuntimeError(f"expected {n_layers + 1} hidden states, got {len(hidden)}")
+    logits, target_ids, foil_ids, score = _scorer(
+        kind, head, final[torch.arange(B, device=E.device), t], target, foil
+    )
 
-        rows = torch.arange(B, device=device)
-        final_t = final[rows, t]  # [B, d]
-        if kind == "lm":
-            bias = getattr(head, "bias", None)
-            logits = nn.functional.linear(final_t.float(), head.weight.float(), None if bias is None else bias.float())
-        else:
-            logits = head(final_t).float()
-        target_ids = _as_ids(target, B, device, "target")
-        foil_ids = _as_ids(foil, B, device, "foil")
-        if kind == "regression":
-            if target_ids is not None or foil_ids is not None:
-                raise ValueError("target/foil do not apply to a regression head")
-            target_ids = torch.full((B,), -1, device=device, dtype=torch.long)
-            score = _regression_scorer(head, logits)
-        else:
-            target_ids = logits.argmax(-1) if target_ids is None else target_ids
-            make = _lm_scorer if kind == "lm" else _classifier_scorer
-            score = make(head, target_ids, foil_ids)
-
-        valid = mask & (torch.arange(T, device=device)[None, :] <= t[:, None])
-        nan = torch.tensor(float("nan"), device=device)
-        if norm_factor == "word_embedding":
-            norm = torch.linalg.vector_norm(model.get_input_embeddings().weight[input_ids].float(), dim=-1)
-        else:
-            norm = torch.linalg.vector_norm(out.hidden_states[0].float(), dim=-1)
-        norm = torch.where(valid, norm, nan)
-        last = torch.where(valid, score(final), nan)
-
-        per_layer = None
-        if layer_ids:
-            per_layer = torch.stack(
-                [last if l == n_layers else torch.where(valid, score(f(out.hidden_states[l])), nan) for l in layer_ids]
-            )
+    valid = mask & (torch.arange(T, device=E.device)[None, :] <= t[:, None])
+    nan = torch.tensor(float("nan"), device=E.device)
+    emb = E[input_ids] if norm_factor == "word_embedding" else hidden[0]
+    norm = torch.where(valid, torch.linalg.vector_norm(emb.float(), dim=-1), nan)
+    last = torch.where(valid, score(final), nan)
+    per_layer = None
+    if layer_ids:  # the last layer reuses the model's own f(h^(L)); lower ones go through f
+        with _eval_mode(model):
+            per_layer = torch.stack([
+                last if l == n_layers else torch.where(valid, score(f(hidden[l])), nan)
+                for l in layer_ids
+            ])
 
     return Attribution(
         logat=last,
@@ -346,7 +365,8 @@ def logat(
     position: Ids = None,
 ) -> Tensor:
     """LogAt [B, T] at the last layer, or at ``layer`` (logit lens through f and U)."""
-    a = attribute(model, input_ids, attention_mask, target, foil, "last" if layer is None else [layer], position=position)
+    layers = "last" if layer is None else [layer]
+    a = attribute(model, input_ids, attention_mask, target, foil, layers, position=position)
     return a.logat if layer is None else a.logat_layers[0]
 
 
@@ -361,7 +381,6 @@ def normxlogit(
     position: Ids = None,
 ) -> Tensor:
     """NormXLogit [B, T] = norm factor x LogAt (see ``attribute``)."""
-    a = attribute(
-        model, input_ids, attention_mask, target, foil, "last" if layer is None else [layer], norm_factor, position
-    )
+    layers = "last" if layer is None else [layer]
+    a = attribute(model, input_ids, attention_mask, target, foil, layers, norm_factor, position)
     return a.normxlogit if layer is None else a.normxlogit_layers[0]

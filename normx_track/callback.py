@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import WandbLogger
 from . import __version__
 from .gold import GoldStatistics
 from .records import RecordWriter
-from .snapshot import embedding_norms, extreme_tokens, find_language_model, measure_snapshot
+from .snapshot import NormMetrics, embedding_norms, extreme_tokens, find_language_model
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class NormTracker(L.Callback):
         self.last_step = -1  # the last step recorded (state kept in checkpoints)
         self.tokens_seen = 0
         self.writer: RecordWriter | None = None
+        self._metrics: NormMetrics | None = None  # prepared on rank zero at setup
 
     def _check_lengths(self) -> None:
         size = self.gold.vocab_size
@@ -96,6 +97,7 @@ class NormTracker(L.Callback):
             if self.vocab is not None:
                 self.writer.write_vocab(self.vocab)
             self.gold.save(self.writer.dir / "gold.npz")
+            self._metrics = NormMetrics(self.signals, self.gold.counts, self.min_count)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.writer is not None:  # resumed: drop what was recorded after the checkpoint
@@ -143,7 +145,7 @@ class NormTracker(L.Callback):
         if not trainer.is_global_zero:
             return
         row = {"step": step, "tokens_seen": self.tokens_seen}
-        row.update(measure_snapshot(arrays, self.signals, self.gold.counts, self.min_count))
+        row.update(self._metrics(arrays))
         row.update(self._run_probes(pl_module))
         self.writer.write_snapshot(step, arrays)
         self.writer.append_metrics(row)

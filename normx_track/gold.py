@@ -17,10 +17,11 @@ With n_w = sum_c C[w,c], m_c = sum_w C[w,c] (= n_c, C is symmetric) and T = sum 
 
 n_w and the log m_c term are linear in C, so they come straight from positions: a token
 at position p of a length-L document has min(W,p) + min(W,L-1-p) neighbours, and the
-log m sum is a +-W moving sum over the stream. Only sum_c C log C needs distinct pair
+log m term sums log m over each occurrence's neighbours (W shifted adds). Only sum_c C log C needs distinct pair
 counts: each unordered pair event (x_i, x_j), 0 < j-i <= W, becomes one integer key
-``hi*(hi+1)/2 + lo`` (lo <= hi; uint32 while V < ~92k), the keys are sorted (numpy's
-SIMD sort) and run-length counted. Documents are separated by W sentinel tokens, so no
+``hi*(hi+1)/2 + lo`` (lo <= hi; uint32 for V <= 65535, else uint64), the keys are
+sorted (numpy's SIMD sort; a denser bincount table for frequent pairs measured slower)
+and run-length counted. Documents are separated by W sentinel tokens, so no
 pair crosses a document boundary without a sentinel, and sentinel pairs sort last and
 are cut off. Off-diagonal pairs seen once add 1*log 1 = 0 and are never decoded.
 """
@@ -38,9 +39,6 @@ import numpy as np
 
 SIGNALS = ("counts", "self_information", "information_gain",
            "information_gain_corrected", "function_word")
-_DENSE_CELLS = 1 << 23      # dense table cells (int64): 64 MiB, i.e. K ~ 4096 top tokens
-_CHUNK_TOKENS = 1 << 21     # stream positions processed per chunk (bounds temporaries)
-_SPARSE_BUFFER = 1 << 25    # raw sparse keys buffered before a sort/merge (128 MiB u32)
 
 
 # --------------------------------------------------------------------------- streams

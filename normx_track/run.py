@@ -56,6 +56,8 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
                                        datamodule.eos_token_id, cfg.trainer.max_steps)
     loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=list(config_files))
+    for logger in loggers:  # the bar the loss must clear: a unigram model's loss
+        logger.log_metrics({"data/unigram_entropy": datamodule.unigram_entropy()}, step=0)
     trainer = build_trainer(cfg, out, loggers, build_callbacks(cfg, datamodule, out))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     val_loss = trainer.callback_metrics.get("val/loss")

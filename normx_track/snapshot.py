@@ -57,39 +57,40 @@ def embedding_norms(language_model: torch.nn.Module, root: torch.nn.Module | Non
     return norms
 
 
-def measure(norms: np.ndarray, signals: Mapping[str, np.ndarray], counts: np.ndarray,
-            min_count: int, prefix: str = "normx/") -> dict[str, float]:
-    """Flat metric keys (DESIGN.md) for one norm vector against every gold signal."""
-    vocab = len(counts)
-    norms = norms[:vocab]  # rows past the tokenizer's vocabulary are padding, never seen
-    row: dict[str, float] = {}
-    for name, gold in signals.items():
-        if name in _NOT_CORRELATED:
-            continue
-        result = metrics.correlations(norms, gold, counts, min_count=min_count)
-        for stat in ("spearman", "pearson", "partial_spearman"):
-            row[f"{prefix}{stat}/{name}"] = float(result[stat])
-        row[f"{prefix}n_types/{name}"] = int(result["n"])
-    if "function_word" in signals:
-        row[f"{prefix}auroc/function_word"] = float(
-            metrics.function_word_auroc(norms, signals["function_word"], counts, min_count))
-    stats = metrics.norm_statistics(norms, counts)
-    row.update({f"{prefix}norm/{key}": _plain(value) for key, value in stats.items()})
-    return row
+class NormMetrics:
+    """The metrics of one snapshot's norms against fixed gold signals (DESIGN.md keys).
+    Built once per run: the gold side is prepared up front (see `metrics.PreparedGold`)."""
+
+    def __init__(self, signals: Mapping[str, np.ndarray], counts: np.ndarray, min_count: int):
+        self.counts, self.min_count = np.asarray(counts), min_count
+        self.function_word = signals.get("function_word")
+        self.gold = metrics.PreparedGold(
+            {n: v for n, v in signals.items() if n not in _NOT_CORRELATED}, counts, min_count)
+
+    def __call__(self, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Metrics for the input norms, and for the output norms under `normx/output/`."""
+        row = self.measure(arrays["input_norm"])
+        if "output_norm" in arrays:
+            row.update(self.measure(arrays["output_norm"], prefix="normx/output/"))
+        return row
+
+    def measure(self, norms: np.ndarray, prefix: str = "normx/") -> dict[str, float]:
+        norms = norms[: len(self.counts)]  # rows past the tokenizer's vocabulary: padding
+        row: dict[str, float] = {}
+        for name, result in self.gold.correlations(norms).items():
+            for stat in ("spearman", "pearson", "partial_spearman"):
+                row[f"{prefix}{stat}/{name}"] = float(result[stat])
+            row[f"{prefix}n_types/{name}"] = int(result["n"])
+        if self.function_word is not None:
+            row[f"{prefix}auroc/function_word"] = float(metrics.function_word_auroc(
+                norms, self.function_word, self.counts, self.min_count))
+        stats = metrics.norm_statistics(norms, self.counts)
+        row.update({f"{prefix}norm/{key}": _plain(value) for key, value in stats.items()})
+        return row
 
 
 def _plain(value: Any) -> Any:
     return int(value) if isinstance(value, (int, np.integer)) else float(value)
-
-
-def measure_snapshot(arrays: Mapping[str, np.ndarray], signals: Mapping[str, np.ndarray],
-                     counts: np.ndarray, min_count: int) -> dict[str, float]:
-    """Metrics for the input norms, and for the output norms under `normx/output/`."""
-    row = measure(arrays["input_norm"], signals, counts, min_count)
-    if "output_norm" in arrays:
-        row.update(measure(arrays["output_norm"], signals, counts, min_count,
-                           prefix="normx/output/"))
-    return row
 
 
 def extreme_tokens(norms: np.ndarray, vocab: list[str], counts: np.ndarray, k: int,

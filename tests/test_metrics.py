@@ -175,3 +175,24 @@ def test_comprehensiveness_and_sufficiency():
     batch = M.comprehensiveness(np.array([0.8, 0.5]), np.array([[0.6, 0.5], [0.4, 0.3]]))
     np.testing.assert_allclose(batch, [0.3, 0.1])
     assert M.DEFAULT_FRACTIONS == (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def test_prepared_gold_equals_plain_correlations():
+    rng = np.random.default_rng(7)
+    counts = rng.integers(0, 40, size=300)
+    info_gain = rng.normal(size=300)
+    info_gain[rng.integers(0, 300, 20)] = np.nan  # a different type filter per signal
+    signals = {"ig": info_gain, "si": -np.log((counts + 1) / counts.sum()),
+               "tied": rng.integers(0, 4, size=300).astype(float)}
+    prepared = M.PreparedGold(signals, counts, min_count=10)
+    for trial in range(3):
+        norms = rng.gamma(2.0, size=300) + 0.01 * counts
+        if trial == 2:
+            norms[np.flatnonzero(counts >= 10)[0]] = np.nan  # falls back to the plain path
+        fast = prepared.correlations(norms)
+        for name, gold in signals.items():
+            slow = M.correlations(norms, gold, counts, min_count=10)
+            assert fast[name]["n"] == slow["n"]
+            for stat in ("spearman", "pearson", "partial_spearman"):
+                np.testing.assert_allclose(fast[name][stat], slow[stat], rtol=1e-9, atol=1e-12,
+                                           err_msg=f"{name} {stat}")

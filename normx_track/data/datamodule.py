@@ -185,6 +185,13 @@ class TextDataModule(L.LightningDataModule):
             total += len(kept[-1])
         return kept
 
+    def unigram_entropy(self) -> float:
+        """Entropy (nats/token) of the training tokens' unigram distribution."""
+        tokens = np.memmap(self.dir / "train.bin", dtype=np.int32, mode="r")
+        p = np.bincount(tokens, minlength=self.vocab_size) / len(tokens)
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)

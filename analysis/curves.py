@@ -1,0 +1,97 @@
+"""Figures of one run's record.
+
+    python -m analysis.curves RUN_DIR [--out DIR] [--log-steps] [--formats png svg]
+
+Writes, as PNG and SVG (by default into RUN_DIR/figures):
+  correlations        norm vs each gold signal (Spearman, Pearson, partial) and AUROC, per step
+  frequency_deciles   mean norm per frequency decile (snapshots + gold counts)
+  function_content    function vs content words (gold function_word labels)
+  evidence_by_layer   evidence AP per layer and step, a heatmap per method
+  evidence            minimal-pair accuracy, evidence AP and DP per method
+  faithfulness        comprehensiveness, sufficiency, leave-one-out Spearman per method
+A figure whose data the record lacks is skipped, saying so. A damaged record is read up to
+the damage, with a warning naming the file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from . import figures as F
+from .load import NoRecordError, Run, cli_warnings, load_run
+
+FIGURES = ("correlations", "frequency_deciles", "function_content", "evidence_by_layer",
+           "evidence", "faithfulness")
+
+
+def build_figures(run: Run, log_steps: bool = False) -> dict[str, Figure | str]:
+    """{name: Figure, or the reason it was skipped}, in FIGURES order."""
+    frame = run.frame
+    out: dict[str, Figure | str] = {}
+
+    def attempt(name, make):
+        try:
+            out[name] = make()
+        except F.Skipped as why:
+            out[name] = str(why)
+
+    if frame.empty:
+        return {name: f"{run.record / 'metrics.jsonl'} has no readable rows" for name in FIGURES}
+    attempt("correlations", lambda: F.correlations(frame, log_steps, title=f"{run.name}: "
+                                                   "embedding norm vs gold importance"))
+    gold = run.gold
+    steps, norms = run.norms("input_norm")
+    counts = gold.get("counts")
+    attempt("frequency_deciles", lambda: F.frequency_deciles(
+        steps, norms, counts if counts is not None else [], log_steps=log_steps))
+    attempt("function_content", lambda: F.function_content(
+        steps, norms, gold.get("function_word"), counts if counts is not None else [],
+        run.min_count, frame, log_steps))
+    attempt("evidence_by_layer", lambda: F.evidence_by_layer(frame))
+    attempt("evidence", lambda: F.probe_curves(frame, F.EVIDENCE, log_steps,
+                                               "Evidence alignment"))
+    attempt("faithfulness", lambda: F.probe_curves(frame, F.FAITHFULNESS, log_steps,
+                                                   "Faithfulness"))
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.curves", description=__doc__.split(
+        "\n\n")[0], epilog="Figures: " + ", ".join(FIGURES))
+    p.add_argument("run_dir", type=Path, help="a run's output dir (holding normx/)")
+    p.add_argument("--out", type=Path, help="where to write the figures (default RUN_DIR/figures)")
+    p.add_argument("--log-steps", action="store_true",
+                   help="log-scaled step axis (symlog: step 0 stays visible)")
+    p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT",
+                   help="file formats (default: png svg)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    with cli_warnings():
+        try:
+            run = load_run(args.run_dir)
+        except NoRecordError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        out = args.out or args.run_dir / "figures"
+        for name, fig in build_figures(run, args.log_steps).items():
+            if isinstance(fig, str):
+                print(f"skipped {name}: {fig}")
+                continue
+            paths = F.save(fig, out, name, args.formats)
+            plt.close(fig)
+            print("wrote " + ", ".join(str(p) for p in paths))
+        if run.problems:
+            print(f"{len(run.problems)} record problem(s); see the warnings above",
+                  file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

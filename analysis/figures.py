@@ -1,0 +1,321 @@
+"""Plot functions: each takes DataFrames/arrays and returns a matplotlib Figure (Agg backend),
+or raises `Skipped` saying which data is absent. Every plotted line carries the metric key
+it shows as its gid (`line.get_gid()`), every heatmap image its method, so the figures can
+be checked against the record they were drawn from."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from normx_track.metrics import norm_statistics  # noqa: E402
+
+STATS = {"spearman": "Spearman", "pearson": "Pearson",
+         "partial_spearman": "partial Spearman (| log freq)"}
+EVIDENCE = {"pair_accuracy": "minimal-pair accuracy", "evidence_ap": "evidence AP",
+            "evidence_dp": "evidence DP"}
+FAITHFULNESS = {"comprehensiveness": "comprehensiveness (higher = more faithful)",
+                "sufficiency": "sufficiency (lower = more faithful)",
+                "loo_spearman": "Spearman with leave-one-out"}
+_BY_LAYER = re.compile(r"^normx/evidence_ap_by_layer/(.+)/layer_(\d+)$")
+
+
+class Skipped(Exception):
+    """The data a figure needs is absent from the record (the message says which)."""
+
+
+# -- what the record holds ---------------------------------------------------------------
+def signals(frame: pd.DataFrame, prefix: str = "normx/") -> list[str]:
+    """Gold signals with a correlation column (any statistic) under `prefix`."""
+    found: dict[str, None] = {}
+    for column in frame.columns:
+        for stat in STATS:
+            head = f"{prefix}{stat}/"
+            if column.startswith(head):
+                found[column[len(head):]] = None
+    return list(found)
+
+
+def methods(frame: pd.DataFrame, family: str) -> list[str]:
+    head = f"normx/{family}/"
+    names = [c[len(head):] for c in frame.columns if c.startswith(head) and "/" not in c[len(head):]]
+    return sorted(names, key=lambda m: (m == "random", m))
+
+
+def layer_matrix(frame: pd.DataFrame) -> dict[str, tuple[list[int], np.ndarray]]:
+    """{method: (layers, AP array [n_layers, n_steps])} from the per-layer evidence keys."""
+    found: dict[str, dict[int, str]] = {}
+    for column in frame.columns:
+        match = _BY_LAYER.match(column)
+        if match:
+            found.setdefault(match.group(1), {})[int(match.group(2))] = column
+    out = {}
+    for method in sorted(found, key=lambda m: (m == "random", m)):
+        layers = sorted(found[method])
+        out[method] = (layers, np.stack([frame[found[method][l]].to_numpy(np.float64)
+                                         for l in layers]))
+    return out
+
+
+# -- helpers -----------------------------------------------------------------------------
+def _axes(n: int, ncols: int = 3, width: float = 4.2, height: float = 3.2):
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows),
+                             squeeze=False, layout="constrained")
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _step_axis(ax, log_steps: bool, label: str = "step") -> None:
+    if log_steps:
+        ax.set_xscale("symlog", linthresh=1)  # step 0 (the initialisation) stays visible
+        ax.set_xlim(left=0)
+    ax.set_xlabel(f"{label} (log)" if log_steps else label)
+    ax.grid(True, alpha=0.3)
+
+
+def _colors(n: int, cmap: str = "tab10") -> list:
+    cm = plt.get_cmap(cmap)
+    return [cm(i % cm.N) for i in range(n)] if cmap.startswith("tab") else \
+        [cm(x) for x in np.linspace(0.05, 0.95, max(n, 1))]
+
+
+def _column(frame: pd.DataFrame, key: str) -> np.ndarray:
+    return frame[key].to_numpy(np.float64)
+
+
+def save(fig: Figure, out_dir: str | Path, name: str,
+         formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{name}.{fmt}"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
+
+
+# -- one run -----------------------------------------------------------------------------
+def correlations(frame: pd.DataFrame, log_steps: bool = False, title: str = "") -> Figure:
+    """Correlation of the norms with each gold signal against step: a panel per statistic,
+    a line per signal (input norms solid, output norms dashed when untied), and the
+    function-word AUROC when recorded."""
+    inputs, outputs = signals(frame), signals(frame, "normx/output/")
+    stats = [s for s in STATS if any(f"normx/{s}/{g}" in frame for g in inputs)
+             or any(f"normx/output/{s}/{g}" in frame for g in outputs)]
+    aurocs = [k for k in ("normx/auroc/function_word", "normx/output/auroc/function_word")
+              if k in frame]
+    if not stats and not aurocs:
+        raise Skipped("no normx/<statistic>/<signal> correlation columns in metrics.jsonl")
+    fig, axes = _axes(len(stats) + bool(aurocs), ncols=4)
+    names = list(dict.fromkeys(inputs + outputs))
+    color = dict(zip(names, _colors(len(names))))
+    steps = _column(frame, "step")
+    for ax, stat in zip(axes, stats):
+        for prefix, style, tag, sigs in (("normx/", "-", "", inputs),
+                                         ("normx/output/", "--", "output: ", outputs)):
+            for sig in sigs:
+                key = f"{prefix}{stat}/{sig}"
+                if key in frame:
+                    ax.plot(steps, _column(frame, key), style, marker=".", color=color[sig],
+                            label=f"{tag}{sig}", gid=key)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_title(STATS[stat])
+        ax.set_ylabel("correlation with norm")
+        _step_axis(ax, log_steps)
+    if aurocs:
+        ax = axes[-1]
+        for key in aurocs:
+            ax.plot(steps, _column(frame, key), "--" if "/output/" in key else "-", marker=".",
+                    color="k", label="output norm" if "/output/" in key else "input norm",
+                    gid=key)
+        ax.axhline(0.5, color="0.6", lw=0.8)
+        ax.set_title("AUROC: content vs function words")
+        _step_axis(ax, log_steps)
+        ax.legend(fontsize="small")
+    if stats:
+        axes[0].legend(fontsize="small")
+    fig.suptitle(title or "Embedding norm vs gold importance")
+    return fig
+
+
+def frequency_deciles(steps: Sequence[int], norms: np.ndarray, counts: np.ndarray,
+                      n_buckets: int = 10, log_steps: bool = False, title: str = "") -> Figure:
+    """Mean norm of the token types in each frequency decile against step. Deciles as in the
+    record's `normx/norm/bucket_XX/mean` (seen types sorted by count, descending; 1 = most
+    frequent), computed here from the snapshots and the gold counts."""
+    counts = np.asarray(counts)
+    if len(steps) == 0 or norms.size == 0:
+        raise Skipped("no readable snapshots")
+    if counts.size == 0 or not (counts > 0).any():
+        raise Skipped("no gold counts (gold.npz) to group token types by frequency")
+    vocab = len(counts)
+    means = np.array([[norm_statistics(row[:vocab], counts, n_buckets)[f"bucket_{b:02d}/mean"]
+                       for b in range(n_buckets)] for row in norms])
+    seen = np.flatnonzero(counts > 0)
+    groups = np.array_split(seen[np.argsort(-counts[seen], kind="stable")], n_buckets)
+    fig, (ax,) = _axes(1, width=7.5, height=4.5)
+    for b, (color, group) in enumerate(zip(_colors(n_buckets, "viridis"), groups)):
+        span = (f"count {counts[group].max()}–{counts[group].min()}, {len(group)} types"
+                if len(group) else "empty")
+        ax.plot(steps, means[:, b], marker=".", color=color, gid=f"bucket_{b:02d}",
+                label=f"decile {b + 1} ({span})")
+    ax.set_ylabel("mean input-embedding norm")
+    _step_axis(ax, log_steps)
+    ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(title or "Norm trajectories by frequency decile (1 = most frequent)")
+    return fig
+
+
+def function_content(steps: Sequence[int], norms: np.ndarray, function_word: np.ndarray | None,
+                     counts: np.ndarray, min_count: int = 1, frame: pd.DataFrame | None = None,
+                     log_steps: bool = False, title: str = "") -> Figure:
+    """Mean norm (band: interquartile range) of function vs content words with count >=
+    min_count, against step; and the recorded AUROC beside it when present."""
+    if function_word is None or not np.isfinite(function_word).any():
+        raise Skipped("no function_word labels in gold.npz")
+    if len(steps) == 0 or norms.size == 0:
+        raise Skipped("no readable snapshots")
+    counts = np.asarray(counts)
+    vocab = len(counts)
+    labelled = {"function words": (function_word == 1) & (counts >= min_count),
+                "content words": (function_word == 0) & (counts >= min_count)}
+    if not any(m.any() for m in labelled.values()):
+        raise Skipped(f"no labelled function/content words with count >= {min_count}")
+    auroc = frame is not None and "normx/auroc/function_word" in frame
+    fig, axes = _axes(1 + auroc, ncols=2, width=5.5)
+    ax = axes[0]
+    for (label, mask), color in zip(labelled.items(), ("tab:red", "tab:blue")):
+        if not mask.any():
+            continue
+        values = norms[:, :vocab][:, mask]
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(values, axis=1)
+            lo, hi = np.nanpercentile(values, [25, 75], axis=1)
+        ax.plot(steps, mean, marker=".", color=color, gid=label,
+                label=f"{label} ({int(mask.sum())} types)")
+        ax.fill_between(steps, lo, hi, color=color, alpha=0.15, lw=0)
+    ax.set_ylabel("input-embedding norm (mean, IQR band)")
+    ax.set_title(f"Function vs content words (count >= {min_count})")
+    _step_axis(ax, log_steps)
+    ax.legend(fontsize="small")
+    if auroc:
+        ax = axes[1]
+        ax.plot(_column(frame, "step"), _column(frame, "normx/auroc/function_word"), marker=".",
+                color="k", gid="normx/auroc/function_word")
+        ax.axhline(0.5, color="0.6", lw=0.8)
+        ax.set_ylabel("AUROC")
+        ax.set_title("AUROC of the norm (content > function)")
+        _step_axis(ax, log_steps)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def evidence_by_layer(frame: pd.DataFrame, title: str = "") -> Figure:
+    """Evidence AP per layer (rows; 0 = embedding output) against snapshot (columns, one per
+    recorded step, evenly spaced and labelled with the step), a heatmap per method."""
+    matrices = layer_matrix(frame)
+    if not matrices:
+        raise Skipped("no normx/evidence_ap_by_layer/<method>/layer_NN columns in metrics.jsonl")
+    steps = frame["step"].to_numpy()
+    values = np.concatenate([m.ravel() for _, m in matrices.values()])
+    finite = values[np.isfinite(values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig, axes = _axes(len(matrices), ncols=2, width=5.5, height=3.6)
+    image = None
+    for ax, (method, (layers, matrix)) in zip(axes, matrices.items()):
+        image = ax.imshow(matrix, aspect="auto", origin="lower", interpolation="nearest",
+                          cmap="magma", vmin=vmin, vmax=vmax)
+        image.set_gid(method)
+        ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int))
+        ax.set_xticks(ticks, [str(steps[t]) for t in ticks], rotation=45, fontsize="small")
+        ax.set_yticks(range(len(layers)),
+                      [f"{l} (emb)" if l == 0 else str(l) for l in layers], fontsize="small")
+        ax.set_xlabel("step (one column per snapshot)")
+        ax.set_ylabel("layer")
+        ax.set_title(method)
+    fig.colorbar(image, ax=axes, label="evidence AP")
+    fig.suptitle(title or "Evidence alignment (AP) by layer")
+    return fig
+
+
+def probe_curves(frame: pd.DataFrame, families: dict[str, str], log_steps: bool = False,
+                 title: str = "") -> Figure:
+    """A panel per probe family present (e.g. pair_accuracy, evidence_ap/<method>), a line
+    per method; the random baseline grey and dashed."""
+    panels = []
+    for family, label in families.items():
+        keys = ([f"normx/{family}"] if f"normx/{family}" in frame else
+                [f"normx/{family}/{m}" for m in methods(frame, family)])
+        if keys:
+            panels.append((label, keys))
+    if not panels:
+        raise Skipped("none of " + ", ".join(f"normx/{f}" for f in families) +
+                      " in metrics.jsonl")
+    fig, axes = _axes(len(panels), ncols=3)
+    steps = _column(frame, "step")
+    for ax, (label, keys) in zip(axes, panels):
+        for key, color in zip(keys, _colors(len(keys))):
+            method = key.rsplit("/", 1)[-1]
+            random = method == "random"
+            ax.plot(steps, _column(frame, key), "--" if random else "-", marker=".",
+                    color="0.5" if random else color, label=method, gid=key)
+        ax.set_title(label)
+        _step_axis(ax, log_steps)
+        if len(keys) > 1:
+            ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# -- sweeps ------------------------------------------------------------------------------
+def grouped_curves(agg: pd.DataFrame, panels: list[tuple[str, str]], labels: Sequence[str],
+                   band: str = "std", log_steps: bool = False, ncols: int = 3,
+                   title: str = "") -> Figure:
+    """A panel per (title, metric key), a line per group: the mean over the group's runs at
+    each step, with a band (±1 std, or min–max). `agg` has columns group, metric, step,
+    mean, std, min, max, n (see `analysis.sweep.aggregate`). Lines have gid
+    "<group>|<metric>"."""
+    if not any((agg["metric"] == k).any() for _, k in panels):
+        raise Skipped("none of the metrics has a finite value in any run")
+    fig, axes = _axes(len(panels), ncols=ncols)
+    color = dict(zip(labels, _colors(len(labels))))
+    for ax, (panel_title, key) in zip(axes, panels):
+        rows = agg[agg["metric"] == key]
+        if rows.empty:  # keep the grid aligned; say why the panel is empty
+            ax.text(0.5, 0.5, "no finite values", ha="center", va="center",
+                    transform=ax.transAxes, color="0.5")
+        for label in labels:
+            curve = rows[rows["group"] == label].sort_values("step")
+            if curve.empty:
+                continue
+            steps, mean = curve["step"].to_numpy(), curve["mean"].to_numpy(np.float64)
+            if band == "minmax":
+                lo, hi = curve["min"].to_numpy(np.float64), curve["max"].to_numpy(np.float64)
+            else:
+                std = curve["std"].to_numpy(np.float64)
+                lo, hi = mean - std, mean + std
+            ax.plot(steps, mean, marker=".", color=color[label], gid=f"{label}|{key}",
+                    label=f"{label} (n={int(curve['n'].max())})")
+            ax.fill_between(steps, lo, hi, color=color[label], alpha=0.18, lw=0)
+        ax.set_title(panel_title, fontsize="medium")
+        _step_axis(ax, log_steps)
+    axes[0].legend(fontsize="x-small")
+    spread = "min–max" if band == "minmax" else "±1 std"
+    fig.suptitle(f"{title} (mean over seeds, band {spread})" if title else
+                 f"mean over seeds, band {spread}")
+    return fig

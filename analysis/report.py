@@ -1,0 +1,257 @@
+"""One self-contained HTML page for a run or a Hydra multirun: figures embedded as base64
+PNG, the config, the top/bottom-norm tokens at chosen steps, and every record problem met.
+It needs no network and no other file: open it offline, mail it, attach it to a ticket.
+
+    python -m analysis.report RUN_OR_MULTIRUN_DIR [--out FILE] [--steps STEP ...] [--top-k K]
+                              [--log-steps] [--group-by KEY ...] [--band std|minmax]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .curves import build_figures
+from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, load_run,
+                   load_sweep, no_record_message)
+from .sweep import build_sweep
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1400px;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}th{background:#f4f4f4}
+td.t{text-align:left;font-family:ui-monospace,monospace;white-space:pre}
+.problems{background:#fff4e5;border:1px solid #f0b060;padding:.5em 1em}
+.skipped{color:#777}.tokens{display:flex;flex-wrap:wrap;gap:2em}
+pre{background:#f7f7f7;padding:.5em;overflow:auto;max-height:40em;font-size:.8em}
+"""
+
+
+# -- pieces ------------------------------------------------------------------------------
+def png_data_uri(fig: Figure, dpi: int = 100) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def figures_html(figures: dict[str, Figure | str]) -> str:
+    parts, skipped = [], []
+    for name, fig in figures.items():
+        if isinstance(fig, str):
+            skipped.append(f"<li><b>{html.escape(name)}</b>: {html.escape(fig)}</li>")
+            continue
+        parts.append(f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(name)}" '
+                     f'src="{png_data_uri(fig)}"><figcaption>{html.escape(name)}'
+                     "</figcaption></figure>")
+        plt.close(fig)
+    if skipped:
+        parts.append('<div class="skipped">Skipped (data absent from the record):<ul>'
+                     + "".join(skipped) + "</ul></div>")
+    return "\n".join(parts)
+
+
+def table_html(frame: pd.DataFrame, text_columns: Iterable[str] = (), float_format: str = "{:.4g}"
+               ) -> str:
+    text_columns = set(text_columns)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for record in frame.itertuples(index=False):
+        cells = []
+        for column, value in zip(frame.columns, record):
+            if isinstance(value, float):
+                shown = float_format.format(value)
+            else:
+                shown = str(value)
+            css = ' class="t"' if column in text_columns else ""
+            cells.append(f"<td{css}>{html.escape(shown)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def choose_steps(available: Sequence[int], requested: Sequence[int] | None,
+                 where: str = "") -> list[int]:
+    """First, middle and last snapshot by default; a requested step without a snapshot is
+    replaced by the nearest one (with a warning)."""
+    available = sorted(available)
+    if not available:
+        return []
+    if not requested:
+        return sorted({available[0], available[len(available) // 2], available[-1]})
+    chosen = []
+    for step in requested:
+        nearest = min(available, key=lambda s: (abs(s - step), s))
+        if nearest != step:
+            warnings.warn(f"{where}: no snapshot at step {step}; showing step {nearest}",
+                          RecordWarning)
+        if nearest not in chosen:
+            chosen.append(nearest)
+    return chosen
+
+
+def tokens_html(run: Run, steps: Sequence[int] | None, top_k: int) -> str:
+    from normx_track.snapshot import extreme_tokens
+
+    counts = run.gold.get("counts")
+    if counts is None:
+        return "<p class='skipped'>No gold counts (gold.npz): token tables skipped.</p>"
+    vocab = run.vocab
+    note = "" if vocab is not None else \
+        "<p class='skipped'>vocab.json missing or unreadable: token strings unknown.</p>"
+    parts = []
+    readable, _ = run.norms("input_norm")
+    for step in choose_steps(readable, steps, str(run.record / "snapshots")):
+        arrays = run.snapshot(step)
+        if arrays is None:
+            parts.append(f"<p class='skipped'>step {step}: snapshot unreadable.</p>")
+            continue
+        rows = pd.DataFrame(extreme_tokens(arrays["input_norm"], vocab or [], counts, top_k,
+                                           run.min_count))
+        tables = []
+        for rank in ("top", "bottom"):
+            part = rows[rows["rank"] == rank].drop(columns="rank") if not rows.empty else rows
+            tables.append(f"<div><h4>{'highest' if rank == 'top' else 'lowest'} norms</h4>"
+                          f"{table_html(part, text_columns=['token'])}</div>")
+        parts.append(f"<h3>step {step}</h3><div class='tokens'>{''.join(tables)}</div>")
+    if not parts:
+        return "<p class='skipped'>No readable snapshots: token tables skipped.</p>"
+    return (note + f"<p>Token types with count &ge; {run.min_count}, by input-embedding "
+            "norm.</p>" + "\n".join(parts))
+
+
+def problems_html(problems: Sequence[str]) -> str:
+    if not problems:
+        return ""
+    items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+    return (f"<div class='problems' id='problems'><b>{len(problems)} record problem(s)</b> — "
+            f"the record was read up to the damage:<ul>{items}</ul></div>")
+
+
+def page(title: str, body: str) -> str:
+    stamp = _dt.datetime.now().isoformat(timespec="seconds")
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>Generated {stamp} by analysis.report.</p>"
+            f"{body}</body></html>\n")
+
+
+def _json_block(obj: Any) -> str:
+    return f"<pre>{html.escape(json.dumps(obj, indent=1, default=str))}</pre>"
+
+
+# -- reports -----------------------------------------------------------------------------
+def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
+               log_steps: bool = False) -> str:
+    figures = figures_html(build_figures(run, log_steps))
+    tokens = tokens_html(run, steps, top_k)
+    frame = run.frame
+    last = ""
+    if not frame.empty:
+        final = frame.iloc[-1]
+        keys = [k for k in frame.columns if k.startswith(("normx/spearman/", "normx/auroc/",
+                                                          "normx/pair_accuracy",
+                                                          "normx/evidence_ap/"))]
+        last = (f"<p>Last recorded step {int(final['step'])} "
+                f"({len(frame)} snapshots recorded).</p>" +
+                table_html(pd.DataFrame({"metric": keys, "value": [final[k] for k in keys]}),
+                           text_columns=["metric"]))
+    body = (problems_html(run.problems)
+            + f"<p>Record: <code>{html.escape(str(run.record))}</code></p>"
+            + f"<h2>Summary</h2>{last}<h2>Figures</h2>{figures}"
+            + f"<h2>Top and bottom norm tokens</h2>{tokens}"
+            + f"<h2>Config</h2>{_json_block(run.config)}"
+            + "<details><summary>Full meta.json</summary>"
+            + _json_block(run.meta) + "</details>")
+    return page(f"normx-track report: {run.path}", body)
+
+
+def sweep_report(runs: list[Run], root: Path, steps: Sequence[int] | None = None,
+                 top_k: int = 15, log_steps: bool = False, group_by: list[str] | None = None,
+                 band: str = "std") -> str:
+    figures, table, frame, labels = build_sweep(runs, group_by, band, log_steps)
+    headline = table[table["metric"].str.match(
+        r"normx/(spearman/|auroc/|pair_accuracy|evidence_ap/)")]
+    text = [c for c in table.columns if c not in
+            ("n_runs", "final_mean", "final_std", "peak_mean", "peak_std", "peak_step_mean",
+             "peak_step_std")]
+    overrides = pd.DataFrame([{"run": r.name, "group": frame.loc[frame["run"] == r.name,
+                                                                  "group"].iloc[0]
+                               if (frame["run"] == r.name).any() else "",
+                               "snapshots": len(r.frame),
+                               "overrides": " ".join(f"{k}={v}" for k, v in r.overrides.items())}
+                              for r in runs])
+    per_run = "".join(
+        f"<details><summary>{html.escape(r.name)}: top and bottom norm tokens</summary>"
+        f"{tokens_html(r, steps, top_k)}</details>" for r in runs)
+    problems = [p for r in runs for p in r.problems]
+    body = (problems_html(problems)
+            + f"<p>{len(runs)} runs in {len(labels)} group(s): "
+            + html.escape("; ".join(labels)) + "</p>"
+            + "<h2>Figures</h2>" + figures_html(figures)
+            + "<h2>Summary (mean over each group's runs)</h2>"
+            + table_html(headline, text_columns=text)
+            + "<details><summary>All metrics</summary>" + table_html(table, text_columns=text)
+            + "</details>"
+            + "<h2>Runs</h2>" + table_html(overrides, text_columns=["run", "group", "overrides"])
+            + "<h2>Top and bottom norm tokens</h2>" + per_run
+            + "<h2>Config (first run)</h2>" + _json_block(runs[0].config))
+    return page(f"normx-track sweep report: {root}", body)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.report",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("path", type=Path, metavar="RUN_OR_MULTIRUN_DIR",
+                   help="a run dir (holding normx/) or a Hydra multirun dir")
+    p.add_argument("--out", type=Path, help="the HTML file (default DIR/report.html)")
+    p.add_argument("--steps", type=int, nargs="+", metavar="STEP",
+                   help="steps for the token tables (default: first, middle, last snapshot; "
+                        "a step without a snapshot shows the nearest one)")
+    p.add_argument("--top-k", type=int, default=15, help="tokens per table (default 15)")
+    p.add_argument("--log-steps", action="store_true", help="log-scaled (symlog) step axis")
+    p.add_argument("--group-by", nargs="+", metavar="KEY",
+                   help="multirun only: keys to group runs by (see analysis.sweep)")
+    p.add_argument("--band", choices=("std", "minmax"), default="std",
+                   help="multirun only: spread over seeds (default std)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    with cli_warnings():
+        try:
+            if has_record(args.path):
+                text = run_report(load_run(args.path), args.steps, args.top_k, args.log_steps)
+            else:
+                try:
+                    runs = load_sweep(args.path)
+                except NoRecordError:
+                    raise NoRecordError(no_record_message(args.path)) from None
+                text = sweep_report(runs, args.path, args.steps, args.top_k, args.log_steps,
+                                    args.group_by, args.band)
+        except NoRecordError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    out = args.out or args.path / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out} ({len(text) // 1024} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""The analysis tools (analysis/): figures plot the record's numbers, the sweep table equals
+an independent computation from the runs' metrics.jsonl, the HTML report renders offline in
+headless Chromium, and a damaged record is read up to the damage with a warning."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from analysis import curves, figures as F, report, sweep
+from analysis.load import RecordWarning, load_run, load_sweep
+from conftest import ROOT, TINY, run_train
+
+CHROMIUM = Path("/usr/bin/chromium")
+METHODS = ("normxlogit", "logat", "norm", "random")
+
+
+# -- independent readers (plain json / numpy, not analysis.load) ---------------------------
+def jsonl(run_dir: Path) -> list[dict]:
+    rows = []
+    for line in (run_dir / "normx" / "metrics.jsonl").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
+    return rows
+
+
+def column(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([r.get(key, math.nan) for r in rows], np.float64)
+
+
+def snapshots(run_dir: Path) -> dict[int, np.ndarray]:
+    out = {}
+    for path in sorted((run_dir / "normx" / "snapshots").glob("step_*.npz")):
+        with np.load(path) as data:
+            out[int(path.stem[5:])] = data["input_norm"].astype(np.float64)
+    return out
+
+
+def gold(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "normx" / "gold.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def lines_by_gid(fig) -> dict[str, object]:
+    return {line.get_gid(): line for ax in fig.axes for line in ax.get_lines() if line.get_gid()}
+
+
+# -- fixtures ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def probe_run(tmp_path_factory, tiny_run) -> Path:
+    """tiny_run's record with probe metrics added (per-layer evidence AP, pair accuracy,
+    faithfulness; one value null), as a tracker with probes would write them."""
+    out = tmp_path_factory.mktemp("probe_run")
+    shutil.copytree(tiny_run / "normx", out / "normx")
+    rng = np.random.default_rng(0)
+    path = out / "normx" / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["normx/pair_accuracy"] = float(rng.uniform())
+        for m in METHODS:
+            for family in ("evidence_ap", "evidence_dp", "comprehensiveness", "sufficiency",
+                           "loo_spearman"):
+                row[f"normx/{family}/{m}"] = float(rng.uniform())
+        for m in ("normxlogit", "logat"):
+            for layer in range(3):
+                row[f"normx/evidence_ap_by_layer/{m}/layer_{layer:02d}"] = float(rng.uniform())
+    rows[1]["normx/evidence_ap/logat"] = None
+    rows[2]["normx/evidence_ap_by_layer/logat/layer_01"] = None
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, cache_dir) -> Path:
+    """A 2 x 2 multirun: tied/untied embeddings x seeds 0, 1."""
+    out = tmp_path_factory.mktemp("sweeps") / "tied_untied"
+    run_train(cache_dir, "-m", *TINY, "seed=0,1", "model.tie_word_embeddings=true,false",
+              "logger=none", f"hydra.sweep.dir={out}")
+    return out
+
+
+def damaged_copy(src: Path, dst: Path) -> Path:
+    """A copy of a run whose metrics.jsonl is cut mid-line, with the snapshot of the second
+    step corrupt (half a zip) and that of the third missing."""
+    shutil.copytree(src / "normx", dst / "normx")
+    metrics = dst / "normx" / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
+    snaps = sorted((dst / "normx" / "snapshots").glob("step_*.npz"))
+    snaps[1].write_bytes(snaps[1].read_bytes()[:200])
+    snaps[2].unlink()
+    return dst
+
+
+# -- figures plot the record's numbers ----------------------------------------------------
+def test_correlation_figure_plots_metrics_jsonl(tiny_run):
+    rows = jsonl(tiny_run)
+    fig = F.correlations(load_run(tiny_run).frame, log_steps=True)
+    lines = lines_by_gid(fig)
+    expected = {k for k in rows[0] if re.match(r"normx/(spearman|pearson|partial_spearman)/|"
+                                                r"normx/auroc/", k)}
+    assert expected and set(lines) == expected
+    for key, line in lines.items():
+        np.testing.assert_array_equal(line.get_xdata(), column(rows, "step"))
+        np.testing.assert_array_equal(line.get_ydata(), column(rows, key))
+    assert {ax.get_xscale() for ax in fig.axes if ax.get_visible()} == {"symlog"}
+
+
+def test_frequency_deciles_from_snapshots_and_gold_counts(tiny_run):
+    run = load_run(tiny_run)
+    fig = curves.build_figures(run)["frequency_deciles"]
+    snaps, counts = snapshots(tiny_run), gold(tiny_run)["counts"]
+    seen = np.flatnonzero(counts > 0)
+    deciles = np.array_split(seen[np.argsort(-counts[seen], kind="stable")], 10)
+    lines = lines_by_gid(fig)
+    assert sorted(lines) == [f"bucket_{b:02d}" for b in range(10)]
+    rows = jsonl(tiny_run)
+    for b, ids in enumerate(deciles):
+        line = lines[f"bucket_{b:02d}"]
+        np.testing.assert_array_equal(line.get_xdata(), sorted(snaps))
+        mine = [snaps[s][ids].mean() for s in sorted(snaps)]
+        np.testing.assert_allclose(line.get_ydata(), mine, rtol=1e-12)
+        # ... and the same numbers the tracker recorded live
+        np.testing.assert_allclose(line.get_ydata(), column(rows, f"normx/norm/bucket_{b:02d}/mean"),
+                                   rtol=1e-6)
+
+
+def test_function_content_figure(tiny_run):
+    run = load_run(tiny_run)
+    g, snaps, rows = gold(tiny_run), snapshots(tiny_run), jsonl(tiny_run)
+    min_count = json.loads((tiny_run / "normx" / "meta.json").read_text())["tracker"]["min_count"]
+    fig = curves.build_figures(run)["function_content"]
+    lines = lines_by_gid(fig)
+    for gid, label in (("function words", 1), ("content words", 0)):
+        mask = (g["function_word"] == label) & (g["counts"] >= min_count)
+        assert mask.any()
+        np.testing.assert_allclose(lines[gid].get_ydata(),
+                                   [snaps[s][mask].mean() for s in sorted(snaps)], rtol=1e-12)
+    np.testing.assert_array_equal(lines["normx/auroc/function_word"].get_ydata(),
+                                  column(rows, "normx/auroc/function_word"))
+
+
+def test_layer_heatmap_and_probe_curves(probe_run):
+    rows = jsonl(probe_run)
+    figs = curves.build_figures(load_run(probe_run), log_steps=True)
+    images = {im.get_gid(): im for ax in figs["evidence_by_layer"].axes for im in ax.get_images()}
+    assert set(images) == {"normxlogit", "logat"}
+    for method, image in images.items():
+        expected = np.array([column(rows, f"normx/evidence_ap_by_layer/{method}/layer_{l:02d}")
+                             for l in range(3)])
+        np.testing.assert_array_equal(np.ma.filled(image.get_array().astype(float), np.nan),
+                                      expected)
+    heat_ax = next(ax for ax in figs["evidence_by_layer"].axes if ax.get_images())
+    assert [t.get_text() for t in heat_ax.get_xticklabels()] == [str(r["step"]) for r in rows]
+    for name, families in (("evidence", ("evidence_ap", "evidence_dp")),
+                           ("faithfulness", ("comprehensiveness", "sufficiency",
+                                             "loo_spearman"))):
+        lines = lines_by_gid(figs[name])
+        keys = {f"normx/{f}/{m}" for f in families for m in METHODS}
+        if name == "evidence":
+            keys.add("normx/pair_accuracy")
+        assert set(lines) == keys
+        for key, line in lines.items():
+            np.testing.assert_array_equal(line.get_xdata(), column(rows, "step"))
+            np.testing.assert_array_equal(line.get_ydata(), column(rows, key))
+    assert np.isnan(lines_by_gid(figs["evidence"])["normx/evidence_ap/logat"].get_ydata()[1])
+
+
+def test_curves_cli_writes_png_and_svg_and_says_what_it_skips(tiny_run, probe_run, tmp_path,
+                                                              capsys):
+    assert curves.main([str(probe_run), "--out", str(tmp_path / "all"), "--log-steps"]) == 0
+    for name in curves.FIGURES:
+        png, svg = tmp_path / "all" / f"{name}.png", tmp_path / "all" / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in svg.read_text()[:2000]
+    assert curves.main([str(tiny_run), "--out", str(tmp_path / "plain")]) == 0
+    out = capsys.readouterr().out
+    for name in ("evidence_by_layer", "evidence", "faithfulness"):
+        assert f"skipped {name}: " in out
+        assert not (tmp_path / "plain" / f"{name}.png").exists()
+    assert (tmp_path / "plain" / "correlations.svg").exists()
+
+
+# -- sweeps ------------------------------------------------------------------------------
+def independent_summary(sweep_dir: Path, key: str) -> dict[tuple[str, str], dict]:
+    """{(group value, metric): {n_runs, final_mean, peak_mean, peak_step_mean}} from the jobs'
+    metrics.jsonl and overrides.yaml, grouped by `key`."""
+    per_group: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+    for job in sorted(p for p in sweep_dir.iterdir() if (p / "normx").is_dir()):
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load(
+            (job / ".hydra" / "overrides.yaml").read_text()))
+        rows = jsonl(job)
+        steps = column(rows, "step")
+        for metric in rows[0]:
+            if not metric.startswith("normx/"):
+                continue
+            values = column(rows, metric)
+            ok = np.isfinite(values)
+            if not ok.any():
+                continue
+            peak = np.nanmax(values)
+            first = int(np.flatnonzero(values == peak)[0])
+            per_group.setdefault((overrides[key], metric), []).append(
+                (values[ok][-1], peak, steps[first]))
+    return {k: {"n_runs": len(v), "final_mean": np.mean([x[0] for x in v]),
+                "peak_mean": np.mean([x[1] for x in v]),
+                "peak_step_mean": np.mean([x[2] for x in v])} for k, v in per_group.items()}
+
+
+def test_sweep_table_equals_independent_computation(tiny_sweep, tmp_path, capsys):
+    assert sweep.main([str(tiny_sweep), "--out", str(tmp_path), "--log-steps"]) == 0
+    assert "4 runs in 2 group(s)" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "summary.csv", dtype={"model.tie_word_embeddings": str})
+    key = "model.tie_word_embeddings"
+    assert list(table.columns[:3]) == ["group", key, "metric"]  # only the varying key named
+    expected = independent_summary(tiny_sweep, key)
+    assert len(table) == len(expected)
+    assert {v for v, _ in expected} == {"True", "False"}
+    for row in table.itertuples(index=False):
+        want = expected[(getattr(row, "_1"), row.metric)]
+        assert row.n_runs == want["n_runs"] == 2
+        for stat in ("final_mean", "peak_mean", "peak_step_mean"):
+            assert getattr(row, stat) == pytest.approx(want[stat], rel=1e-9, abs=1e-12), \
+                (row.metric, stat)
+    # output-norm metrics exist only for the untied group
+    untied = table[table["metric"].str.startswith("normx/output/")]
+    assert set(untied[key]) == {"False"}
+    for name in ("correlations", "output_correlations"):
+        assert (tmp_path / f"{name}.png").exists() and (tmp_path / f"{name}.svg").exists()
+
+
+def test_sweep_figure_lines_are_group_means(tiny_sweep):
+    runs = load_sweep(tiny_sweep)
+    figures, _, _, labels = sweep.build_sweep(runs, band="minmax")
+    assert labels == ["model.tie_word_embeddings=True", "model.tie_word_embeddings=False"]
+    lines = lines_by_gid(figures["correlations"])
+    metric = "normx/spearman/information_gain"
+    for label in labels:
+        value = label.split("=")[1]
+        jobs = [r.path for r in runs if r.overrides["model.tie_word_embeddings"] == value]
+        per_run = [jsonl(job) for job in jobs]
+        steps = column(per_run[0], "step")
+        mean = np.mean([column(rows, metric) for rows in per_run], axis=0)
+        line = lines[f"{label}|{metric}"]
+        np.testing.assert_array_equal(line.get_xdata(), steps)
+        np.testing.assert_allclose(line.get_ydata(), mean, rtol=1e-12)
+    out_lines = lines_by_gid(figures["output_correlations"])
+    assert out_lines and all(gid.startswith(labels[1]) for gid in out_lines)
+
+
+def test_sweep_group_by_keys(tiny_sweep):
+    runs = load_sweep(tiny_sweep)
+    _, table, _, labels = sweep.build_sweep(runs, group_by=["seed"])
+    assert labels == ["seed=0", "seed=1"]
+    inputs = ~table["metric"].str.startswith("normx/output/")  # output norms: untied only
+    assert set(table.loc[inputs, "n_runs"]) == {2} and set(table.loc[~inputs, "n_runs"]) == {1}
+    # a key not overridden is looked up in the recorded config
+    _, table, _, labels = sweep.build_sweep(runs, group_by=["data.synthetic.zipf_exponent"])
+    assert labels == ["all runs"]
+    n_runs = dict(zip(table["metric"], table["n_runs"]))
+    assert n_runs["normx/spearman/information_gain"] == 4
+    assert n_runs["normx/output/spearman/information_gain"] == 2  # untied runs only
+    assert set(table["data.synthetic.zipf_exponent"]) == {"1.1"}
+
+
+# -- the HTML report -----------------------------------------------------------------------
+def render(page: Path) -> tuple[str, str]:
+    """Load `page` in headless Chromium; return (the images-loaded marker, the DOM)."""
+    if not CHROMIUM.exists():
+        pytest.skip("headless Chromium not installed (/usr/bin/chromium; Debian: apt-get "
+                    "install chromium)")
+    probe = page.with_name("probe_" + page.name)
+    script = ("<script>window.addEventListener('load',function(){var im=document.images,ok=0;"
+              "for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}"
+              "document.body.setAttribute('data-images',ok+'/'+im.length);});</script>")
+    probe.write_text(page.read_text().replace("</body>", script + "</body>"))
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--no-first-run",
+             "--disable-sync", f"--user-data-dir={profile}",
+             "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000",
+             "--dump-dom", probe.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120)
+    marker = re.search(r'data-images="(\d+/\d+)"', proc.stdout)
+    assert marker, proc.stderr[-2000:]
+    return marker.group(1), proc.stdout
+
+
+def test_run_report_is_self_contained_and_renders(tiny_run, tmp_path):
+    out = tmp_path / "report.html"
+    assert report.main([str(tiny_run), "--out", str(out)]) == 0
+    text = out.read_text()
+    sources = re.findall(r'<img[^>]*src="([^"]*)"', text)
+    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(src|href)="(https?:|//|file:)', text)
+    meta = json.loads((tiny_run / "normx" / "meta.json").read_text())
+    assert f"&quot;n_embd&quot;: {meta['config']['model']['n_embd']}" in text
+    steps = sorted(snapshots(tiny_run))
+    shown = [int(s) for s in re.findall(r"<h3>step (\d+)</h3>", text)]
+    assert shown == [steps[0], steps[len(steps) // 2], steps[-1]]
+    vocab = json.loads((tiny_run / "normx" / "vocab.json").read_text())
+    norms, counts = snapshots(tiny_run)[steps[-1]], gold(tiny_run)["counts"]
+    seen = np.flatnonzero(counts >= meta["tracker"]["min_count"])
+    top = seen[np.argmax(norms[seen])]
+    assert f"<td>{top}</td>" in text and vocab[top] in text
+    loaded, dom = render(out)
+    assert loaded == "3/3"
+    assert "Top and bottom norm tokens" in dom
+
+
+def test_report_steps_option_and_sweep_report(tiny_sweep, tmp_path, capsys):
+    out = tmp_path / "sweep.html"
+    assert report.main([str(tiny_sweep), "--out", str(out), "--steps", "0", "3"]) == 0
+    assert "no snapshot at step 3; showing step 2" in capsys.readouterr().err
+    text = out.read_text()
+    assert "4 runs in 2 group(s)" in text
+    assert set(re.findall(r"<h3>step (\d+)</h3>", text)) == {"0", "2"}
+    loaded, _ = render(out)
+    n_images = len(re.findall(r"<img ", text))
+    assert n_images >= 2 and loaded == f"{n_images}/{n_images}"
+
+
+# -- damaged records -----------------------------------------------------------------------
+def test_damaged_record_is_read_up_to_the_damage(tiny_run, tmp_path):
+    run_dir = damaged_copy(tiny_run, tmp_path / "damaged")
+    snaps = sorted(snapshots(tiny_run))
+    with pytest.warns(RecordWarning) as caught:
+        run = load_run(run_dir)
+        figs = curves.build_figures(run)
+    messages = "\n".join(str(w.message) for w in caught)
+    assert f"{run_dir / 'normx' / 'metrics.jsonl'}:{len(snaps)}: damaged line" in messages
+    assert f"{run_dir}/normx/snapshots/step_{snaps[1]:08d}.npz: unreadable" in messages
+    assert f"{run_dir}/normx/snapshots/step_{snaps[2]:08d}.npz: missing snapshot" in messages
+    assert len(run.problems) == 3
+    line = lines_by_gid(figs["correlations"])["normx/spearman/information_gain"]
+    rows = jsonl(tiny_run)[:-1]
+    np.testing.assert_array_equal(line.get_ydata(), column(rows, "normx/spearman/information_gain"))
+    readable = [s for s in snaps if s not in snaps[1:3]]
+    np.testing.assert_array_equal(lines_by_gid(figs["frequency_deciles"])["bucket_00"].get_xdata(),
+                                  readable)
+
+
+def test_damaged_record_through_the_clis(tiny_run, tiny_sweep, tmp_path, capsys):
+    run_dir = damaged_copy(tiny_run, tmp_path / "damaged")
+    assert curves.main([str(run_dir), "--out", str(tmp_path / "figs")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {run_dir / 'normx' / 'metrics.jsonl'}:" in err
+    assert "unreadable (BadZipFile" in err and "missing snapshot" in err
+    assert (tmp_path / "figs" / "frequency_deciles.png").exists()
+
+    assert report.main([str(run_dir), "--out", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text()
+    assert "3 record problem(s)" in text and "damaged line" in text
+
+    multirun = tmp_path / "multirun"
+    shutil.copytree(tiny_sweep, multirun, ignore=shutil.ignore_patterns("checkpoints", "analysis"))
+    shutil.rmtree(multirun / "1" / "normx")
+    damaged_copy(tiny_sweep / "2", multirun / "2x")
+    shutil.rmtree(multirun / "2" / "normx")
+    assert sweep.main([str(multirun), "--out", str(tmp_path / "sw")]) == 0
+    captured = capsys.readouterr()
+    assert f"{multirun / '1'}: job without a normx record" in captured.err
+    assert f"{multirun / '2x' / 'normx' / 'metrics.jsonl'}:" in captured.err
+    assert "3 runs in" in captured.out
+    assert len(pd.read_csv(tmp_path / "sw" / "summary.csv")) > 0
+
+
+# -- usage -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("module", [curves, sweep, report])
+def test_no_record_is_a_clear_error(module, tmp_path, capsys):
+    assert module.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: no normx record found (expected {tmp_path}/normx/metrics.jsonl" in err
+    assert "Traceback" not in err
+
+
+def test_help(capsys):
+    for module in (curves, sweep, report):
+        with pytest.raises(SystemExit) as exit_:
+            module.main(["--help"])
+        assert exit_.value.code == 0
+        assert "usage: python -m analysis." in capsys.readouterr().out
+    proc = subprocess.run([sys.executable, "-m", "analysis.sweep", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--group-by" in proc.stdout
