@@ -2,7 +2,7 @@
 
     python benchmarks/bench_attribution.py                 # 4 layers x 256, vocab 8192
     python benchmarks/bench_attribution.py --full          # GPT-2 small (124M)
-    python benchmarks/bench_attribution.py --lengths 128 --batch 4 --threads 2
+    python benchmarks/bench_attribution.py --lengths 128 --batch 4 --threads 0  # torch's threads
 
 Peak memory: each method runs once per length in its own subprocess, so the others do not
 pollute it: on CUDA ``torch.cuda.max_memory_allocated`` above the loaded model, on CPU the
@@ -58,7 +58,9 @@ def parse(argv=None):
                    help="timing rounds (IG runs in the first max(1, repeats // 3))")
     p.add_argument("--ig-steps", type=int, default=50)
     p.add_argument("--ig-internal-batch", type=int, default=16, help="Captum internal_batch_size")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (0: torch's default). One thread by default: with several, "
+                        "other load on the machine stalls OpenMP barriers and skews the ratios")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -118,6 +120,13 @@ def method_fn(name, model, x, args):
     ).sum(-1)
 
 
+def _set_threads(args):
+    import torch
+
+    if args.threads and not torch.cuda.is_available():
+        torch.set_num_threads(args.threads)
+
+
 def _sync(device):
     import torch
 
@@ -136,8 +145,7 @@ def worker(args):
     """Peak memory of one method (one run per length) in a fresh process."""
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     model, device = build(args)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     peaks = {}
@@ -160,8 +168,7 @@ def time_methods(args):
     processes hits them alike; the minimum over runs is the least disturbed figure."""
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     model, device = build(args)
     out = {name: {} for name in args.methods}
     for length in sorted(args.lengths):

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,6 +60,12 @@ def lines_by_gid(fig) -> dict[str, object]:
 
 
 # -- fixtures ----------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
 @pytest.fixture(scope="session")
 def probe_run(tmp_path_factory, tiny_run) -> Path:
     """tiny_run's record with probe metrics added (per-layer evidence AP, pair accuracy,
@@ -186,12 +193,13 @@ def test_curves_cli_writes_png_and_svg_and_says_what_it_skips(tiny_run, probe_ru
         png, svg = tmp_path / "all" / f"{name}.png", tmp_path / "all" / f"{name}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in svg.read_text()[:2000]
-    assert curves.main([str(tiny_run), "--out", str(tmp_path / "plain")]) == 0
+    assert curves.main([str(tiny_run), "--out", str(tmp_path / "plain"), "--formats", "png"]) == 0
     out = capsys.readouterr().out
     for name in ("evidence_by_layer", "evidence", "faithfulness"):
         assert f"skipped {name}: " in out
         assert not (tmp_path / "plain" / f"{name}.png").exists()
-    assert (tmp_path / "plain" / "correlations.svg").exists()
+    assert (tmp_path / "plain" / "correlations.png").exists()
+    assert not (tmp_path / "plain" / "correlations.svg").exists()
 
 
 # -- sweeps ------------------------------------------------------------------------------
@@ -356,7 +364,7 @@ def test_damaged_record_is_read_up_to_the_damage(tiny_run, tmp_path):
 
 def test_damaged_record_through_the_clis(tiny_run, tiny_sweep, tmp_path, capsys):
     run_dir = damaged_copy(tiny_run, tmp_path / "damaged")
-    assert curves.main([str(run_dir), "--out", str(tmp_path / "figs")]) == 0
+    assert curves.main([str(run_dir), "--out", str(tmp_path / "figs"), "--formats", "png"]) == 0
     err = capsys.readouterr().err
     assert f"warning: {run_dir / 'normx' / 'metrics.jsonl'}:" in err
     assert "unreadable (BadZipFile" in err and "missing snapshot" in err
@@ -371,7 +379,7 @@ def test_damaged_record_through_the_clis(tiny_run, tiny_sweep, tmp_path, capsys)
     shutil.rmtree(multirun / "1" / "normx")
     damaged_copy(tiny_sweep / "2", multirun / "2x")
     shutil.rmtree(multirun / "2" / "normx")
-    assert sweep.main([str(multirun), "--out", str(tmp_path / "sw")]) == 0
+    assert sweep.main([str(multirun), "--out", str(tmp_path / "sw"), "--formats", "png"]) == 0
     captured = capsys.readouterr()
     assert f"{multirun / '1'}: job without a normx record" in captured.err
     assert f"{multirun / '2x' / 'normx' / 'metrics.jsonl'}:" in captured.err

@@ -70,7 +70,8 @@ def manual_states(model, x):
         return h0, h
     seen = {}
     hooks = [
-        model.get_input_embeddings().register_forward_hook(lambda m, a, o: seen.setdefault("h0", o)),
+        model.get_input_embeddings().register_forward_hook(
+            lambda m, a, o: seen.setdefault("h0", o)),
         decoder_layers(model)[-1].register_forward_hook(
             lambda m, a, o: seen.__setitem__("hL", o[0] if isinstance(o, tuple) else o)),
     ]

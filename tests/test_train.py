@@ -14,7 +14,7 @@ def test_tiny_run_writes_wandb_offline_run_and_checkpoints(tiny_run: Path):
     runs = list((tiny_run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "expected one W&B offline run directory"
     assert list(runs[0].glob("*.wandb")), "the offline run holds no .wandb data file"
-    assert (runs[0] / "files" / "config.yaml").exists() or (runs[0] / "files").exists()
+    assert (runs[0] / "files" / ".hydra" / "config.yaml").exists(), "Hydra config not saved to W&B"
     ckpts = sorted(p.name for p in (tiny_run / "checkpoints").glob("*.ckpt"))
     assert ckpts == ["last.ckpt", "step_00000004.ckpt", "step_00000008.ckpt"]
     state = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)

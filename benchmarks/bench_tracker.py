@@ -1,0 +1,118 @@
+"""Tracker cost, measured side by side in one run.
+
+1. Training throughput of the default model on the synthetic corpus with the tracker at its
+   default cadence versus without it (target: under 1% overhead). Runs alternate
+   (off, on, off, on, ...) so machine noise hits both alike; the best of each is compared.
+2. The cost of one snapshot of a GPT-2-sized embedding (50,257 x 768) against three gold
+   signals: norms + all metrics (target: under 30 ms on CPU).
+
+    python benchmarks/bench_tracker.py [--steps 300] [--repeats 2]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from normx_track.config import Config, validate
+from normx_track.data.datamodule import TextDataModule
+from normx_track.gold import compute_gold
+from normx_track.model import LanguageModel
+from normx_track.snapshot import NormMetrics, embedding_norms
+from normx_track.tracking import build_tracker
+
+
+class TrainTimer(L.Callback):
+    """Wall time from the first to the last training batch (set-up excluded)."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        self.seconds = time.perf_counter() - self.start
+
+
+def train_seconds(cfg: Config, datamodule: TextDataModule, tracked: bool, out: Path) -> float:
+    L.seed_everything(cfg.seed, verbose=False)
+    model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
+                                       datamodule.eos_token_id, cfg.trainer.max_steps)
+    timer = TrainTimer()
+    callbacks = [timer] + ([build_tracker(cfg, datamodule, out)] if tracked else [])
+    trainer = L.Trainer(max_steps=cfg.trainer.max_steps, logger=False, callbacks=callbacks,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0,
+                        use_distributed_sampler=False, default_root_dir=out)
+    trainer.fit(model, datamodule=datamodule)
+    return timer.seconds
+
+
+def bench_overhead(steps: int, repeats: int) -> None:
+    cfg = validate(Config())
+    cfg.trainer.max_steps = steps
+    cfg.data.cache_dir = os.environ.get("NORMX_CACHE_DIR", ".cache/normx")
+    datamodule = TextDataModule(cfg.data, seed=cfg.seed)
+    datamodule.setup()
+    times: dict[bool, list[float]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tracker(cfg, datamodule, Path(tmp))  # gold statistics cached before timing
+        for r in range(repeats):
+            for tracked in (False, True):
+                times[tracked].append(train_seconds(cfg, datamodule, tracked, Path(tmp) / f"{r}"))
+    tokens = steps * cfg.data.batch_size * cfg.data.block_size
+    off, on = min(times[False]), min(times[True])
+    print(f"training, {steps} steps of {cfg.data.batch_size}x{cfg.data.block_size} tokens "
+          f"(gpt2_nano, synthetic), best of {repeats}:")
+    print(f"  without tracker: {off:7.2f} s  {tokens / off:9.0f} tokens/s")
+    print(f"  with tracker:    {on:7.2f} s  {tokens / on:9.0f} tokens/s "
+          f"(snapshots every {cfg.tracker.every_n_steps} steps, log-spaced before)")
+    print(f"  overhead: {100 * (on / off - 1):+.2f}%   (target < 1%)")
+
+
+def bench_snapshot(repeats: int = 20) -> None:
+    vocab, dim = 50_257, 768
+    rng = np.random.default_rng(0)
+    zipf = 1 / np.arange(1, vocab + 1) ** 1.1
+    stream = rng.choice(vocab, size=1_000_000, p=zipf / zipf.sum())
+    gold = compute_gold(np.split(stream, 2000), vocab, shuffle_correction=True)
+    signals = {n: getattr(gold, n) for n in gold.names()}  # SI, IG, IG corrected (+ counts)
+    metrics = NormMetrics(signals, gold.counts, min_count=10)
+    embedding = torch.nn.Embedding(vocab, dim)
+    model = type("LM", (torch.nn.Module,), {"get_input_embeddings": lambda self: embedding,
+                                            "get_output_embeddings": lambda self: None})()
+    norm_ms, metric_ms = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        arrays = embedding_norms(model)
+        t1 = time.perf_counter()
+        metrics(arrays)
+        t2 = time.perf_counter()
+        norm_ms.append(1000 * (t1 - t0))
+        metric_ms.append(1000 * (t2 - t1))
+    total = np.median(np.add(norm_ms, metric_ms))
+    print(f"snapshot of a {vocab} x {dim} embedding, 3 gold signals, median of {repeats}:")
+    print(f"  norms {np.median(norm_ms):.1f} ms + metrics {np.median(metric_ms):.1f} ms "
+          f"= {total:.1f} ms   (target < 30 ms; ratio to target {total / 30:.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    print(f"torch threads: {torch.get_num_threads()}")
+    bench_snapshot()
+    bench_overhead(args.steps, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
