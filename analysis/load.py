@@ -179,7 +179,7 @@ class Run:
         """The value of a config key for grouping: the Hydra override if given, else the
         dotted key looked up in the recorded config (meta.json), else .hydra/config.yaml."""
         if key in self.overrides:
-            return self.overrides[key]
+            return _plain_str(self.overrides[key])
         for source in (self.config, _hydra_config(self.path)):
             value = _dotted(source, key)
             if value is not None:
@@ -310,6 +310,21 @@ def _dotted(tree: Any, key: str) -> Any:
 
 
 def _plain_str(value: Any) -> str:
+    """One spelling per value, whether it came from an override ("True", "false", "1.10")
+    or from the recorded config (True, 1.1): YAML scalars are parsed, then printed as
+    Hydra would accept them (true/false, null, numbers as Python prints them)."""
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if not isinstance(parsed, (bool, int, float, type(None))):
+            return value
+        value = parsed
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)

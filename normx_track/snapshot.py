@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from . import metrics
+from . import attribution, metrics
 
 # Signals that are correlated with the norms (counts is the control, not a target).
 _NOT_CORRELATED = {"counts", "function_word"}
@@ -37,24 +37,15 @@ def _full_params(module: torch.nn.Module):
     return nullcontext()
 
 
-def _row_norms(weight: torch.Tensor) -> np.ndarray:
-    if hasattr(weight, "full_tensor"):  # FSDP2 / DTensor
-        weight = weight.full_tensor()
-    return torch.linalg.vector_norm(weight.detach().float(), dim=1).cpu().numpy()
-
-
-@torch.no_grad()
 def embedding_norms(language_model: torch.nn.Module, root: torch.nn.Module | None = None
                     ) -> dict[str, np.ndarray]:
-    """`input` norms ||E[w]||, and `output` norms ||U[w]|| when the head is untied.
-    `root` is the (possibly FSDP-wrapped) module to gather parameters from."""
+    """`input_norm` ||E[w]|| and, when the head is untied, `output_norm` ||U[w]||, as numpy.
+    `root` is the (possibly FSDP-wrapped) module whose parameters must be gathered first."""
     with _full_params(root if root is not None else language_model):
-        inp = language_model.get_input_embeddings().weight
-        head = language_model.get_output_embeddings()
-        norms = {"input_norm": _row_norms(inp)}
-        if head is not None and head.weight.data_ptr() != inp.data_ptr():
-            norms["output_norm"] = _row_norms(head.weight)
-    return norms
+        norms = attribution.embedding_norms(language_model)
+    # FSDP2 shards rows as DTensors: the norms are gathered (V floats), not the matrix.
+    return {f"{side}_norm": (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu().numpy()
+            for side, v in norms.items()}
 
 
 class NormMetrics:

@@ -221,7 +221,7 @@ def independent_summary(sweep_dir: Path, key: str) -> dict[tuple[str, str], dict
                 continue
             peak = np.nanmax(values)
             first = int(np.flatnonzero(values == peak)[0])
-            per_group.setdefault((overrides[key], metric), []).append(
+            per_group.setdefault((overrides[key].lower(), metric), []).append(
                 (values[ok][-1], peak, steps[first]))
     return {k: {"n_runs": len(v), "final_mean": np.mean([x[0] for x in v]),
                 "peak_mean": np.mean([x[1] for x in v]),
@@ -236,7 +236,7 @@ def test_sweep_table_equals_independent_computation(tiny_sweep, tmp_path, capsys
     assert list(table.columns[:3]) == ["group", key, "metric"]  # only the varying key named
     expected = independent_summary(tiny_sweep, key)
     assert len(table) == len(expected)
-    assert {v for v, _ in expected} == {"True", "False"}
+    assert {v for v, _ in expected} == {"true", "false"}
     for row in table.itertuples(index=False):
         want = expected[(getattr(row, "_1"), row.metric)]
         assert row.n_runs == want["n_runs"] == 2
@@ -245,7 +245,7 @@ def test_sweep_table_equals_independent_computation(tiny_sweep, tmp_path, capsys
                 (row.metric, stat)
     # output-norm metrics exist only for the untied group
     untied = table[table["metric"].str.startswith("normx/output/")]
-    assert set(untied[key]) == {"False"}
+    assert set(untied[key]) == {"false"}
     for name in ("correlations", "output_correlations"):
         assert (tmp_path / f"{name}.png").exists() and (tmp_path / f"{name}.svg").exists()
 
@@ -253,12 +253,14 @@ def test_sweep_table_equals_independent_computation(tiny_sweep, tmp_path, capsys
 def test_sweep_figure_lines_are_group_means(tiny_sweep):
     runs = load_sweep(tiny_sweep)
     figures, _, _, labels = sweep.build_sweep(runs, band="minmax")
-    assert labels == ["model.tie_word_embeddings=True", "model.tie_word_embeddings=False"]
+    # one spelling for a value: Hydra's "True" in overrides.yaml, YAML's true
+    assert labels == ["model.tie_word_embeddings=true", "model.tie_word_embeddings=false"]
     lines = lines_by_gid(figures["correlations"])
     metric = "normx/spearman/information_gain"
     for label in labels:
         value = label.split("=")[1]
-        jobs = [r.path for r in runs if r.overrides["model.tie_word_embeddings"] == value]
+        jobs = [r.path for r in runs
+                if r.overrides["model.tie_word_embeddings"].lower() == value]
         per_run = [jsonl(job) for job in jobs]
         steps = column(per_run[0], "step")
         mean = np.mean([column(rows, metric) for rows in per_run], axis=0)

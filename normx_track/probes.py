@@ -1,0 +1,776 @@
+"""Probes run by `NormTracker` at each snapshot: evidence alignment on minimal pairs and
+faithfulness on held-out text (DESIGN.md "Evidence alignment", "Faithfulness").
+
+Both are `callback.Probe`s: ``probe(model) -> {"normx/...": float}``, called with the
+unwrapped Hugging Face causal LM. They restore the model's train/eval flags, run without
+gradients (Captum's baselines excepted, which leave no ``.grad`` behind) and are
+deterministic for a given ``seed``.
+
+    pairs = load_probe_file("probes.jsonl")
+    tracker = NormTracker(gold, vocab, probes=[
+        EvidenceProbe(pairs, tokenizer),
+        FaithfulnessProbe(held_out_texts, tokenizer, captum=True),
+    ])
+
+Choices (documented here once)
+------------------------------
+* Words and targets. ``cue_word_indices`` index ``prefix.split()`` (whitespace words). A cue
+  word the tokenizer splits into several pieces marks ALL its pieces as cue positions
+  (characters -> tokens through the fast tokenizer's offsets mapping; a slow tokenizer is
+  encoded word by word, " " + word after the first). The good/bad target of a pair is the
+  FIRST token of the word as it continues the prefix (for byte-level BPE: the first token
+  of " " + word): multi-token words are scored on their first piece. Pairs whose good and
+  bad words share that first piece can never be "correct" (logit(good) > logit(bad) is
+  strict); they are counted in ``normx/pair_n_shared_first_token``.
+* Prefixes longer than ``max_length`` keep their last ``max_length`` tokens (the explained
+  position is the last prefix token); cues cut off are dropped.
+* Evidence importance is over positions 0..t, t the last prefix token (the next-word
+  prediction point). Ties in average precision count as the expectation over the orderings
+  of the tied positions (`metrics.average_precision`); the random baseline is the exact
+  expectation under a uniformly random ranking (`metrics.random_average_precision`) and
+  uniform softmax (`metrics.random_dot_product`), not a sampled ranking.
+* Faithfulness "removal" REPLACES a position's token by a fixed baseline token id (the
+  tokenizer's / model's EOS id unless given) - positions stay where they are, so position
+  embeddings and the explained position t are unchanged. Comprehensiveness removes the
+  top-k% positions of 0..t, sufficiency replaces all others (only top-k% kept); k% of
+  n = t + 1 positions is ceil(k n), at least 1 (`metrics.topk_positions`, ties by position
+  order). The explained token is the model's argmax at t on the intact input; p(y) is its
+  softmax probability. All perturbed inputs go through as few batched forward passes as
+  the memory budget allows.
+* The "random" faithfulness ranking draws fresh seeded scores at each call from ``seed``, so
+  every snapshot uses the same random rankings.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor, nn
+
+from .attribution import attribute
+from .metrics import (
+    DEFAULT_FRACTIONS,
+    average_precision,
+    comprehensiveness,
+    dot_product_alignment,
+    random_average_precision,
+    random_dot_product,
+    sufficiency,
+    topk_positions,
+)
+
+__all__ = [
+    "EncodedPairs",
+    "EvidenceProbe",
+    "FaithfulnessProbe",
+    "MinimalPair",
+    "ProbeFileError",
+    "encode_pairs",
+    "load_blimp_from_hub",
+    "load_probe_file",
+    "word_first_token",
+]
+
+ATTRIBUTION_METHODS = ("normxlogit", "logat", "norm", "random")
+FAITHFULNESS_METHODS = (*ATTRIBUTION_METHODS, "loo")
+CAPTUM_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
+_LOGITS_BUDGET_BYTES = 1 << 28  # ~256 MB of float32 logits per forward chunk
+
+
+# =========================================================================== probe files
+class ProbeFileError(ValueError):
+    """A probe file line is malformed; the message names the file and the line number."""
+
+
+@dataclass(frozen=True)
+class MinimalPair:
+    """A one-prefix minimal pair: ``prefix`` then ``good`` (grammatical) vs ``bad``.
+
+    ``cue_word_indices`` index ``prefix.split()``; empty when the pair has no cue (it still
+    counts for accuracy)."""
+
+    prefix: str
+    good: str
+    bad: str
+    cue_word_indices: tuple[int, ...] = ()
+    uid: str = ""
+    source: str = ""  # "file:line" or "hub:subset:row", for error messages
+
+    @property
+    def words(self) -> list[str]:
+        return self.prefix.split()
+
+
+_REQUIRED = ("one_prefix_prefix", "one_prefix_word_good", "one_prefix_word_bad")
+
+
+def _pair_from_record(record: Any) -> MinimalPair:
+    """Validate one JSON record; raises ValueError with a bare reason."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    for key in _REQUIRED:
+        if key not in record:
+            raise ValueError(f"missing field {key!r}")
+        if not isinstance(record[key], str):
+            raise ValueError(f"field {key!r} must be a string, got {type(record[key]).__name__}")
+    prefix = record["one_prefix_prefix"]
+    words = prefix.split()
+    if not words:
+        raise ValueError("empty prefix (one_prefix_prefix)")
+    good, bad = record["one_prefix_word_good"].strip(), record["one_prefix_word_bad"].strip()
+    for key, word in (("one_prefix_word_good", good), ("one_prefix_word_bad", bad)):
+        if not word:
+            raise ValueError(f"empty word ({key})")
+    cues = record.get("cue_word_indices")
+    if cues is None:
+        cues = []
+    if not isinstance(cues, list):
+        raise ValueError(f"cue_word_indices must be a list of word indices, got {cues!r}")
+    for c in cues:
+        if isinstance(c, bool) or not isinstance(c, int):
+            raise ValueError(f"cue_word_indices must hold integers, got {c!r}")
+        if not 0 <= c < len(words):
+            raise ValueError(f"cue word index {c} out of range: the prefix has {len(words)} "
+                             f"words (0..{len(words) - 1})")
+    uid = record.get("UID", "")
+    return MinimalPair(prefix=prefix, good=good, bad=bad,
+                       cue_word_indices=tuple(sorted(set(cues))),
+                       uid=str(uid) if uid is not None else "")
+
+
+def load_probe_file(path: str | Path) -> list[MinimalPair]:
+    """Minimal pairs from a JSON-lines file in BLiMP's one-prefix format (DESIGN.md "Probe
+    file format"); ``cue_word_indices`` is optional. Blank lines are skipped. A bad line
+    raises `ProbeFileError` naming the file and the (1-based) line number."""
+    path = Path(path)
+    pairs = []
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as err:
+        raise ProbeFileError(f"{path}: cannot read probe file ({err.strerror or err})") from err
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ProbeFileError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+            try:
+                pair = _pair_from_record(record)
+            except ValueError as err:
+                raise ProbeFileError(f"{path}:{number}: {err}") from None
+            pairs.append(MinimalPair(pair.prefix, pair.good, pair.bad, pair.cue_word_indices,
+                                     pair.uid, source=f"{path}:{number}"))
+    return pairs
+
+
+def _strip_punct(word: str) -> str:
+    return word.strip(".,;:!?\"'")
+
+
+def load_blimp_from_hub(subset: str, split: str = "train") -> list[MinimalPair]:
+    """BLiMP minimal pairs from the hub (``datasets.load_dataset("nyu-mll/blimp", subset)``).
+
+    The hub rows hold whole sentences (``sentence_good``/``sentence_bad``) and a
+    ``one_prefix_method`` flag; for rows with the flag, the prefix is the words the two
+    sentences share before they differ and good/bad are the first differing words (final
+    punctuation stripped). Other rows are skipped. BLiMP has no cue annotation, so these
+    pairs give accuracy only."""
+    from datasets import load_dataset
+
+    pairs = []
+    for row_index, row in enumerate(load_dataset("nyu-mll/blimp", subset, split=split)):
+        if "one_prefix_prefix" in row:  # a one-prefix export
+            pair = _pair_from_record(row)
+        else:
+            if not row.get("one_prefix_method"):
+                continue
+            good_words, bad_words = row["sentence_good"].split(), row["sentence_bad"].split()
+            k = 0
+            while k < min(len(good_words), len(bad_words)) and good_words[k] == bad_words[k]:
+                k += 1
+            if k == 0 or k >= len(good_words) or k >= len(bad_words):
+                continue
+            good, bad = _strip_punct(good_words[k]), _strip_punct(bad_words[k])
+            if not good or not bad:
+                continue
+            pair = MinimalPair(" ".join(good_words[:k]), good, bad, (), str(row.get("UID", "")))
+        pairs.append(MinimalPair(pair.prefix, pair.good, pair.bad, pair.cue_word_indices,
+                                 pair.uid, source=f"hub:nyu-mll/blimp:{subset}:{row_index}"))
+    return pairs
+
+
+# ============================================================================ encoding
+@dataclass
+class EncodedPairs:
+    """Right-padded prefixes with cue masks and targets; index with a slice for a batch."""
+
+    input_ids: Tensor  # [B, T] long
+    attention_mask: Tensor  # [B, T] long
+    cue_mask: Tensor  # [B, T] bool, every piece of every cue word
+    good_ids: Tensor  # [B] first token of the good word
+    bad_ids: Tensor  # [B] first token of the bad word
+    last: Tensor  # [B] position of the last prefix token (the prediction point)
+    pairs: list[MinimalPair] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def has_cues(self) -> Tensor:
+        return self.cue_mask.any(dim=1)
+
+    def __getitem__(self, index: slice) -> "EncodedPairs":
+        if not isinstance(index, slice):
+            raise TypeError("index EncodedPairs with a slice")
+        width = int(self.last[index].max()) + 1 if len(self.last[index]) else 0
+        return EncodedPairs(self.input_ids[index, :width], self.attention_mask[index, :width],
+                            self.cue_mask[index, :width], self.good_ids[index],
+                            self.bad_ids[index], self.last[index], self.pairs[index])
+
+
+def _pad_id(tokenizer) -> int:
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _encode(tokenizer, text: str, **kw) -> dict:
+    return tokenizer(text, add_special_tokens=False, **kw)
+
+
+def word_first_token(tokenizer, word: str, context: str = "") -> int:
+    """The first token of ``word`` continuing ``context`` (a space between them when there
+    is a context): the tokens of ``context + " " + word`` after those of ``context`` when
+    the context's own tokens are a prefix of them (true for byte-level BPE, where this is
+    the first token of " " + word), else the first token of " " + word."""
+    word = word.strip()
+    if not word:
+        raise ValueError("empty word")
+    if context:
+        ctx = _encode(tokenizer, context)["input_ids"]
+        full = _encode(tokenizer, context + " " + word)["input_ids"]
+        if len(full) > len(ctx) and full[: len(ctx)] == ctx:
+            return int(full[len(ctx)])
+    ids = _encode(tokenizer, " " + word)["input_ids"]
+    if not ids:
+        raise ValueError(f"the tokenizer gives no token for {word!r}")
+    return int(ids[0])
+
+
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def _tokens_and_word_of(tokenizer, prefix: str) -> tuple[list[int], list[list[int]]]:
+    """Token ids of ``prefix`` and, per token, the indices of the words it overlaps."""
+    spans = _word_spans(prefix)
+    if getattr(tokenizer, "is_fast", False):
+        enc = _encode(tokenizer, prefix, return_offsets_mapping=True)
+        ids, words_of = list(enc["input_ids"]), []
+        for start, end in enc["offset_mapping"]:
+            # Overlap, not containment: works whether or not offsets include a leading space.
+            words_of.append([w for w, (ws, we) in enumerate(spans)
+                             if start < we and ws < end])
+        return ids, words_of
+    ids, words_of = [], []  # slow tokenizer: word by word, " " + word after the first
+    for w, word in enumerate(prefix.split()):
+        piece = _encode(tokenizer, word if w == 0 else " " + word)["input_ids"]
+        ids.extend(piece)
+        words_of.extend([[w]] * len(piece))
+    return ids, words_of
+
+
+def encode_pairs(pairs: Sequence[MinimalPair], tokenizer,
+                 max_length: int | None = None) -> EncodedPairs:
+    """Tokenise prefixes (no special tokens, as in training), right-pad them, mark every
+    token piece of every cue word, and take the good/bad targets' first tokens."""
+    if not pairs:
+        raise ValueError("no minimal pairs to encode")
+    rows, cues, good, bad = [], [], [], []
+    for pair in pairs:
+        ids, words_of = _tokens_and_word_of(tokenizer, pair.prefix)
+        if not ids:
+            raise ValueError(f"{pair.source or pair.prefix!r}: the prefix has no tokens")
+        cue_words = set(pair.cue_word_indices)
+        cue = [bool(cue_words.intersection(ws)) for ws in words_of]
+        if max_length is not None and len(ids) > max_length:
+            ids, cue = ids[-max_length:], cue[-max_length:]
+        rows.append(ids)
+        cues.append(cue)
+        good.append(word_first_token(tokenizer, pair.good, pair.prefix))
+        bad.append(word_first_token(tokenizer, pair.bad, pair.prefix))
+    width, pad = max(map(len, rows)), _pad_id(tokenizer)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    cue_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, (ids, cue) in enumerate(zip(rows, cues)):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        attention[b, : len(ids)] = 1
+        cue_mask[b, : len(ids)] = torch.tensor(cue)
+    return EncodedPairs(input_ids, attention, cue_mask, torch.tensor(good), torch.tensor(bad),
+                        torch.tensor([len(r) - 1 for r in rows]), list(pairs))
+
+
+# ============================================================================= helpers
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the block; restores exactly the modules that were training."""
+    training = [m for m in model.modules() if m.training]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+@contextlib.contextmanager
+def _keep_grads(model: nn.Module) -> Iterator[None]:
+    """Whatever runs inside leaves the parameters' ``.grad`` as it found them."""
+    params = list(model.parameters())
+    saved = [p.grad for p in params]
+    try:
+        yield
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+
+
+def _device(model: nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0 or not np.isfinite(arr).any():
+        return math.nan
+    return float(np.nanmean(arr))
+
+
+def _safe(fn, *args) -> float:
+    """A metric of finite scores; NaN (not an exception) when a diverged model gives NaN."""
+    if not np.isfinite(args[0]).all():
+        return math.nan
+    return fn(*args)
+
+
+def _key_part(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text) or "none"
+
+
+# ======================================================================== evidence probe
+class EvidenceProbe:
+    """Evidence alignment and minimal-pair accuracy (DESIGN.md "Evidence alignment").
+
+    One `attribute` pass per batch explains the good word at the last prefix token; the
+    importance of prefix positions 0..t is compared with the cue positions by average
+    precision and dot product, for NormXLogit, LogAt, the norm factor alone and the random
+    expectation, per layer (logit lens) for NormXLogit and LogAt. With ``contrastive`` a
+    second pass explains good minus bad (``foil``). Keys::
+
+        normx/evidence_ap/<method>, normx/evidence_dp/<method>      method in normxlogit,
+            logat, norm, random (+ normxlogit_contrastive, logat_contrastive)
+        normx/evidence_ap_by_layer/<normxlogit|logat>/layer_NN      NN: 00 embeddings .. L
+        normx/evidence_n_pairs       pairs with cues (the AP/DP averages)
+        normx/pair_accuracy          logit(good) > logit(bad) at t, over ALL pairs
+        normx/pair_n_pairs, normx/pair_n_shared_first_token
+        normx/pair_accuracy_by_uid/<UID>   (when the pairs carry several UIDs)
+    """
+
+    def __init__(self, pairs: Sequence[MinimalPair] | str | Path, tokenizer, batch_size: int = 32,
+                 layers: str | Sequence[int] = "all", seed: int = 0, *,
+                 max_pairs: int | None = None, max_length: int | None = None,
+                 contrastive: bool = True, norm_factor: str = "word_embedding",
+                 by_uid: bool = True):
+        """
+        pairs: minimal pairs, or the path of a probe file (`load_probe_file`).
+        batch_size: pairs per forward pass. layers: "all", "last" or layer indices for the
+            per-layer AP. seed: picks ``max_pairs`` of them when there are more.
+        """
+        if isinstance(pairs, (str, Path)):
+            pairs = load_probe_file(pairs)
+        pairs = list(pairs)
+        if max_pairs is not None and len(pairs) > max_pairs:
+            keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs,
+                                                              replace=False))
+            pairs = [pairs[i] for i in keep]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.encoded = encode_pairs(pairs, tokenizer, max_length)
+        self.batch_size, self.layers, self.seed = batch_size, layers, seed
+        self.contrastive, self.norm_factor, self.by_uid = contrastive, norm_factor, by_uid
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        with _eval_mode(model), torch.no_grad():
+            return self._run(model)
+
+    def _run(self, model: nn.Module) -> dict[str, float]:
+        device, enc = _device(model), self.encoded
+        ap: dict[str, list[float]] = {}
+        dp: dict[str, list[float]] = {}
+        by_layer: dict[str, list[float]] = {}
+        correct: list[bool] = []
+        for start in range(0, len(enc), self.batch_size):
+            batch = enc[start: start + self.batch_size]
+            ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+            good, bad = batch.good_ids.to(device), batch.bad_ids.to(device)
+            a = attribute(model, ids, mask, target=good, layers=self.layers,
+                          norm_factor=self.norm_factor)
+            if not torch.equal(a.position.cpu(), batch.last):
+                raise RuntimeError("attribution explained another position than the prefix end")
+            rows = torch.arange(len(batch), device=device)
+            correct.extend((a.logits[rows, good] > a.logits[rows, bad]).tolist())
+            scores = {"normxlogit": a.normxlogit, "logat": a.logat, "norm": a.norm}
+            if self.contrastive:
+                c = attribute(model, ids, mask, target=good, foil=bad, layers="last",
+                              norm_factor=self.norm_factor)
+                scores["normxlogit_contrastive"] = c.normxlogit
+                scores["logat_contrastive"] = c.logat
+            scores = {k: v.cpu().numpy() for k, v in scores.items()}
+            layer_scores = {}
+            if a.layers:
+                layer_scores = {"normxlogit": a.normxlogit_layers.cpu().numpy(),
+                                "logat": a.logat_layers.cpu().numpy()}
+            for b in range(len(batch)):
+                t = int(batch.last[b])
+                relevant = batch.cue_mask[b, : t + 1].numpy()
+                if not relevant.any():
+                    continue
+                for name, s in scores.items():
+                    ap.setdefault(name, []).append(_safe(average_precision, s[b, : t + 1], relevant))
+                    dp.setdefault(name, []).append(_safe(dot_product_alignment, s[b, : t + 1],
+                                                         relevant))
+                ap.setdefault("random", []).append(random_average_precision(relevant))
+                dp.setdefault("random", []).append(random_dot_product(relevant))
+                for name, stack in layer_scores.items():
+                    for j, layer in enumerate(a.layers):
+                        key = f"{name}/layer_{layer:02d}"
+                        by_layer.setdefault(key, []).append(
+                            _safe(average_precision, stack[j, b, : t + 1], relevant))
+
+        n_cued = int(enc.has_cues.sum())
+        out: dict[str, float] = {}
+        methods = ["normxlogit", "logat", "norm", "random"]
+        if self.contrastive:
+            methods += ["normxlogit_contrastive", "logat_contrastive"]
+        for name in methods:
+            out[f"normx/evidence_ap/{name}"] = _nanmean(ap.get(name, []))
+            out[f"normx/evidence_dp/{name}"] = _nanmean(dp.get(name, []))
+        for key, values in sorted(by_layer.items()):
+            out[f"normx/evidence_ap_by_layer/{key}"] = _nanmean(values)
+        out["normx/evidence_n_pairs"] = n_cued
+        out["normx/pair_accuracy"] = float(np.mean(correct))
+        out["normx/pair_n_pairs"] = len(correct)
+        out["normx/pair_n_shared_first_token"] = int((enc.good_ids == enc.bad_ids).sum())
+        uids = sorted({p.uid for p in enc.pairs})
+        if self.by_uid and len(uids) > 1:
+            for uid in uids:
+                hits = [c for c, p in zip(correct, enc.pairs) if p.uid == uid]
+                out[f"normx/pair_accuracy_by_uid/{_key_part(uid)}"] = float(np.mean(hits))
+        return out
+
+
+# ==================================================================== faithfulness probe
+def _blocks(items, tokenizer, length: int) -> list[list[int]]:
+    """Non-overlapping windows of ``length`` tokens. Texts are tokenised (no special
+    tokens) and joined by EOS into one stream, as the training data is packed; each token
+    block is cut on its own (a block shorter than ``length`` is kept whole)."""
+    items = list(items) if not isinstance(items, (Tensor, np.ndarray)) else items
+    if len(items) and isinstance(items[0], str):
+        if tokenizer is None:
+            raise ValueError("texts need a tokenizer")
+        eos = getattr(tokenizer, "eos_token_id", None)
+        stream: list[int] = []
+        for text in items:
+            stream.extend(_encode(tokenizer, text)["input_ids"])
+            if eos is not None:
+                stream.append(int(eos))
+        sources = [stream]
+    else:
+        sources = [[int(x) for x in (b.tolist() if hasattr(b, "tolist") else b)] for b in items]
+    blocks = []
+    for src in sources:
+        if len(src) < length:
+            if len(src) >= 2:
+                blocks.append(src)
+            continue
+        blocks.extend(src[i: i + length] for i in range(0, len(src) - length + 1, length))
+    return blocks
+
+
+def _supports_logits_to_keep(model: nn.Module) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _logits_at(model: nn.Module, t: Tensor, keep: bool, **inputs) -> Tensor:
+    """The model's logits at position t of each row [B, V] (float32)."""
+    if keep:  # only the needed positions go through the head
+        positions = torch.unique(t)
+        logits = model(**inputs, logits_to_keep=positions).logits
+        return logits[torch.arange(len(t), device=t.device),
+                      torch.searchsorted(positions, t)].float()
+    return model(**inputs).logits[torch.arange(len(t), device=t.device), t].float()
+
+
+class FaithfulnessProbe:
+    """Comprehensiveness, sufficiency and leave-one-out rank agreement of attributions
+    explaining the model's own argmax prediction at the last position of held-out
+    examples (DESIGN.md "Faithfulness"). See the module docstring for the removal rule.
+
+    Keys, per method::
+
+        normx/comprehensiveness/<method>   mean_k [p_full(y) - p(y | top-k% replaced)]
+        normx/sufficiency/<method>         mean_k [p_full(y) - p(y | only top-k% kept)]
+        normx/loo_spearman/<method>        mean over examples of Spearman(scores, LOO)
+        normx/faithfulness_n_examples, normx/faithfulness_mean_p_full
+
+    where LOO importance_i = p_full(y) - p(y | position i replaced by the baseline token).
+    Methods: normxlogit, logat, norm, random (seeded scores), loo (the erasure ranking
+    itself: an oracle-like reference) and, with ``captum=True``, saliency
+    (|gradient| summed over the hidden dim), input_x_gradient (embedding x gradient, summed)
+    and integrated_gradients (LayerIntegratedGradients on the input embedding, from the
+    all-baseline-token input, ``ig_steps`` steps, summed), all of the logit of y at t.
+    """
+
+    def __init__(self, texts_or_token_blocks, tokenizer=None, n_examples: int = 32,
+                 length: int = 32, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                 methods: Sequence[str] = ATTRIBUTION_METHODS, captum: bool = False,
+                 seed: int = 0, *, baseline_token_id: int | None = None, ig_steps: int = 20,
+                 batch_size: int | None = None, norm_factor: str = "word_embedding"):
+        """
+        texts_or_token_blocks: strings (tokenised with ``tokenizer``), or token-id
+            sequences / a 2-D array of them (e.g. validation blocks).
+        n_examples: how many windows of ``length`` tokens to explain (a seeded choice
+            when more are available). fractions: the k of top-k%, in (0, 1].
+        baseline_token_id: the replacement token; default the tokenizer's EOS id, else
+            the model config's eos/pad id at call time, else 0.
+        batch_size: rows per forward pass; default from a ~256 MB logits budget.
+        """
+        methods = list(methods)
+        if captum:
+            methods += [m for m in CAPTUM_METHODS if m not in methods]
+        unknown = [m for m in methods if m not in (*FAITHFULNESS_METHODS, *CAPTUM_METHODS)]
+        if unknown:
+            raise ValueError(f"unknown faithfulness methods {unknown}; choose from "
+                             f"{[*FAITHFULNESS_METHODS, *CAPTUM_METHODS]}")
+        if not fractions or not all(0 < f <= 1 for f in fractions):
+            raise ValueError(f"fractions must be in (0, 1], got {list(fractions)}")
+        if length < 2:
+            raise ValueError(f"length must be >= 2, got {length}")
+        blocks = _blocks(texts_or_token_blocks, tokenizer, length)
+        if not blocks:
+            raise ValueError("no example of at least 2 tokens in the faithfulness data")
+        if len(blocks) > n_examples:
+            keep = np.sort(np.random.default_rng(seed).choice(len(blocks), n_examples,
+                                                              replace=False))
+            blocks = [blocks[i] for i in keep]
+        width = max(map(len, blocks))
+        self.input_ids = torch.zeros((len(blocks), width), dtype=torch.long)
+        self.attention_mask = torch.zeros((len(blocks), width), dtype=torch.long)
+        for b, block in enumerate(blocks):  # right padding: pads never precede t
+            self.input_ids[b, : len(block)] = torch.tensor(block)
+            self.attention_mask[b, : len(block)] = 1
+        self.last = self.attention_mask.sum(1) - 1
+        if baseline_token_id is None and tokenizer is not None:
+            baseline_token_id = getattr(tokenizer, "eos_token_id", None)
+        self.baseline_token_id = baseline_token_id
+        self.methods, self.fractions = methods, tuple(fractions)
+        self.seed, self.ig_steps, self.batch_size = seed, ig_steps, batch_size
+        self.norm_factor = norm_factor
+
+    # ------------------------------------------------------------------ plumbing
+    def _baseline(self, model: nn.Module) -> int:
+        if self.baseline_token_id is not None:
+            return int(self.baseline_token_id)
+        for name in ("eos_token_id", "pad_token_id"):
+            value = getattr(model.config, name, None)
+            if isinstance(value, (list, tuple)):
+                value = value[0] if value else None
+            if value is not None:
+                return int(value)
+        return 0
+
+    def _chunk(self, model: nn.Module, width: int, keep: bool) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        vocab = model.get_output_embeddings().weight.shape[0]
+        per_row = (1 if keep else width) * vocab * 4
+        return max(1, _LOGITS_BUDGET_BYTES // per_row)
+
+    def _probs(self, model, ids: Tensor, mask: Tensor, t: Tensor, y: Tensor) -> np.ndarray:
+        """p(y | ids) at t for every row, in chunks; ids etc. on the model's device."""
+        keep = _supports_logits_to_keep(model)
+        chunk = self._chunk(model, ids.shape[1], keep)
+        out = []
+        for s in range(0, ids.shape[0], chunk):
+            logits = _logits_at(model, t[s: s + chunk], keep, input_ids=ids[s: s + chunk],
+                                attention_mask=mask[s: s + chunk])
+            probs = logits.log_softmax(-1).exp()
+            out.append(probs.gather(1, y[s: s + chunk, None]).squeeze(1))
+        return torch.cat(out).cpu().double().numpy()
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        with _eval_mode(model):
+            with torch.no_grad():
+                base = self._intact(model)
+                scores = self._scores_no_grad(model, base)
+            if any(m in CAPTUM_METHODS for m in self.methods):
+                with _keep_grads(model), torch.enable_grad():
+                    scores.update(self._captum_scores(model, base))
+            with torch.no_grad():
+                return self._measure(model, base, scores)
+
+    def _intact(self, model: nn.Module) -> dict[str, Any]:
+        """The intact examples on the model's device, y = argmax at t and p_full = p(y)."""
+        device = _device(model)
+        ids, mask = self.input_ids.to(device), self.attention_mask.to(device)
+        t = self.last.to(device)
+        keep = _supports_logits_to_keep(model)
+        chunk = self._chunk(model, ids.shape[1], keep)
+        logits = torch.cat([_logits_at(model, t[s: s + chunk], keep, input_ids=ids[s: s + chunk],
+                                       attention_mask=mask[s: s + chunk])
+                            for s in range(0, len(ids), chunk)])
+        y = logits.argmax(-1)
+        p_full = logits.log_softmax(-1).exp().gather(1, y[:, None]).squeeze(1)
+        return dict(ids=ids, mask=mask, t=t, y=y, p_full=p_full.cpu().double().numpy(),
+                    baseline=self._baseline(model))
+
+    def _scores_no_grad(self, model: nn.Module, base: dict) -> dict[str, list[np.ndarray]]:
+        """Per method, per example: scores over positions 0..t."""
+        want = [m for m in self.methods if m in ("normxlogit", "logat", "norm")]
+        scores: dict[str, list[np.ndarray]] = {}
+        last = self.last.tolist()
+        if want:
+            a = attribute(model, base["ids"], base["mask"], target=base["y"],
+                          norm_factor=self.norm_factor)
+            if not torch.equal(a.position, base["t"]):
+                raise RuntimeError("attribution explained another position than the last")
+            for m in want:
+                s = getattr(a, m).cpu().double().numpy()
+                scores[m] = [s[b, : t + 1] for b, t in enumerate(last)]
+        if "random" in self.methods:
+            rng = np.random.default_rng(self.seed)
+            scores["random"] = [rng.random(t + 1) for t in last]
+        return scores
+
+    def _captum_scores(self, model: nn.Module, base: dict) -> dict[str, list[np.ndarray]]:
+        from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
+
+        ids, mask, t, y = base["ids"], base["mask"], base["t"], base["y"]
+        keep = _supports_logits_to_keep(model)
+        embedding = model.get_input_embeddings()
+
+        def from_embeds(embeds, mask_, t_):
+            return _logits_at(model, t_, keep, inputs_embeds=embeds, attention_mask=mask_)
+
+        def from_ids(input_ids, mask_, t_):
+            return _logits_at(model, t_, keep, input_ids=input_ids, attention_mask=mask_)
+
+        out: dict[str, np.ndarray] = {}
+        if "saliency" in self.methods or "input_x_gradient" in self.methods:
+            embeds = embedding(ids).detach().requires_grad_(True)
+            if "saliency" in self.methods:
+                grad = Saliency(from_embeds).attribute(embeds, target=y,
+                                                       additional_forward_args=(mask, t))
+                out["saliency"] = grad.sum(-1)
+            if "input_x_gradient" in self.methods:
+                ixg = InputXGradient(from_embeds).attribute(embeds, target=y,
+                                                            additional_forward_args=(mask, t))
+                out["input_x_gradient"] = ixg.sum(-1)
+        if "integrated_gradients" in self.methods:
+            lig = LayerIntegratedGradients(from_ids, embedding)
+            ig = lig.attribute(ids, baselines=torch.full_like(ids, base["baseline"]), target=y,
+                               additional_forward_args=(mask, t), n_steps=self.ig_steps,
+                               internal_batch_size=max(len(ids), 1))
+            out["integrated_gradients"] = ig.sum(-1)
+        last = self.last.tolist()
+        return {m: [s.detach().cpu().double().numpy()[b, : tt + 1] for b, tt in enumerate(last)]
+                for m, s in out.items()}
+
+    def _perturbed_probs(self, model, base: dict, rows: list[Tensor],
+                         owners: list[int]) -> np.ndarray:
+        """p(y) for perturbed copies ``rows`` of the examples ``owners``: one batched pass."""
+        if not rows:
+            return np.zeros(0)
+        owner = torch.tensor(owners, device=base["ids"].device)
+        return self._probs(model, torch.stack(rows), base["mask"][owner], base["t"][owner],
+                           base["y"][owner])
+
+    def _loo(self, model: nn.Module, base: dict) -> list[np.ndarray]:
+        """Leave-one-out importance p_full - p(y | position i replaced), i in 0..t."""
+        ids, last = base["ids"], self.last.tolist()
+        rows, owners = [], []
+        for b, tb in enumerate(last):
+            for i in range(tb + 1):
+                r = ids[b].clone()
+                r[i] = base["baseline"]
+                rows.append(r)
+                owners.append(b)
+        probs = self._perturbed_probs(model, base, rows, owners)
+        out, start = [], 0
+        for b, tb in enumerate(last):
+            out.append(base["p_full"][b] - probs[start: start + tb + 1])
+            start += tb + 1
+        return out
+
+    def _measure(self, model: nn.Module, base: dict,
+                 scores: dict[str, list[np.ndarray]]) -> dict[str, float]:
+        ids, baseline, last = base["ids"], base["baseline"], self.last.tolist()
+        n, n_frac, p_full = len(last), len(self.fractions), base["p_full"]
+        loo = self._loo(model, base)
+        scores = {**scores, "loo": loo}
+        # Row 2j: top-k removed; row 2j+1: only top-k kept, for (method, k, example) j.
+        rows, owners = [], []
+        for m in self.methods:
+            for k, frac in enumerate(self.fractions):
+                for b, tb in enumerate(last):
+                    top = torch.as_tensor(topk_positions(scores[m][b], frac), device=ids.device)
+                    removed = ids[b].clone()
+                    removed[top] = baseline
+                    kept = ids[b].clone()
+                    others = torch.ones(tb + 1, dtype=torch.bool, device=ids.device)
+                    others[top] = False
+                    kept[: tb + 1][others] = baseline
+                    rows.extend([removed, kept])
+                    owners.extend([b, b])
+        probs = self._perturbed_probs(model, base, rows, owners)
+        probs = probs.reshape(len(self.methods), n_frac, n, 2)
+
+        out: dict[str, float] = {}
+        for j, m in enumerate(self.methods):
+            out[f"normx/comprehensiveness/{m}"] = _nanmean(
+                comprehensiveness(p_full, probs[j, :, :, 0]))
+            out[f"normx/sufficiency/{m}"] = _nanmean(sufficiency(p_full, probs[j, :, :, 1]))
+            out[f"normx/loo_spearman/{m}"] = _nanmean(
+                _spearman(scores[m][b], loo[b]) for b in range(n))
+        out["normx/faithfulness_n_examples"] = n
+        out["normx/faithfulness_mean_p_full"] = float(np.mean(p_full))
+        return out
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return math.nan
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(x, y).statistic)
