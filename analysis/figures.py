@@ -20,8 +20,9 @@ from normx_track.metrics import norm_statistics  # noqa: E402
 
 STATS = {"spearman": "Spearman", "pearson": "Pearson",
          "partial_spearman": "partial Spearman (| log freq)"}
-EVIDENCE = {"pair_accuracy": "minimal-pair accuracy", "evidence_ap": "evidence AP",
-            "evidence_dp": "evidence DP"}
+EVIDENCE = {"pair_accuracy": "minimal-pair accuracy",
+            "pair_accuracy_by_uid": "minimal-pair accuracy by paradigm (UID)",
+            "evidence_ap": "evidence AP", "evidence_dp": "evidence DP"}
 FAITHFULNESS = {"comprehensiveness": "comprehensiveness (higher = more faithful)",
                 "sufficiency": "sufficiency (lower = more faithful)",
                 "loo_spearman": "Spearman with leave-one-out"}
@@ -46,7 +47,8 @@ def signals(frame: pd.DataFrame, prefix: str = "normx/") -> list[str]:
 
 def methods(frame: pd.DataFrame, family: str) -> list[str]:
     head = f"normx/{family}/"
-    names = [c[len(head):] for c in frame.columns if c.startswith(head) and "/" not in c[len(head):]]
+    names = [c[len(head):] for c in frame.columns
+             if c.startswith(head) and "/" not in c[len(head):]]
     return sorted(names, key=lambda m: (m == "random", m))
 
 

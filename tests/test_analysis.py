@@ -66,16 +66,37 @@ def _close_figures():
     plt.close("all")
 
 
+PROBE_KEY = re.compile(r"normx/(evidence_|pair_|comprehensiveness/|sufficiency/|"
+                       r"loo_spearman/|faithfulness_)")
+
+
+def copy_without_probes(src: Path, dst: Path) -> list[dict]:
+    """Copy src's record to dst with every probe metric removed; returns the rows."""
+    shutil.copytree(src / "normx", dst / "normx")
+    path = dst / "normx" / "metrics.jsonl"
+    rows = [{k: v for k, v in json.loads(line).items() if not PROBE_KEY.match(k)}
+            for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def plain_run(tmp_path_factory, tiny_run) -> Path:
+    """tiny_run's record without probe metrics (whatever the tracker's probe defaults)."""
+    out = tmp_path_factory.mktemp("plain_run")
+    copy_without_probes(tiny_run, out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def probe_run(tmp_path_factory, tiny_run) -> Path:
-    """tiny_run's record with probe metrics added (per-layer evidence AP, pair accuracy,
+    """tiny_run's record with known probe metrics (per-layer evidence AP, pair accuracy,
     faithfulness; one value null), as a tracker with probes would write them."""
     out = tmp_path_factory.mktemp("probe_run")
-    shutil.copytree(tiny_run / "normx", out / "normx")
+    rows = copy_without_probes(tiny_run, out)
     rng = np.random.default_rng(0)
     path = out / "normx" / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for i, row in enumerate(rows):
+    for row in rows:
         row["normx/pair_accuracy"] = float(rng.uniform())
         for m in METHODS:
             for family in ("evidence_ap", "evidence_dp", "comprehensiveness", "sufficiency",
@@ -141,8 +162,8 @@ def test_frequency_deciles_from_snapshots_and_gold_counts(tiny_run):
         mine = [snaps[s][ids].mean() for s in sorted(snaps)]
         np.testing.assert_allclose(line.get_ydata(), mine, rtol=1e-12)
         # ... and the same numbers the tracker recorded live
-        np.testing.assert_allclose(line.get_ydata(), column(rows, f"normx/norm/bucket_{b:02d}/mean"),
-                                   rtol=1e-6)
+        recorded = column(rows, f"normx/norm/bucket_{b:02d}/mean")
+        np.testing.assert_allclose(line.get_ydata(), recorded, rtol=1e-6)
 
 
 def test_function_content_figure(tiny_run):
@@ -186,14 +207,14 @@ def test_layer_heatmap_and_probe_curves(probe_run):
     assert np.isnan(lines_by_gid(figs["evidence"])["normx/evidence_ap/logat"].get_ydata()[1])
 
 
-def test_curves_cli_writes_png_and_svg_and_says_what_it_skips(tiny_run, probe_run, tmp_path,
+def test_curves_cli_writes_png_and_svg_and_says_what_it_skips(plain_run, probe_run, tmp_path,
                                                               capsys):
     assert curves.main([str(probe_run), "--out", str(tmp_path / "all"), "--log-steps"]) == 0
     for name in curves.FIGURES:
         png, svg = tmp_path / "all" / f"{name}.png", tmp_path / "all" / f"{name}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in svg.read_text()[:2000]
-    assert curves.main([str(tiny_run), "--out", str(tmp_path / "plain"), "--formats", "png"]) == 0
+    assert curves.main([str(plain_run), "--out", str(tmp_path / "plain"), "--formats", "png"]) == 0
     out = capsys.readouterr().out
     for name in ("evidence_by_layer", "evidence", "faithfulness"):
         assert f"skipped {name}: " in out
@@ -315,7 +336,10 @@ def test_run_report_is_self_contained_and_renders(tiny_run, tmp_path):
     assert report.main([str(tiny_run), "--out", str(out)]) == 0
     text = out.read_text()
     sources = re.findall(r'<img[^>]*src="([^"]*)"', text)
-    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
+    drawn = [n for n, f in curves.build_figures(load_run(tiny_run)).items()
+             if not isinstance(f, str)]
+    assert len(sources) == len(drawn) >= 3
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)
     meta = json.loads((tiny_run / "normx" / "meta.json").read_text())
     assert f"&quot;n_embd&quot;: {meta['config']['model']['n_embd']}" in text
@@ -328,7 +352,7 @@ def test_run_report_is_self_contained_and_renders(tiny_run, tmp_path):
     top = seen[np.argmax(norms[seen])]
     assert f"<td>{top}</td>" in text and vocab[top] in text
     loaded, dom = render(out)
-    assert loaded == "3/3"
+    assert loaded == f"{len(drawn)}/{len(drawn)}"
     assert "Top and bottom norm tokens" in dom
 
 

@@ -1,0 +1,94 @@
+"""Run the tracker's measurements over existing checkpoints, writing the same record a live
+run writes — so released checkpoint suites and our own runs share one plot.
+
+    # our own checkpoints, measured against the run's own gold statistics and settings
+    python -m analysis.replay outputs/run/checkpoints/step_*.ckpt --like outputs/run --out replayed
+    # a hub suite (needs network or a warm HF cache), gold computed with its tokenizer
+    python -m analysis.replay EleutherAI/pythia-70m --revisions step1000 step2000 \\
+        --gold pythia_gold.npz --vocab pythia_vocab.json --out pythia70m
+
+Steps come from the checkpoint (Lightning) or a `stepN` in the revision or directory name.
+Already recorded steps are skipped, so an interrupted replay can simply be run again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from normx_track.checkpoints import CheckpointError, LoadedModel, load_model
+from normx_track.gold import GoldStatistics
+from normx_track.records import RecordWriter, read_json, record_dir
+from normx_track.snapshot import NormMetrics, embedding_norms
+
+
+def measure_checkpoints(loaded: list[LoadedModel], gold: GoldStatistics, out: Path,
+                        min_count: int, vocab: list[str] | None, meta: dict) -> list[int]:
+    """Snapshot every model into the record at `out`; returns the steps written."""
+    writer = RecordWriter(out)
+    writer.write_meta(meta)
+    if vocab is not None:
+        writer.write_vocab(vocab)
+    gold.save(writer.dir / "gold.npz")
+    signals = {n: getattr(gold, n) for n in gold.names()}
+    metrics = NormMetrics(signals, gold.counts, min_count)
+    done, written = set(writer.steps()), []
+    for item in sorted(loaded, key=lambda m: m.step):
+        if item.step in done:
+            continue
+        arrays = embedding_norms(item.model)
+        row = {"step": item.step, "tokens_seen": item.tokens_seen}
+        row.update(metrics(arrays))
+        writer.write_snapshot(item.step, arrays)
+        writer.append_metrics(row)
+        written.append(item.step)
+    return written
+
+
+def _settings(args: argparse.Namespace) -> tuple[GoldStatistics, list[str] | None, int, dict]:
+    if args.like:
+        meta = read_json(args.like, "meta.json")
+        if meta is None:
+            raise SystemExit(f"{record_dir(args.like)}: no meta.json; is this a normx run dir?")
+        gold = GoldStatistics.load(record_dir(args.like) / "gold.npz")
+        vocab = read_json(args.like, "vocab.json")
+        min_count = args.min_count or meta.get("tracker", {}).get("min_count", 10)
+        return gold, vocab, min_count, {**meta, "replay_of": str(args.like)}
+    if not args.gold:
+        raise SystemExit("give --like RUN_DIR (a run's record) or --gold GOLD.npz")
+    gold = GoldStatistics.load(args.gold)
+    vocab = json.loads(Path(args.vocab).read_text()) if args.vocab else None
+    return gold, vocab, args.min_count or 10, {"vocab_size": gold.vocab_size,
+                                               "gold": gold.names()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m analysis.replay",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("sources", nargs="+", help=".ckpt files, HF model dirs or a hub name")
+    parser.add_argument("--revisions", nargs="*", help="hub revisions of one model, e.g. step1000")
+    parser.add_argument("--like", type=Path, help="a run dir whose gold, vocab and settings to use")
+    parser.add_argument("--gold", type=Path, help="gold.npz (with --vocab) when not --like")
+    parser.add_argument("--vocab", type=Path, help="vocab.json: token strings by id")
+    parser.add_argument("--min-count", type=int, default=None)
+    parser.add_argument("--out", type=Path, required=True, help="run dir to write normx/ into")
+    args = parser.parse_args(argv)
+    gold, vocab, min_count, meta = _settings(args)
+    try:
+        if args.revisions:
+            loaded = [load_model(args.sources[0], revision=r) for r in args.revisions]
+        else:
+            loaded = [load_model(s) for s in args.sources]
+    except CheckpointError as err:
+        sys.exit(f"replay: {err}")
+    unknown = [m.source for m in loaded if m.step is None]
+    if unknown:
+        sys.exit(f"replay: cannot tell the training step of {unknown}; name them with stepN")
+    meta["replay_sources"] = [m.source for m in loaded]
+    steps = measure_checkpoints(loaded, gold, args.out, min_count, vocab, meta)
+    print(f"replay: recorded steps {steps} in {record_dir(args.out)}")
+
+
+if __name__ == "__main__":
+    main()
