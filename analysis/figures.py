@@ -242,7 +242,8 @@ def evidence_by_layer(frame: pd.DataFrame, title: str = "") -> Figure:
         image = ax.imshow(matrix, aspect="auto", origin="lower", interpolation="nearest",
                           cmap="magma", vmin=vmin, vmax=vmax)
         image.set_gid(method)
-        ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 10)).round().astype(int))
+        ticks = (np.arange(len(steps)) if len(steps) <= 16 else
+                 np.unique(np.linspace(0, len(steps) - 1, 12).round().astype(int)))
         ax.set_xticks(ticks, [str(steps[t]) for t in ticks], rotation=45, fontsize="small")
         ax.set_yticks(range(len(layers)),
                       [f"{l} (emb)" if l == 0 else str(l) for l in layers], fontsize="small")
@@ -269,12 +270,14 @@ def probe_curves(frame: pd.DataFrame, families: dict[str, str], log_steps: bool 
                       " in metrics.jsonl")
     fig, axes = _axes(len(panels), ncols=3)
     steps = _column(frame, "step")
+    names = list(dict.fromkeys(k.rsplit("/", 1)[-1] for _, keys in panels for k in keys))
+    color = dict(zip(names, _colors(len(names))))  # a method keeps its colour across panels
     for ax, (label, keys) in zip(axes, panels):
-        for key, color in zip(keys, _colors(len(keys))):
+        for key in keys:
             method = key.rsplit("/", 1)[-1]
             random = method == "random"
             ax.plot(steps, _column(frame, key), "--" if random else "-", marker=".",
-                    color="0.5" if random else color, label=method, gid=key)
+                    color="0.5" if random else color[method], label=method, gid=key)
         ax.set_title(label)
         _step_axis(ax, log_steps)
         if len(keys) > 1:

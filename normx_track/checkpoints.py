@@ -1,6 +1,7 @@
-"""Load a language model from a checkpoint without unpickling arbitrary objects: Lightning
-.ckpt files written by `normx_track.model.LanguageModel` (read with weights_only=True),
-Hugging Face model directories, or hub revisions (e.g. Pythia's `stepN` branches)."""
+"""Checkpoints: written atomically (a kill mid-save leaves the previous file intact), and
+loaded without unpickling arbitrary objects — Lightning .ckpt files written by
+`normx_track.model.LanguageModel` (weights_only=True), Hugging Face model directories, or
+hub revisions (e.g. Pythia's `stepN` branches)."""
 from __future__ import annotations
 
 import pickle
@@ -11,7 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+
+from .records import atomic_open
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch.save to a temp file beside the target, then one rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as handle:
+            torch.save(checkpoint, handle)
 
 
 class CheckpointError(ValueError):

@@ -283,8 +283,11 @@ def _tokens_and_word_of(tokenizer, prefix: str) -> tuple[list[int], list[list[in
         ids, words_of = list(enc["input_ids"]), []
         for start, end in enc["offset_mapping"]:
             # Overlap, not containment: works whether or not offsets include a leading space.
-            words_of.append([w for w, (ws, we) in enumerate(spans)
-                             if start < we and ws < end])
+            words = [w for w, (ws, we) in enumerate(spans) if start < we and ws < end]
+            if not words and end > start:  # a bare-space piece belongs to the next word,
+                nxt = [w for w, (ws, _) in enumerate(spans) if ws >= end]  # as in " " + word
+                words = nxt[:1]
+            words_of.append(words)
         return ids, words_of
     ids, words_of = [], []  # slow tokenizer: word by word, " " + word after the first
     for w, word in enumerate(prefix.split()):

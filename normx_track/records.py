@@ -14,6 +14,8 @@ import os
 import re
 import tempfile
 import warnings
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -127,11 +129,11 @@ def read_metrics(run_dir: str | Path, warn: bool = True) -> list[dict[str, Any]]
     if not path.exists():
         return []
     rows: list[dict[str, Any]] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(raw)  # bytes: invalid UTF-8 is a damaged line like any other
             int(row["step"])
         except (ValueError, KeyError, TypeError):
             if warn:
@@ -157,7 +159,7 @@ def load_snapshot(path: str | Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         warnings.warn(f"{path}: unreadable snapshot ({err}); skipped", stacklevel=2)
         return None
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 
+from .checkpoints import AtomicCheckpointIO
 from .config import Config, to_dict
 from .data.datamodule import TextDataModule
 from .loggers import build_loggers
@@ -41,6 +42,7 @@ def build_trainer(cfg: Config, out: Path, loggers, callbacks) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, deterministic=t.deterministic,
         default_root_dir=out, logger=loggers or False, callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # ResumableBatchSampler shards by rank itself
         enable_progress_bar=True)
 

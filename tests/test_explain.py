@@ -1,0 +1,152 @@
+"""`python -m normx_track.explain` on a real Lightning checkpoint of our LanguageModel."""
+from __future__ import annotations
+
+import html
+import subprocess
+import sys
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers.utils import logging as hf_logging
+
+from conftest import ROOT, subprocess_env
+from normx_track.attribution import attribute
+from normx_track.config import ModelConfig, OptimConfig
+from normx_track.data.tokenizer import train_bpe
+from normx_track.explain import explain, load_model, main
+from normx_track.model import LanguageModel
+
+hf_logging.set_verbosity_error()
+WORDS = "the keys to cabinet are is dogs near run runs cat cats sleep on mat red".split()
+TEXT = "the keys to the cabinet"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """outputs/run/{checkpoints/last.ckpt, tokenizer/}: one real optimisation step."""
+    run = tmp_path_factory.mktemp("run")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, size=10)) for _ in range(300)]
+    tok = train_bpe(texts, 300, run / "tokenizer")
+    torch.manual_seed(0)
+    module = LanguageModel.from_configs(
+        ModelConfig(n_layer=1, n_embd=32, n_head=2, n_positions=32), OptimConfig(warmup_steps=1),
+        vocab_size=len(tok), eos_token_id=tok.eos_token_id, max_steps=1)
+    stream = sum(tok(texts[:20], add_special_tokens=False)["input_ids"], [])
+    batches = [{"input_ids": torch.tensor(stream[i: i + 16])} for i in range(0, 64, 16)]
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=run)
+    before = module.model.transformer.wte.weight.detach().clone()
+    trainer.fit(module, DataLoader(batches, batch_size=2))
+    assert trainer.global_step == 1
+    assert not torch.equal(before, module.model.transformer.wte.weight)  # really trained
+    (run / "checkpoints").mkdir()
+    trainer.save_checkpoint(run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def cli(*args, cwd=None, cache=None):
+    return subprocess.run([sys.executable, "-m", "normx_track.explain", *map(str, args)],
+                          cwd=cwd or ROOT, env=subprocess_env(cache or ROOT / ".cache"),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_explains_a_checkpoint_and_writes_html(run_dir, tmp_path):
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    out = tmp_path / "view" / "explain.html"
+    proc = cli(ckpt, TEXT, "--target", "are", "--html", out)  # tokenizer found in the run dir
+    assert proc.returncode == 0, proc.stderr
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    pieces = [tok.decode([i]) for i in tok(TEXT, add_special_tokens=False)["input_ids"]]
+    for piece in pieces:
+        assert repr(piece) in proc.stdout
+    assert "NormXLogit" in proc.stdout and "' are'" in proc.stdout
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    for piece in pieces:
+        assert f">{html.escape(piece)}</span>" in page
+    assert page.count('class="tok"') == 3 * len(pieces)  # NormXLogit, LogAt and norm rows
+
+
+def run_main(capsys, *args):
+    """The CLI in-process (the subprocess tests above cover `python -m`)."""
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_table_matches_attribute(run_dir, capsys):
+    """The printed NormXLogit column is `attribute` on the checkpoint's weights."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    code, stdout, err = run_main(capsys, ckpt, TEXT, "--foil", "is", "--layer", "0",
+                                 "--tokenizer", run_dir / "tokenizer")
+    assert code == 0, err
+    assert "layer 0 of 1" in stdout and "foil ' is'" in stdout
+    model = load_model(ckpt)
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(model.transformer.wte.weight, sd["model.transformer.wte.weight"])
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"]
+    foil = tok(" is", add_special_tokens=False)["input_ids"][0]
+    a = attribute(model, torch.tensor([ids]), foil=foil, layers=[0])
+    rows = [line.split() for line in stdout.splitlines() if line[:4].strip().isdigit()]
+    printed = np.array([float(r[-2]) if r[-1].strip("+-") == "" else float(r[-1])
+                        for r in rows])
+    assert len(rows) == len(ids)
+    np.testing.assert_allclose(printed, a.normxlogit_layers[0, 0].numpy(), atol=1e-3)
+    e = explain(model, tok, TEXT, foil="is", layer=0)
+    assert e.foil_id == foil and e.target_id == int(a.target[0]) and e.layer == 0
+
+
+def test_truncated_checkpoint_exits_2_naming_the_file(run_dir, tmp_path):
+    data = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(data[: len(data) // 2])
+    proc = cli(bad, TEXT, "--tokenizer", run_dir / "tokenizer")
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
+
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"", b"PK\x03\x04junk"])
+def test_garbage_checkpoint_exits_2_naming_the_file(run_dir, tmp_path, capsys, content):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(content)
+    code, _, err = run_main(capsys, garbage, TEXT, "--tokenizer", run_dir / "tokenizer")
+    assert code == 2 and str(garbage) in err
+
+
+def test_foreign_checkpoint_and_missing_file_exit_2(run_dir, tmp_path, capsys):
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    code, _, err = run_main(capsys, foreign, TEXT, "--tokenizer", run_dir / "tokenizer")
+    assert code == 2 and str(foreign) in err and "LanguageModel" in err
+    code, _, err = run_main(capsys, tmp_path / "absent.ckpt", TEXT)
+    assert code == 2 and "absent.ckpt" in err
+
+
+def test_missing_tokenizer_and_bad_layer_exit_2(run_dir, tmp_path, capsys):
+    lonely = tmp_path / "a" / "b" / "last.ckpt"
+    lonely.parent.mkdir(parents=True)
+    lonely.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    code, _, err = run_main(capsys, lonely, TEXT)
+    assert code == 2 and "--tokenizer" in err
+    code, _, err = run_main(capsys, run_dir / "checkpoints" / "last.ckpt", TEXT, "--layer", "7")
+    assert code == 2 and "layer 7" in err
+
+
+def test_hf_directory_checkpoint(run_dir, tmp_path, capsys):
+    model = load_model(run_dir / "checkpoints" / "last.ckpt")
+    model.save_pretrained(tmp_path / "hf")
+    code, stdout, err = run_main(capsys, tmp_path / "hf", TEXT, "--tokenizer",
+                                 run_dir / "tokenizer")
+    assert code == 0, err
+    assert "model's prediction" in stdout

@@ -1,0 +1,65 @@
+"""Faults of long runs: kill -9 mid-training, W&B unreachable. Nothing already written is lost."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, TINY, run_train, subprocess_env
+from normx_track.records import list_snapshots, read_metrics
+
+LONG = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.checkpoint_every"))]
+LONG += ["trainer.max_steps=120", "trainer.checkpoint_every_n_steps=10", "logger=none"]
+
+
+def rows_close(a: list[dict], b: list[dict]) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ra:
+            np.testing.assert_allclose(ra[key], rb[key], rtol=1e-6, atol=1e-9, err_msg=key)
+
+
+@pytest.mark.timeout(400)
+def test_kill_9_then_resume_continues_the_record(cache_dir: Path, tmp_path: Path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    run_train(cache_dir, *LONG, f"hydra.run.dir={clean}")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *LONG,
+                             f"hydra.run.dir={killed}"], cwd=ROOT, env=subprocess_env(cache_dir),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = killed / "checkpoints" / "step_00000030.ckpt"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_metrics(killed)
+    assert before and before[-1]["step"] < 120, "the run finished before it could be killed"
+    last = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)  # intact
+    run_train(cache_dir, *LONG, f"hydra.run.dir={killed}", "ckpt_path=last")
+    after = read_metrics(killed)
+    kept = [r for r in before if r["step"] <= last["global_step"]]
+    rows_close(after[: len(kept)], kept)  # nothing recorded up to the checkpoint was lost
+    rows_close(after, read_metrics(clean))  # no gaps, no duplicates, same values
+    assert sorted(list_snapshots(killed)) == [r["step"] for r in after]
+
+
+@pytest.mark.timeout(300)
+def test_unreachable_wandb_falls_back_to_csv_and_keeps_the_record(cache_dir: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    env_overrides = dict(WANDB_MODE="online", WANDB_API_KEY="a" * 40,
+                         WANDB_BASE_URL="http://127.0.0.1:9", WANDB_INIT_TIMEOUT="5")
+    env = {**subprocess_env(cache_dir), **env_overrides}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "logger=wandb",
+                           f"hydra.run.dir={out}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "W&B could not start" in proc.stderr + proc.stdout
+    assert list((out / "csv").rglob("metrics.csv")), "no CSV fallback log"
+    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 4, 8]
