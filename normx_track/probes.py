@@ -16,8 +16,9 @@ Choices (documented here once)
 ------------------------------
 * Words and targets. ``cue_word_indices`` index ``prefix.split()`` (whitespace words). A cue
   word the tokenizer splits into several pieces marks ALL its pieces as cue positions
-  (characters -> tokens through the fast tokenizer's offsets mapping; a slow tokenizer is
-  encoded word by word, " " + word after the first). The good/bad target of a pair is the
+  (characters -> tokens through the fast tokenizer's offsets mapping, a bare-space piece
+  going with the word after it; a slow tokenizer is encoded word by word, " " + word after
+  the first). The good/bad target of a pair is the
   FIRST token of the word as it continues the prefix (for byte-level BPE: the first token
   of " " + word): multi-token words are scored on their first piece. Pairs whose good and
   bad words share that first piece can never be "correct" (logit(good) > logit(bad) is
@@ -35,8 +36,12 @@ Choices (documented here once)
   top-k% positions of 0..t, sufficiency replaces all others (only top-k% kept); k% of
   n = t + 1 positions is ceil(k n), at least 1 (`metrics.topk_positions`, ties by position
   order). The explained token is the model's argmax at t on the intact input; p(y) is its
-  softmax probability. All perturbed inputs go through as few batched forward passes as
-  the memory budget allows.
+  softmax probability. All perturbed inputs (distinct rows only) go through as few batched
+  forward passes as the memory budget allows; examples are right-padded, so these passes
+  need no attention mask. The leave-one-out importance is a pass of its own, before the
+  top-k passes (the "loo" method ranks by it).
+* A diverged model (NaN scores) gives NaN for that pair / example, averaged out with
+  nanmean; the probes never raise on it.
 * The "random" faithfulness ranking draws fresh seeded scores at each call from ``seed``, so
   every snapshot uses the same random rankings.
 """
@@ -454,9 +459,9 @@ class EvidenceProbe:
                 if not relevant.any():
                     continue
                 for name, s in scores.items():
-                    ap.setdefault(name, []).append(_safe(average_precision, s[b, : t + 1], relevant))
-                    dp.setdefault(name, []).append(_safe(dot_product_alignment, s[b, : t + 1],
-                                                         relevant))
+                    row = s[b, : t + 1]
+                    ap.setdefault(name, []).append(_safe(average_precision, row, relevant))
+                    dp.setdefault(name, []).append(_safe(dot_product_alignment, row, relevant))
                 ap.setdefault("random", []).append(random_average_precision(relevant))
                 dp.setdefault("random", []).append(random_dot_product(relevant))
                 for name, stack in layer_scores.items():
@@ -523,7 +528,11 @@ def _supports_logits_to_keep(model: nn.Module) -> bool:
 
 
 def _logits_at(model: nn.Module, t: Tensor, keep: bool, **inputs) -> Tensor:
-    """The model's logits at position t of each row [B, V] (float32)."""
+    """The model's logits at position t of each row [B, V] (float32).
+
+    Rows are right-padded, so no attention mask is passed: in a causal LM, positions <= t
+    never see the pads after t, and the default position ids 0.. are the right ones (and
+    the mask-free path is several times faster in transformers' attention)."""
     if keep:  # only the needed positions go through the head
         positions = torch.unique(t)
         logits = model(**inputs, logits_to_keep=positions).logits
@@ -617,14 +626,13 @@ class FaithfulnessProbe:
         per_row = (1 if keep else width) * vocab * 4
         return max(1, _LOGITS_BUDGET_BYTES // per_row)
 
-    def _probs(self, model, ids: Tensor, mask: Tensor, t: Tensor, y: Tensor) -> np.ndarray:
+    def _probs(self, model, ids: Tensor, t: Tensor, y: Tensor) -> np.ndarray:
         """p(y | ids) at t for every row, in chunks; ids etc. on the model's device."""
         keep = _supports_logits_to_keep(model)
         chunk = self._chunk(model, ids.shape[1], keep)
         out = []
         for s in range(0, ids.shape[0], chunk):
-            logits = _logits_at(model, t[s: s + chunk], keep, input_ids=ids[s: s + chunk],
-                                attention_mask=mask[s: s + chunk])
+            logits = _logits_at(model, t[s: s + chunk], keep, input_ids=ids[s: s + chunk])
             probs = logits.log_softmax(-1).exp()
             out.append(probs.gather(1, y[s: s + chunk, None]).squeeze(1))
         return torch.cat(out).cpu().double().numpy()
@@ -648,8 +656,7 @@ class FaithfulnessProbe:
         t = self.last.to(device)
         keep = _supports_logits_to_keep(model)
         chunk = self._chunk(model, ids.shape[1], keep)
-        logits = torch.cat([_logits_at(model, t[s: s + chunk], keep, input_ids=ids[s: s + chunk],
-                                       attention_mask=mask[s: s + chunk])
+        logits = torch.cat([_logits_at(model, t[s: s + chunk], keep, input_ids=ids[s: s + chunk])
                             for s in range(0, len(ids), chunk)])
         y = logits.argmax(-1)
         p_full = logits.log_softmax(-1).exp().gather(1, y[:, None]).squeeze(1)
@@ -677,31 +684,31 @@ class FaithfulnessProbe:
     def _captum_scores(self, model: nn.Module, base: dict) -> dict[str, list[np.ndarray]]:
         from captum.attr import InputXGradient, LayerIntegratedGradients, Saliency
 
-        ids, mask, t, y = base["ids"], base["mask"], base["t"], base["y"]
+        ids, t, y = base["ids"], base["t"], base["y"]
         keep = _supports_logits_to_keep(model)
         embedding = model.get_input_embeddings()
 
-        def from_embeds(embeds, mask_, t_):
-            return _logits_at(model, t_, keep, inputs_embeds=embeds, attention_mask=mask_)
+        def from_embeds(embeds, t_):
+            return _logits_at(model, t_, keep, inputs_embeds=embeds)
 
-        def from_ids(input_ids, mask_, t_):
-            return _logits_at(model, t_, keep, input_ids=input_ids, attention_mask=mask_)
+        def from_ids(input_ids, t_):
+            return _logits_at(model, t_, keep, input_ids=input_ids)
 
         out: dict[str, np.ndarray] = {}
         if "saliency" in self.methods or "input_x_gradient" in self.methods:
             embeds = embedding(ids).detach().requires_grad_(True)
             if "saliency" in self.methods:
                 grad = Saliency(from_embeds).attribute(embeds, target=y,
-                                                       additional_forward_args=(mask, t))
+                                                       additional_forward_args=(t,))
                 out["saliency"] = grad.sum(-1)
             if "input_x_gradient" in self.methods:
                 ixg = InputXGradient(from_embeds).attribute(embeds, target=y,
-                                                            additional_forward_args=(mask, t))
+                                                            additional_forward_args=(t,))
                 out["input_x_gradient"] = ixg.sum(-1)
         if "integrated_gradients" in self.methods:
             lig = LayerIntegratedGradients(from_ids, embedding)
             ig = lig.attribute(ids, baselines=torch.full_like(ids, base["baseline"]), target=y,
-                               additional_forward_args=(mask, t), n_steps=self.ig_steps,
+                               additional_forward_args=(t,), n_steps=self.ig_steps,
                                internal_batch_size=max(len(ids), 1))
             out["integrated_gradients"] = ig.sum(-1)
         last = self.last.tolist()
@@ -710,12 +717,16 @@ class FaithfulnessProbe:
 
     def _perturbed_probs(self, model, base: dict, rows: list[Tensor],
                          owners: list[int]) -> np.ndarray:
-        """p(y) for perturbed copies ``rows`` of the examples ``owners``: one batched pass."""
+        """p(y) for perturbed copies ``rows`` of the examples ``owners``: one batched pass
+        over the distinct rows (methods often agree on a top-k set)."""
         if not rows:
             return np.zeros(0)
         owner = torch.tensor(owners, device=base["ids"].device)
-        return self._probs(model, torch.stack(rows), base["mask"][owner], base["t"][owner],
-                           base["y"][owner])
+        keyed = torch.cat([owner[:, None], torch.stack(rows)], dim=1)
+        distinct, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+        who = distinct[:, 0]
+        probs = self._probs(model, distinct[:, 1:], base["t"][who], base["y"][who])
+        return probs[inverse.cpu().numpy()]
 
     def _loo(self, model: nn.Module, base: dict) -> list[np.ndarray]:
         """Leave-one-out importance p_full - p(y | position i replaced), i in 0..t."""

@@ -19,6 +19,7 @@ from normx_track.probes import (
     MinimalPair,
     ProbeFileError,
     encode_pairs,
+    load_blimp_from_hub,
     load_probe_file,
 )
 
@@ -376,3 +377,58 @@ def test_faithfulness_rejects_bad_arguments(tok):
         FaithfulnessProbe([[1, 2, 3]], fractions=(0.0,))
     with pytest.raises(ValueError, match="tokenizer"):
         FaithfulnessProbe(["some text"])
+
+
+def test_faithfulness_of_padded_examples_equals_each_alone(tok):
+    """Blocks of different lengths are right-padded together; each scores as if alone."""
+    model = perturbed_gpt2(tok, seed=2)
+    g = torch.Generator().manual_seed(1)
+    long, short = (torch.randint(1, len(tok), (n,), generator=g).tolist() for n in (14, 6))
+    kw = dict(length=20, methods=("normxlogit", "logat", "norm", "loo"), baseline_token_id=0)
+    both = FaithfulnessProbe([long, short], **kw)(model)
+    alone = [FaithfulnessProbe([b], **kw)(model) for b in (long, short)]
+    for key, value in both.items():
+        if key.endswith("n_examples"):
+            continue
+        assert value == pytest.approx((alone[0][key] + alone[1][key]) / 2, abs=1e-5), key
+
+
+class _SlowTokenizer:
+    """The fast tokenizer seen through a slow one's interface (no offsets mapping)."""
+
+    is_fast = False
+
+    def __init__(self, fast):
+        self.fast, self.eos_token_id, self.pad_token_id = fast, fast.eos_token_id, None
+
+    def __call__(self, text, add_special_tokens=False, **kw):
+        assert "return_offsets_mapping" not in kw
+        return self.fast(text, add_special_tokens=add_special_tokens)
+
+
+def test_slow_tokenizers_are_encoded_word_by_word_to_the_same_cues(tok):
+    pairs = [MinimalPair(f"the {RARE} near the cat", "are", "is", (1, 4)),
+             MinimalPair(f"{RARE.capitalize()} of the dogs", "run", "runs", (0,))]
+    fast, slow = encode_pairs(pairs, tok), encode_pairs(pairs, _SlowTokenizer(tok))
+    for name in ("input_ids", "attention_mask", "cue_mask", "good_ids", "bad_ids", "last"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+
+
+def test_blimp_hub_rows_map_to_minimal_pairs(monkeypatch):
+    import datasets
+
+    rows = [
+        {"sentence_good": "The keys to the cabinet are red.", "sentence_bad":
+         "The keys to the cabinet is red.", "UID": "agr", "one_prefix_method": True},
+        {"sentence_good": "Who did Bo see?", "sentence_bad": "Who Bo did see?", "UID": "q",
+         "one_prefix_method": False},
+        {"sentence_good": "Dogs bark.", "sentence_bad": "Dogs barks.", "UID": "agr",
+         "one_prefix_method": True},
+    ]
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *a, **kw: calls.append((a, kw)) or rows)
+    pairs = load_blimp_from_hub("regular_plural_subject_verb_agreement_1")
+    assert calls[0][0] == ("nyu-mll/blimp", "regular_plural_subject_verb_agreement_1")
+    assert [(p.prefix, p.good, p.bad, p.cue_word_indices, p.uid) for p in pairs] == [
+        ("The keys to the cabinet", "are", "is", (), "agr"), ("Dogs", "bark", "barks", (), "agr")]
