@@ -17,14 +17,17 @@ import json
 import sys
 from pathlib import Path
 
+from normx_track.callback import run_probes
 from normx_track.checkpoints import CheckpointError, LoadedModel, load_model
 from normx_track.gold import GoldStatistics
 from normx_track.records import RecordWriter, read_json, record_dir
 from normx_track.snapshot import NormMetrics, embedding_norms
+from normx_track.tracking import probes_for_record
 
 
 def measure_checkpoints(loaded: list[LoadedModel], gold: GoldStatistics, out: Path,
-                        min_count: int, vocab: list[str] | None, meta: dict) -> list[int]:
+                        min_count: int, vocab: list[str] | None, meta: dict,
+                        probes: list = ()) -> list[int]:
     """Snapshot every model into the record at `out`; returns the steps written."""
     writer = RecordWriter(out)
     writer.write_meta(meta)
@@ -40,6 +43,7 @@ def measure_checkpoints(loaded: list[LoadedModel], gold: GoldStatistics, out: Pa
         arrays = embedding_norms(item.model)
         row = {"step": item.step, "tokens_seen": item.tokens_seen}
         row.update(metrics(arrays))
+        row.update(run_probes(probes, item.model))
         writer.write_snapshot(item.step, arrays)
         writer.append_metrics(row)
         written.append(item.step)
@@ -86,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"replay: cannot tell the training step of {unknown}; name them with stepN")
     meta["replay_sources"] = [m.source for m in loaded]
-    steps = measure_checkpoints(loaded, gold, args.out, min_count, vocab, meta)
+    probes = probes_for_record(meta) if args.like else []
+    steps = measure_checkpoints(loaded, gold, args.out, min_count, vocab, meta, probes)
     print(f"replay: recorded steps {steps} in {record_dir(args.out)}")
 
 

@@ -55,6 +55,7 @@ class NormTracker(L.Callback):
         gold: gold statistics (or the path of a saved `gold.npz`), arrays over the vocabulary.
         vocab: token strings by id (for tables and `vocab.json`).
         signals: extra gold signals [V] by name, e.g. `{"lexicon/concreteness": scores}`.
+        meta: extra entries for meta.json, e.g. `{"config": run_config}`.
         every_n_steps / log_spaced / on_checkpoint / on_train_end: when to snapshot; step 0
             (the initialisation) is always recorded.
         """
@@ -153,15 +154,7 @@ class NormTracker(L.Callback):
         self._check_finite(trainer, step, row)
 
     def _run_probes(self, pl_module: L.LightningModule) -> dict[str, float]:
-        if not self.probes:
-            return {}
-        model = self._language_model(pl_module)
-        was_training = model.training
-        model.eval()
-        try:
-            return {k: v for probe in self.probes for k, v in probe(model).items()}
-        finally:
-            model.train(was_training)
+        return run_probes(self.probes, self._language_model(pl_module))
 
     def _check_finite(self, trainer: L.Trainer, step: int, row: dict[str, Any]) -> None:
         bad = row.get("normx/norm/n_nonfinite", 0) + row.get("normx/output/norm/n_nonfinite", 0)
@@ -206,7 +199,8 @@ class NormTracker(L.Callback):
         import transformers
 
         return {
-            "config": self.meta,
+            "config": {},  # callers pass their run config (and more) through `meta`
+            **self.meta,
             "model": {"class": type(model).__name__,
                       "arch": config.to_dict() if hasattr(config, "to_dict") else None},
             "vocab_size": self.gold.vocab_size,
@@ -222,6 +216,18 @@ class NormTracker(L.Callback):
                          "transformers": transformers.__version__,
                          "python": platform.python_version()},
         }
+
+
+def run_probes(probes: Sequence[Probe], model: torch.nn.Module) -> dict[str, float]:
+    """All probes' metrics, with the model in eval mode for the duration."""
+    if not probes:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        return {k: v for probe in probes for k, v in probe(model).items()}
+    finally:
+        model.train(was_training)
 
 
 def _vocab_hash(vocab: Sequence[str] | None) -> str | None:

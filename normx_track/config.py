@@ -107,6 +107,14 @@ class TrackerConfig:
     lexicons: list[str] = field(default_factory=list)  # TSV word<TAB>score files
     stop_on_nonfinite: bool = False
     top_k_tokens: int = 20
+    # Probes at each snapshot (normx_track/probes.py).
+    evidence: bool = True  # evidence alignment + minimal-pair accuracy on the probe file
+    probe_file: Optional[str] = None  # default: the synthetic corpus's own probes
+    max_probe_pairs: int = 200
+    evidence_by_layer: bool = True
+    faithfulness_examples: int = 0  # held-out windows for comprehensiveness etc. (0: off)
+    faithfulness_length: int = 32
+    captum: bool = False  # add Saliency, InputXGradient, IntegratedGradients (slow)
 
 
 @dataclass
@@ -133,9 +141,11 @@ _POSITIVE = (
     "data.synthetic.content_words_per_topic", "trainer.max_steps", "trainer.val_check_interval",
     "trainer.log_every_n_steps", "trainer.accumulate_grad_batches",
     "trainer.checkpoint_every_n_steps", "tracker.every_n_steps", "tracker.window", "optim.lr",
+    "tracker.faithfulness_length",
 )
 _NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "data.num_workers",
-                 "tracker.min_count", "model.dropout", "trainer.gradient_clip_val")
+                 "tracker.min_count", "model.dropout", "trainer.gradient_clip_val",
+                 "tracker.max_probe_pairs", "tracker.faithfulness_examples")
 _FRACTIONS = ("data.val_fraction", "optim.min_lr_ratio", "model.dropout",
               "data.synthetic.attractor_probability")
 

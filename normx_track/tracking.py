@@ -1,17 +1,19 @@
 """Build the `NormTracker` for our own training runs from a `Config` and the DataModule:
 gold statistics (cached by a hash of tokenizer, data and settings), function-word labels,
-user lexicons. Users of other scripts construct `NormTracker` directly."""
+user lexicons and probes. Users of other scripts construct `NormTracker` directly."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 import numpy as np
+from transformers import AutoTokenizer
 
 from .callback import NormTracker
-from .config import Config, to_dict
+from .config import Config, TrackerConfig, to_dict
 from .data.datamodule import TextDataModule
 from .gold import GoldStatistics, cache_key, compute_gold, function_word_labels, load_lexicon
+from .probes import EvidenceProbe, FaithfulnessProbe
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,37 @@ def lexicon_signals(paths: list[str], datamodule: TextDataModule) -> dict[str, n
     return signals
 
 
+def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path | None,
+                 held_out: np.ndarray) -> list:
+    """The probes `t` asks for: evidence on `probe_file`, faithfulness on `held_out` tokens."""
+    probes: list = []
+    probe_file = t.probe_file or probe_file
+    if t.evidence and probe_file:
+        probes.append(EvidenceProbe(probe_file, tokenizer, seed=seed,
+                                    max_pairs=t.max_probe_pairs or None,
+                                    layers="all" if t.evidence_by_layer else "last"))
+    elif t.evidence:
+        log.info("no probe file (tracker.probe_file): evidence alignment is not measured")
+    if t.faithfulness_examples:
+        probes.append(FaithfulnessProbe([np.asarray(held_out)], tokenizer,
+                                        n_examples=t.faithfulness_examples,
+                                        length=t.faithfulness_length, captum=t.captum, seed=seed))
+    return probes
+
+
+def probes_for_record(meta: dict) -> list:
+    """The same probes a recorded run used (for replay), from its meta.json."""
+    if "data_dir" not in meta or "tracker" not in meta.get("config", {}):
+        return []
+    data_dir = Path(meta["data_dir"])
+    tracker = TrackerConfig(**meta["config"]["tracker"])
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    synthetic = data_dir / "synthetic" / "probes.jsonl"
+    held_out = np.memmap(data_dir / "val.bin", dtype=np.int32, mode="r")
+    return build_probes(tracker, meta["config"]["seed"], tokenizer,
+                        synthetic if synthetic.exists() else None, held_out)
+
+
 def build_tracker(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> NormTracker:
     t = cfg.tracker
     gold = cached_gold(datamodule, cfg)
@@ -50,5 +83,7 @@ def build_tracker(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> Nor
                        log_spaced=t.log_spaced, on_checkpoint=t.on_checkpoint,
                        on_train_end=t.on_train_end, min_count=t.min_count,
                        signals=lexicon_signals(t.lexicons, datamodule),
+                       probes=build_probes(t, cfg.seed, datamodule.tokenizer,
+                                           datamodule.probe_file, datamodule.val_set.tokens),
                        stop_on_nonfinite=t.stop_on_nonfinite, top_k_tokens=t.top_k_tokens,
-                       meta=to_dict(cfg))
+                       meta={"config": to_dict(cfg), "data_dir": str(datamodule.dir)})

@@ -74,9 +74,8 @@ def test_information_gain_in_gold_file_is_the_corpus_kl(tiny_run: Path):
     """gold.npz came from the first stats_tokens of the training stream: recompute the KL
     for a few tokens by brute force over that stream."""
     gold = GoldStatistics.load(tiny_run / "normx" / "gold.npz")
-    from normx_track.config import DataConfig, SyntheticDataConfig
-    cache = Path(json.loads((tiny_run / "normx" / "meta.json").read_text())["config"]["data"]["cache_dir"])
-    train_bin = next(cache.glob("*/train.bin"))
+    data_dir = Path(json.loads((tiny_run / "normx" / "meta.json").read_text())["data_dir"])
+    train_bin = data_dir / "train.bin"
     lengths = np.load(train_bin.parent / "train_doc_lengths.npy")
     stream = np.fromfile(train_bin, dtype=np.int32)[:20000]
     docs = np.split(stream, np.cumsum(lengths)[:-1])
