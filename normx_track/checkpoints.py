@@ -40,16 +40,24 @@ class LoadedModel:
     source: str
 
 
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
 def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, loaded with weights_only=True; a clear error if damaged."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
-                              f"{first}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+            ValueError, KeyError, AttributeError, IndexError, TypeError) as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint, the file is corrupt, truncated "
+                              f"or not a PyTorch checkpoint ({first_line(err)})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no dict inside)")
+    return checkpoint
 
 
 def _tracker_tokens(checkpoint: dict[str, Any]) -> int | None:
@@ -59,21 +67,42 @@ def _tracker_tokens(checkpoint: dict[str, Any]) -> int | None:
     return None
 
 
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    """Parameter names that share storage with an earlier one (e.g. a tied lm_head)."""
+    seen, tied = set(), set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.data_ptr() in seen:
+            tied.add(name)
+        seen.add(tensor.data_ptr())
+    return tied
+
+
 def load_lightning(path: str | Path) -> LoadedModel:
+    """The HF model inside a `LanguageModel` checkpoint, in eval mode."""
     checkpoint = read_lightning_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters", {})
-    if "hf_config" not in hparams:
-        raise CheckpointError(f"{path}: no `hf_config` hyper-parameter; only checkpoints of "
-                              "normx_track.model.LanguageModel can be loaded by path")
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hparams["hf_config"]))
-    weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items()
-               if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = {"lm_head.weight", "embed_out.weight"}  # tied heads are not stored twice
-    if unexpected or set(missing) - tied:
-        raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]})")
-    model.tie_weights()
+    hparams, state = checkpoint.get("hyper_parameters"), checkpoint.get("state_dict")
+    if not isinstance(hparams, dict) or "hf_config" not in hparams or not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a normx LanguageModel checkpoint (expected "
+                              "'hyper_parameters' with 'hf_config' and a 'state_dict')")
+    try:
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hparams["hf_config"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: cannot build the model from its hf_config "
+                              f"({first_line(err)})") from None
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    if not weights:
+        raise CheckpointError(f"{path}: the checkpoint's state_dict has no 'model.' entries")
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit the model ({first_line(err)})") from None
+    tied = _tied_names(model)
+    missing = [k for k in missing if k not in tied]  # a tied head is not stored twice
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
+                              f"unexpected {list(unexpected)[:5]})")
+    if tied:
+        model.tie_weights()
     return LoadedModel(model.eval(), int(checkpoint.get("global_step", 0)),
                        _tracker_tokens(checkpoint), str(path))
 
@@ -87,9 +116,9 @@ def load_pretrained(name_or_dir: str, revision: str | None = None) -> LoadedMode
     """An HF directory or hub name (with `revision`, e.g. Pythia's "step1000")."""
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_dir, revision=revision)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"{name_or_dir}{'@' + revision if revision else ''}: cannot "
-                              f"load model: {str(err).splitlines()[0]}") from None
+                              f"load a Hugging Face model ({first_line(err)})") from None
     step = _step_from_name(revision or Path(name_or_dir).name)
     return LoadedModel(model.eval(), step, None, f"{name_or_dir}@{revision}" if revision
                        else str(name_or_dir))
@@ -100,4 +129,6 @@ def load_model(source: str | Path, revision: str | None = None) -> LoadedModel:
     path = Path(source)
     if path.suffix == ".ckpt" or path.is_file():
         return load_lightning(path)
+    if not path.exists() and (path.is_absolute() or str(source).startswith(".")):
+        raise CheckpointError(f"{path}: no such checkpoint file or model directory")
     return load_pretrained(str(source), revision)

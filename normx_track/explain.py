@@ -12,9 +12,9 @@ The tokenizer: ``--tokenizer`` (a tokenizer directory, a ``tokenizer.json`` file
 name); else, for an HF directory, the directory itself; else, for a ``.ckpt``, the first
 of ``<ckpt dir>/``, ``<ckpt dir>/tokenizer/``, ``<run dir>/``, ``<run dir>/tokenizer/``
 (run dir = the ``.ckpt``'s parent's parent, e.g. ``outputs/run`` for
-``outputs/run/checkpoints/last.ckpt``) holding a ``tokenizer.json``. Our training runs keep
-the tokenizer in the data cache (``<data.cache_dir>/<hash>/tokenizer``), so pass
-``--tokenizer`` for them.
+``outputs/run/checkpoints/last.ckpt``) holding a ``tokenizer.json``, then the tokenizer of the data
+cache that the run's record names (``normx/meta.json`` "data_dir"), so checkpoints of our
+own runs need no ``--tokenizer``.
 
 The explained prediction is the model's next token after the whole text (its argmax), or
 ``--target WORD`` (scored on the first token of " " + WORD, like the evidence probes);
@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import html
 import math
-import pickle
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +38,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import checkpoints
 from .attribution import attribute
+from .records import read_json
 from .probes import word_first_token
 
 __all__ = ["ExplainError", "Explanation", "explain", "format_table", "load_model",
@@ -60,65 +60,12 @@ def _quiet_transformers() -> None:
 
 def load_model(path: str | Path) -> torch.nn.Module:
     """The HF causal LM of a LanguageModel ``.ckpt`` or an HF model directory, in eval mode."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    path = Path(path)
-    if not path.exists():
+    if not Path(path).exists():
         raise ExplainError(f"{path}: no such checkpoint file or model directory")
-    if path.is_dir():
-        try:
-            return AutoModelForCausalLM.from_pretrained(path).eval()
-        except (OSError, ValueError, KeyError) as err:
-            raise ExplainError(f"{path}: cannot load a Hugging Face model from this directory "
-                               f"({_first_line(err)})") from None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
-            ValueError, KeyError, AttributeError, IndexError, TypeError) as err:
-        raise ExplainError(f"{path}: cannot read checkpoint, the file is corrupt, truncated or "
-                           f"not a PyTorch checkpoint ({_first_line(err)})") from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "hf_config" not in hparams or not isinstance(state, dict):
-        raise ExplainError(f"{path}: not a normx LanguageModel checkpoint (expected "
-                           f"'hyper_parameters' with 'hf_config' and a 'state_dict')")
-    try:
-        config = AutoConfig.for_model(**hparams["hf_config"])
-        model = AutoModelForCausalLM.from_config(config)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ExplainError(f"{path}: cannot build the model from its hf_config "
-                           f"({_first_line(err)})") from None
-    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    if not weights:
-        raise ExplainError(f"{path}: the checkpoint's state_dict has no 'model.' entries")
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise ExplainError(f"{path}: weights do not fit the model ({_first_line(err)})") from None
-    tied = _tied_names(model)
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise ExplainError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
-                           f"unexpected {list(unexpected)[:5]})")
-    if tied:
-        model.tie_weights()
-    return model.eval()
-
-
-def _tied_names(model: torch.nn.Module) -> set[str]:
-    """Parameter names that share storage with an earlier one (e.g. a tied lm_head)."""
-    seen, tied = set(), set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        ptr = tensor.data_ptr()
-        if ptr in seen:
-            tied.add(name)
-        seen.add(ptr)
-    return tied
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+        return checkpoints.load_model(path).model
+    except checkpoints.CheckpointError as err:
+        raise ExplainError(str(err)) from None
 
 
 def _tokenizer_from(location: Path):
@@ -129,6 +76,12 @@ def _tokenizer_from(location: Path):
     if (location / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(location)
     return PreTrainedTokenizerFast(tokenizer_file=str(location / "tokenizer.json"))
+
+
+def _recorded_tokenizer(run_dir: Path) -> Path:
+    """Our training runs name their data cache (with its tokenizer) in the record."""
+    meta = read_json(run_dir, "meta.json") or {}
+    return Path(meta.get("data_dir", run_dir / "no_record")) / "tokenizer"
 
 
 def load_tokenizer(checkpoint: str | Path, tokenizer: str | Path | None = None):
@@ -146,12 +99,12 @@ def load_tokenizer(checkpoint: str | Path, tokenizer: str | Path | None = None):
             return AutoTokenizer.from_pretrained(checkpoint)
         run_dir = checkpoint.parent.parent
         for where in (checkpoint.parent, checkpoint.parent / "tokenizer", run_dir,
-                      run_dir / "tokenizer"):
+                      run_dir / "tokenizer", _recorded_tokenizer(run_dir)):
             if (where / "tokenizer.json").exists():
                 return _tokenizer_from(where)
     except Exception as err:  # noqa: BLE001 - tokenizer loaders raise many kinds
         source = tokenizer if tokenizer is not None else checkpoint
-        raise ExplainError(f"cannot load the tokenizer from {source} ({_first_line(err)})"
+        raise ExplainError(f"cannot load the tokenizer from {source} ({checkpoints.first_line(err)})"
                            ) from None
     raise ExplainError(f"{checkpoint}: no tokenizer.json next to the checkpoint or in its run "
                        f"directory {run_dir}; pass --tokenizer PATH")
@@ -210,7 +163,7 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
         a = attribute(model, torch.tensor([ids]), target=target_id, foil=foil_id, layers=layers,
                       norm_factor=norm_factor)
     except ValueError as err:
-        raise ExplainError(_first_line(err)) from None
+        raise ExplainError(checkpoints.first_line(err)) from None
     probs = a.logits[0].softmax(-1)
     top_p, top_i = probs.topk(min(5, probs.numel()))
     predicted_id = int(top_i[0])
