@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from summary import emit  # benchmarks/ is on sys.path when run as a script
+
 METHODS = ("forward", "forward_last", "normxlogit",
            "saliency", "input_x_gradient", "integrated_gradients")
 # (label, numerator, denominator, target text, pass test or None for information only)
@@ -234,6 +236,7 @@ def report(res, args):
                 r = t[num] / t[den]
                 flag = "" if ok is None else ("  ok" if ok(r) else "  MISSED")
                 print(f"  T={length:<4} {label:<26}{r:>9.2f}   target {target}{flag}")
+                emit(f"{label}, T={length}", r, "ratio", str(target), None if ok is None else ok(r))
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -234,3 +234,24 @@ def test_gold_that_does_not_fit_the_vocabulary_is_rejected(tmp_path):
         NormTracker(gold, signals={"lexicon/x": np.zeros(3)})
     with pytest.raises(ValueError, match="embedding has 50 rows but the gold statistics cover 60"):
         fit_plain(tmp_path, PlainLM(50), NormTracker(gold))
+
+
+def test_user_lexicon_is_correlated_and_recorded(cache_dir, tmp_path, tiny_run):
+    vocab = json.loads((tiny_run / "normx" / "vocab.json").read_text())
+    words = [t[1:] for t in vocab if t.startswith("Ġ") and t[1:].isalpha()][:60]
+    lexicon = tmp_path / "concreteness.tsv"
+    lexicon.write_text("".join(f"{w}\t{len(w) * 0.5 + i % 3}\n" for i, w in enumerate(words))
+                       + "notasingletokenword\t1.0\n")
+    out = tmp_path / "run"
+    run_train(cache_dir, *TINY, "logger=none", "trainer.max_steps=4",
+              f"tracker.lexicons=[{lexicon}]", f"hydra.run.dir={out}")
+    row = rows_of(out)[-1]
+    gold = GoldStatistics.load(out / "normx" / "gold.npz")
+    scores = np.full(gold.vocab_size, np.nan)
+    for i, w in enumerate(words):
+        scores[vocab.index("Ġ" + w)] = len(w) * 0.5 + i % 3
+    norms = records.load_snapshot(records.list_snapshots(out)[row["step"]])["input_norm"]
+    keep = (gold.counts >= MIN_COUNT) & np.isfinite(scores)
+    assert row["normx/n_types/lexicon/concreteness"] == keep.sum() > 3
+    assert row["normx/spearman/lexicon/concreteness"] == pytest.approx(
+        scipy.stats.spearmanr(norms[keep], scores[keep]).statistic, abs=1e-12)
