@@ -153,7 +153,7 @@ def embedding_norms(model: nn.Module) -> dict[str, Tensor]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     # Restore exactly the modules that were training (model.train() would also flip
     # submodules a user had frozen in eval mode).
     training = [m for m in model.modules() if m.training]
@@ -250,7 +250,7 @@ def _regression_scorer(head: nn.Module, y_hat: Tensor):
 
 def _forward(model, f, input_ids, mask, need_hidden: bool):
     """One backbone pass -> (f(h^(L)) as the model computed it, hidden_states or None)."""
-    with _eval_mode(model), _capture_output(f) as captured:
+    with eval_mode(model), _capture_output(f) as captured:
         out = model.base_model(  # the backbone: never builds the full [B,T,V] head output
             input_ids=input_ids,
             attention_mask=mask.long(),
@@ -334,7 +334,7 @@ def attribute(
     last = torch.where(valid, score(final), nan)
     per_layer = None
     if layer_ids:  # the last layer reuses the model's own f(h^(L)); lower ones go through f
-        with _eval_mode(model):
+        with eval_mode(model):
             per_layer = torch.stack([
                 last if l == n_layers else torch.where(valid, score(f(hidden[l])), nan)
                 for l in layer_ids

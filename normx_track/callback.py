@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from . import __version__
+from .attribution import eval_mode
 from .gold import GoldStatistics
 from .records import RecordWriter
 from .snapshot import NormMetrics, embedding_norms, extreme_tokens, find_language_model
@@ -220,14 +221,8 @@ class NormTracker(L.Callback):
 
 def run_probes(probes: Sequence[Probe], model: torch.nn.Module) -> dict[str, float]:
     """All probes' metrics, with the model in eval mode for the duration."""
-    if not probes:
-        return {}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return {k: v for probe in probes for k, v in probe(model).items()}
-    finally:
-        model.train(was_training)
 
 
 def _vocab_hash(vocab: Sequence[str] | None) -> str | None:

@@ -62,7 +62,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from .attribution import attribute
+from .attribution import attribute, eval_mode
 from .metrics import (
     DEFAULT_FRACTIONS,
     average_precision,
@@ -335,18 +335,6 @@ def encode_pairs(pairs: Sequence[MinimalPair], tokenizer,
 
 # ============================================================================= helpers
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the block; restores exactly the modules that were training."""
-    training = [m for m in model.modules() if m.training]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m in training:
-            m.training = True
-
-
-@contextlib.contextmanager
 def _keep_grads(model: nn.Module) -> Iterator[None]:
     """Whatever runs inside leaves the parameters' ``.grad`` as it found them."""
     params = list(model.parameters())
@@ -423,7 +411,7 @@ class EvidenceProbe:
         self.contrastive, self.norm_factor, self.by_uid = contrastive, norm_factor, by_uid
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             return self._run(model)
 
     def _run(self, model: nn.Module) -> dict[str, float]:
@@ -639,7 +627,7 @@ class FaithfulnessProbe:
 
     # ------------------------------------------------------------------ the call
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        with _eval_mode(model):
+        with eval_mode(model):
             with torch.no_grad():
                 base = self._intact(model)
                 scores = self._scores_no_grad(model, base)
