@@ -46,3 +46,4 @@ def test_damaged_checkpoint_is_named(tiny_run: Path, tmp_path: Path, damage: str
                           capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert proc.returncode != 0 and str(bad) in proc.stderr
     assert "Traceback" not in proc.stderr
+

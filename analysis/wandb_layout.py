@@ -1,0 +1,77 @@
+"""Create a W&B workspace view for a project, with the normx panels laid out by question:
+do norms track the gold signals, does NormXLogit find the evidence, is it faithful.
+
+    python -m analysis.wandb_layout --entity ME --project normx-track [--name "normx"]
+
+Needs W&B online (logged in) and `pip install wandb-workspaces` (the `wandb` extra).
+Offline it says so and exits without error: runs and their records are unaffected.
+Every panel plots against `trainer/global_step`, the step metric the training runs define,
+so curves of all runs line up.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from normx_track.loggers import wandb_logged_in
+
+STEP = "trainer/global_step"
+SIGNALS = ("self_information", "information_gain", "information_gain_corrected")
+METHODS = ("normxlogit", "logat", "norm", "random")
+
+# section title -> [(panel title, metric keys)]
+LAYOUT: dict[str, list[tuple[str, list[str]]]] = {
+    "normx: norms vs gold importance": [
+        ("Spearman", [f"normx/spearman/{s}" for s in SIGNALS]),
+        ("partial Spearman | log frequency", [f"normx/partial_spearman/{s}" for s in SIGNALS]),
+        ("AUROC content vs function words", ["normx/auroc/function_word"]),
+        ("mean norm by frequency decile", [f"normx/norm/bucket_{b:02d}/mean" for b in range(10)]),
+    ],
+    "normx: evidence alignment": [
+        ("minimal-pair accuracy", ["normx/pair_accuracy"]),
+        ("evidence AP", [f"normx/evidence_ap/{m}" for m in METHODS]),
+        ("evidence DP", [f"normx/evidence_dp/{m}" for m in METHODS]),
+    ],
+    "normx: faithfulness": [
+        ("comprehensiveness", [f"normx/comprehensiveness/{m}" for m in METHODS]),
+        ("sufficiency", [f"normx/sufficiency/{m}" for m in METHODS]),
+        ("agreement with leave-one-out", [f"normx/loo_spearman/{m}" for m in METHODS]),
+    ],
+    "training": [("loss", ["train/loss", "val/loss", "data/unigram_entropy"])],
+}
+
+
+def build_workspace(entity: str, project: str, name: str):
+    """The workspace object (no network until `.save()`)."""
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    sections = [ws.Section(name=title, is_open=True, panels=[
+        wr.LinePlot(title=panel, x=STEP, y=keys) for panel, keys in panels])
+        for title, panels in LAYOUT.items()]
+    return ws.Workspace(entity=entity, project=project, name=name, sections=sections)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.wandb_layout",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entity", required=True)
+    parser.add_argument("--project", default="normx-track")
+    parser.add_argument("--name", default="normx")
+    args = parser.parse_args(argv)
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled") or not wandb_logged_in():
+        print("wandb_layout: W&B is offline (not logged in, or WANDB_MODE=offline); "
+              "nothing to do — run it again when online")
+        return 0
+    try:
+        workspace = build_workspace(args.entity, args.project, args.name)
+    except ImportError:
+        sys.exit("wandb_layout: needs `pip install wandb-workspaces` (or the [wandb] extra)")
+    workspace.save()
+    print(f"wandb_layout: saved workspace view {workspace.url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
