@@ -21,12 +21,14 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from . import __version__
 from .attribution import eval_mode
 from .gold import GoldStatistics
 from .records import RecordWriter
-from .snapshot import NormMetrics, embedding_norms, extreme_tokens, find_language_model
+from .snapshot import (NormMetrics, embedding_norms, extreme_tokens, find_language_model,
+                       is_sharded)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,12 @@ class NormTracker(L.Callback):
             return
         row = {"step": step, "tokens_seen": self.tokens_seen}
         row.update(self._metrics(arrays))
-        row.update(self._run_probes(pl_module))
+        if self.probes and is_sharded(root):
+            # A probe's forward on rank zero alone would wait forever for the other shards.
+            rank_zero_warn("NormTracker: probes are skipped under FSDP; replay the checkpoints "
+                           "(python -m analysis.replay) to measure them")
+        else:
+            row.update(self._run_probes(pl_module))
         self.writer.write_snapshot(step, arrays)
         self.writer.append_metrics(row)
         self._log(trainer, step, row, arrays)

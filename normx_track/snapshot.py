@@ -26,13 +26,18 @@ def find_language_model(module: torch.nn.Module) -> torch.nn.Module:
                     "pass model_getter= to the tracker to say where the language model is")
 
 
+def is_sharded(module: torch.nn.Module) -> bool:
+    """True under FSDP (v1 wrappers); parameters are then shards, not whole tensors."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return any(isinstance(m, FSDP) for m in module.modules())
+
+
 def _full_params(module: torch.nn.Module):
     """Under FSDP the embedding is sharded; gather it for the duration of a snapshot."""
-    try:
+    if is_sharded(module):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    except ImportError:  # pragma: no cover - torch without distributed
-        return nullcontext()
-    if any(isinstance(m, FSDP) for m in module.modules()):
+
         return FSDP.summon_full_params(module, writeback=False, recurse=True)
     return nullcontext()
 
