@@ -5,5 +5,6 @@ import json
 
 
 def emit(name: str, value: float, unit: str, target: str, met: bool | None) -> None:
-    print("SUMMARY " + json.dumps({"name": name, "value": value, "unit": unit,
-                                   "target": target, "met": met}), flush=True)
+    print("SUMMARY " + json.dumps({"name": name, "value": float(value), "unit": unit,
+                                   "target": target,
+                                   "met": None if met is None else bool(met)}), flush=True)

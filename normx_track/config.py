@@ -110,7 +110,7 @@ class TrackerConfig:
     # Probes at each snapshot (normx_track/probes.py).
     evidence: bool = True  # evidence alignment + minimal-pair accuracy on the probe file
     probe_file: Optional[str] = None  # default: the synthetic corpus's own probes
-    max_probe_pairs: int = 200
+    max_probe_pairs: int = 100  # per snapshot; more pairs, steadier curves, more cost
     evidence_by_layer: bool = True
     faithfulness_examples: int = 0  # held-out windows for comprehensiveness etc. (0: off)
     faithfulness_length: int = 32

@@ -194,6 +194,11 @@ def average_precision(importance: np.ndarray, relevant_mask: np.ndarray) -> floa
     r = int(relevant.sum())
     if r == 0:
         return math.nan
+    order = np.argsort(-importance, kind="stable")
+    ranked = importance[order]
+    if (ranked[1:] != ranked[:-1]).all():  # no ties (the usual case): the plain formula
+        ranks = np.flatnonzero(relevant[order]) + 1
+        return float(np.mean(np.arange(1, r + 1) / ranks))
     values, group = np.unique(-importance, return_inverse=True)   # group 0 = highest
     g = np.bincount(group, minlength=values.size)
     m = np.bincount(group, weights=relevant, minlength=values.size)

@@ -387,7 +387,7 @@ class EvidenceProbe:
         normx/pair_accuracy_by_uid/<UID>   (when the pairs carry several UIDs)
     """
 
-    def __init__(self, pairs: Sequence[MinimalPair] | str | Path, tokenizer, batch_size: int = 32,
+    def __init__(self, pairs: Sequence[MinimalPair] | str | Path, tokenizer, batch_size: int = 128,
                  layers: str | Sequence[int] = "all", seed: int = 0, *,
                  max_pairs: int | None = None, max_length: int | None = None,
                  contrastive: bool = True, norm_factor: str = "word_embedding",

@@ -196,3 +196,18 @@ def test_prepared_gold_equals_plain_correlations():
             for stat in ("spearman", "pearson", "partial_spearman"):
                 np.testing.assert_allclose(fast[name][stat], slow[stat], rtol=1e-9, atol=1e-12,
                                            err_msg=f"{name} {stat}")
+
+
+def test_average_precision_fast_path_equals_tie_aware_path():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        scores = rng.normal(size=n)
+        relevant = rng.random(n) < 0.3
+        if not relevant.any():
+            continue
+        # Brute force: precision at each relevant position's rank, no ties.
+        order = np.argsort(-scores)
+        hits = relevant[order]
+        expected = np.mean([hits[: k + 1].sum() / (k + 1) for k in range(n) if hits[k]])
+        assert M.average_precision(scores, relevant) == pytest.approx(expected, abs=1e-12)
