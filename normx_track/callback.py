@@ -105,6 +105,11 @@ class NormTracker(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.writer is not None:  # resumed: drop what was recorded after the checkpoint
+            later = [s for s in self.writer.steps() if s > self.last_step]
+            if later:
+                log.warning("%s: dropping %d rows recorded after step %d (steps %d..%d); the run "
+                            "records them again from its checkpoint", self.writer.metrics_path,
+                            len(later), self.last_step, later[0], later[-1])
             self.writer.truncate_after(self.last_step)
         if trainer.global_step == 0 and self.last_step < 0:
             self._snapshot(trainer, pl_module)
