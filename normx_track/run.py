@@ -57,6 +57,9 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     datamodule.setup()
     model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
                                        datamodule.eos_token_id, cfg.trainer.max_steps)
+    # The usual 6 x parameters x tokens estimate: ThroughputMonitor then logs FLOP/s (MFU on GPUs).
+    n_params = sum(p.numel() for p in model.parameters())
+    model.flops_per_batch = 6 * n_params * cfg.data.batch_size * cfg.data.block_size
     loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=list(config_files))
     for logger in loggers:  # the bar the loss must clear: a unigram model's loss
         logger.log_metrics({"data/unigram_entropy": datamodule.unigram_entropy()}, step=0)
