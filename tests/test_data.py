@@ -88,3 +88,18 @@ def test_interrupted_preparation_is_redone(tmp_path):
     (dm.dir / "train.bin").write_bytes(b"half")  # a crash before info.json was written
     dm.setup()
     assert (dm.dir / "info.json").exists() and len(dm.train_set) > 0
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hub_loader_reads_a_local_dataset_directory(tmp_path, streaming):
+    """The hub path (`data.source=hub`) runs the real `datasets.load_dataset(name, ...)`;
+    a local folder stands in for a hub name so no network is needed."""
+    folder = tmp_path / "my_corpus"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"story": t}) for t in TEXTS))
+    cfg = DataConfig(source="hub", name=str(folder), split="train", text_field="story",
+                     streaming=streaming, max_documents=2)
+    assert load_texts(cfg) == TEXTS[:2]
+    missing = DataConfig(source="hub", name=str(tmp_path / "nope"), split="train")
+    with pytest.raises(DataSourceError, match="nope"):
+        load_texts(missing)
