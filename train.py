@@ -10,7 +10,6 @@ This file is the only Hydra glue: configs become the plain dataclasses of
 """
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -18,10 +17,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from normx_track.config import Config, ConfigError, to_dict, validate
+from normx_track.config import Config, ConfigError, validate
 
 ConfigStore.instance().store(name="config_schema", node=Config)
-log = logging.getLogger("train")
 
 
 def to_config(cfg: DictConfig) -> Config:

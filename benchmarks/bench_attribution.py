@@ -168,8 +168,6 @@ def worker(args):
 def time_methods(args):
     """Seconds per example, methods interleaved round by round so that load from other
     processes hits them alike; the minimum over runs is the least disturbed figure."""
-    import torch
-
     _set_threads(args)
     model, device = build(args)
     out = {name: {} for name in args.methods}

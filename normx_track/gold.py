@@ -32,10 +32,11 @@ import dataclasses
 import hashlib
 import math
 import os
-import tempfile
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
+from .records import atomic_open
 
 SIGNALS = ("counts", "self_information", "information_gain",
            "information_gain_corrected", "function_word")
@@ -305,18 +306,10 @@ class GoldStatistics:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an .npz atomically: temp file in the same directory, then os.replace."""
-        path = os.fspath(path)
         arrays = {s: getattr(self, s) for s in self.names()}
         meta = np.array([self.window, self.n_tokens, self.seed], dtype=np.int64)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, _meta=meta, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path) as handle:
+            np.savez(handle, _meta=meta, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "GoldStatistics":

@@ -143,8 +143,8 @@ def test_failed_writes_leave_the_previous_record_intact(tmp_path, monkeypatch):
 
     real_open = records.os.fdopen
 
-    def failing_fdopen(fd, mode="r"):
-        handle = real_open(fd, mode)
+    def failing_fdopen(fd, mode="r", **kwargs):
+        handle = real_open(fd, mode, **kwargs)
         handle.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
         return handle
 

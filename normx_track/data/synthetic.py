@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..records import atomic_open
 
 FUNCTION_CLASSES: dict[str, tuple[str, ...]] = {  # each tuple in Zipf rank order
     "det": ("the", "its", "their", "my", "our", "his", "her", "your", "no", "any"),
@@ -296,14 +296,8 @@ def generate_corpus(cfg: SyntheticConfig) -> SyntheticCorpus:
 
 
 def _write_atomic(path: Path, lines) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        f.writelines(line + "\n" for line in lines)
 
 
 def write_corpus(corpus: SyntheticCorpus, directory: str | Path) -> dict[str, Path]:
