@@ -69,15 +69,19 @@ def snapshot_path(record_dir: Path, step: int) -> Path:
     return record_dir / "snapshots" / f"step_{step:08d}.npz"
 
 
+def _line(row: dict[str, Any]) -> str:
+    return json.dumps({k: _finite_or_none(v) for k, v in row.items()})
+
+
 class RecordWriter:
-    """Writes one run's record. Rows are kept in memory, so each append rewrites
-    metrics.jsonl atomically without re-reading it."""
+    """Writes one run's record. Rows are kept in memory (as their step and JSON line), so
+    each append rewrites metrics.jsonl atomically without re-reading it."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir) / RECORD_DIR
         (self.dir / "snapshots").mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
-        self._lines = [json.dumps(r) for r in read_metrics(self.dir.parent, warn=True)]
+        self._rows = [(int(r["step"]), _line(r)) for r in read_metrics(self.dir.parent)]
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_json(self.dir / "meta.json", meta)
@@ -86,23 +90,23 @@ class RecordWriter:
         atomic_write_json(self.dir / "vocab.json", vocab)
 
     def steps(self) -> list[int]:
-        return [json.loads(line)["step"] for line in self._lines]
+        return [step for step, _ in self._rows]
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        if self._lines and row["step"] <= self.steps()[-1]:
+        if self._rows and row["step"] <= self._rows[-1][0]:
             raise ValueError(f"{self.metrics_path}: step {row['step']} is not after the last "
-                             f"recorded step {self.steps()[-1]}")
-        line = json.dumps({k: _finite_or_none(v) for k, v in row.items()})
-        self._write_lines(self._lines + [line])
-        self._lines.append(line)
+                             f"recorded step {self._rows[-1][0]}")
+        rows = self._rows + [(int(row["step"]), _line(row))]
+        self._write(rows)
+        self._rows = rows
 
     def truncate_after(self, step: int) -> None:
         """Forget rows and snapshots past `step` (written after the checkpoint a run resumes
         from), so the resumed run records them again exactly once."""
-        kept = [line for line in self._lines if json.loads(line)["step"] <= step]
-        if len(kept) != len(self._lines):
-            self._write_lines(kept)
-            self._lines = kept
+        kept = [(s, line) for s, line in self._rows if s <= step]
+        if len(kept) != len(self._rows):
+            self._write(kept)
+            self._rows = kept
         for later, path in list_snapshots(self.dir.parent).items():
             if later > step:
                 path.unlink()
@@ -112,9 +116,9 @@ class RecordWriter:
         atomic_save_npz(path, **arrays)
         return path
 
-    def _write_lines(self, lines: list[str]) -> None:
+    def _write(self, rows: list[tuple[int, str]]) -> None:
         with atomic_open(self.metrics_path, "w") as handle:
-            handle.write("".join(line + "\n" for line in lines))
+            handle.write("".join(line + "\n" for _, line in rows))
 
 
 # -- reading (tolerant: a damaged record is read up to the damage, with a warning) ---------

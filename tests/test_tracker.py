@@ -255,3 +255,12 @@ def test_user_lexicon_is_correlated_and_recorded(cache_dir, tmp_path, tiny_run):
     assert row["normx/n_types/lexicon/concreteness"] == keep.sum() > 3
     assert row["normx/spearman/lexicon/concreteness"] == pytest.approx(
         scipy.stats.spearmanr(norms[keep], scores[keep]).statistic, abs=1e-12)
+
+
+def test_rows_rewritten_after_reopening_stay_strict_json(tmp_path):
+    RecordWriter(tmp_path).append_metrics({"step": 0, "normx/x": float("nan")})
+    reopened = RecordWriter(tmp_path)  # as a resumed run does
+    reopened.append_metrics({"step": 1, "normx/x": 1.0})
+    lines = (reopened.dir / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0], parse_constant=lambda c: pytest.fail(f"non-JSON {c}")) == \
+        {"step": 0, "normx/x": None}
