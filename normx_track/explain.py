@@ -41,7 +41,7 @@ import torch
 from . import checkpoints
 from .attribution import attribute
 from .records import read_json
-from .probes import word_first_token
+from .probe_files import word_first_token
 
 __all__ = ["ExplainError", "Explanation", "explain", "format_table", "load_model",
            "load_tokenizer", "main", "render_html"]

@@ -35,6 +35,15 @@ def _corr(fn, x: np.ndarray, y: np.ndarray) -> float:
         return float(fn(x, y).statistic)
 
 
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman of two score vectors; NaN (never an exception) when fewer than 2 items,
+    non-finite values or a constant input leave it undefined."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return math.nan
+    return _corr(stats.spearmanr, x, y)
+
+
 def _partial(r_xy: float, r_xz: float, r_yz: float) -> float:
     # Undefined when the control determines x or y (|r| = 1 up to rounding).
     spare_x, spare_y = 1 - r_xz**2, 1 - r_yz**2

@@ -13,15 +13,14 @@ from transformers.utils import logging as hf_logging
 
 from normx_track.data.synthetic import SyntheticConfig, generate_corpus, write_corpus
 from normx_track.data.tokenizer import train_bpe
-from normx_track.probes import (
-    EvidenceProbe,
-    FaithfulnessProbe,
+from normx_track.probe_files import (
     MinimalPair,
     ProbeFileError,
     encode_pairs,
     load_blimp_from_hub,
     load_probe_file,
 )
+from normx_track.probes import EvidenceProbe, FaithfulnessProbe
 
 hf_logging.set_verbosity_error()
 
