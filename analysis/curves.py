@@ -18,7 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from . import figures as F
@@ -80,13 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         out = args.out or args.run_dir / "figures"
-        for name, fig in build_figures(run, args.log_steps).items():
-            if isinstance(fig, str):
-                print(f"skipped {name}: {fig}")
-                continue
-            paths = F.save(fig, out, name, args.formats)
-            plt.close(fig)
-            print("wrote " + ", ".join(str(p) for p in paths))
+        F.write_all(build_figures(run, args.log_steps), out, args.formats)
         if run.problems:
             print(f"{len(run.problems)} record problem(s); see the warnings above",
                   file=sys.stderr)

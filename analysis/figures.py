@@ -109,6 +109,18 @@ def save(fig: Figure, out_dir: str | Path, name: str,
     return paths
 
 
+def write_all(figures: dict[str, Figure | str], out_dir: str | Path,
+              formats: Sequence[str]) -> None:
+    """Save each figure (then close it) and say so; a string is why it was skipped."""
+    for name, fig in figures.items():
+        if isinstance(fig, str):
+            print(f"skipped {name}: {fig}")
+            continue
+        paths = save(fig, out_dir, name, formats)
+        plt.close(fig)
+        print("wrote " + ", ".join(str(p) for p in paths))
+
+
 # -- one run -----------------------------------------------------------------------------
 def correlations(frame: pd.DataFrame, log_steps: bool = False, title: str = "") -> Figure:
     """Correlation of the norms with each gold signal against step: a panel per statistic,

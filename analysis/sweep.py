@@ -23,7 +23,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -177,13 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or args.multirun_dir / "analysis"
         out.mkdir(parents=True, exist_ok=True)
         print(f"{len(runs)} runs in {len(labels)} group(s): " + "; ".join(labels))
-        for name, fig in figures.items():
-            if isinstance(fig, str):
-                print(f"skipped {name}: {fig}")
-                continue
-            paths = F.save(fig, out, name, args.formats)
-            plt.close(fig)
-            print("wrote " + ", ".join(str(p) for p in paths))
+        F.write_all(figures, out, args.formats)
         table.to_csv(out / "summary.csv", index=False)
         print(f"wrote {out / 'summary.csv'} ({len(table)} rows)")
         problems = sum(len(run.problems) for run in runs)
