@@ -149,7 +149,8 @@ class NormTracker(L.Callback):
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
         root = trainer.strategy.model if trainer.strategy.model is not None else pl_module
-        arrays = embedding_norms(self._language_model(pl_module), root)  # all ranks (FSDP)
+        model = self._language_model(pl_module)
+        arrays = embedding_norms(model, root)  # on all ranks: FSDP gathers collectively
         self.last_step = step
         if not trainer.is_global_zero:
             return
@@ -160,14 +161,11 @@ class NormTracker(L.Callback):
             rank_zero_warn("NormTracker: probes are skipped under FSDP; replay the checkpoints "
                            "(python -m analysis.replay) to measure them")
         else:
-            row.update(self._run_probes(pl_module))
+            row.update(run_probes(self.probes, model))
         self.writer.write_snapshot(step, arrays)
         self.writer.append_metrics(row)
         self._log(trainer, step, row, arrays)
         self._check_finite(trainer, step, row)
-
-    def _run_probes(self, pl_module: L.LightningModule) -> dict[str, float]:
-        return run_probes(self.probes, self._language_model(pl_module))
 
     def _check_finite(self, trainer: L.Trainer, step: int, row: dict[str, Any]) -> None:
         bad = row.get("normx/norm/n_nonfinite", 0) + row.get("normx/output/norm/n_nonfinite", 0)
@@ -233,6 +231,8 @@ class NormTracker(L.Callback):
 
 def run_probes(probes: Sequence[Probe], model: torch.nn.Module) -> dict[str, float]:
     """All probes' metrics, with the model in eval mode for the duration."""
+    if not probes:
+        return {}
     with eval_mode(model):
         return {k: v for probe in probes for k, v in probe(model).items()}
 

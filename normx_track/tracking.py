@@ -32,9 +32,11 @@ def cached_gold(datamodule: TextDataModule, cfg: Config) -> GoldStatistics:
 
 
 def lexicon_signals(paths: list[str], datamodule: TextDataModule) -> dict[str, np.ndarray]:
+    def encode(text: str) -> list[int]:
+        return datamodule.tokenizer.encode(text, add_special_tokens=False)
+
     signals = {}
     for path in paths:
-        encode = lambda text: datamodule.tokenizer.encode(text, add_special_tokens=False)
         scores, stats = load_lexicon(path, encode, datamodule.vocab_size)
         log.info("lexicon %s: %s", path, stats)
         signals[f"lexicon/{Path(path).stem}"] = scores
