@@ -171,19 +171,12 @@ class TextDataModule(L.LightningDataModule):
         return set(path.read_text().split()) if path.exists() else None
 
     def statistics_documents(self, max_tokens: int | None = None) -> list[np.ndarray]:
-        """Training documents as token arrays, the first `max_tokens` tokens of the stream."""
+        """Training documents as token arrays, the first `max_tokens` tokens of the stream
+        (the last document cut there); only that prefix is read from disk."""
         tokens = np.memmap(self.dir / "train.bin", dtype=np.int32, mode="r")
         bounds = np.cumsum(np.load(self.dir / "train_doc_lengths.npy"))
-        docs = np.split(np.asarray(tokens[: bounds[-1] if len(bounds) else 0]), bounds[:-1])
-        if max_tokens is None:
-            return docs
-        kept, total = [], 0
-        for doc in docs:
-            if total >= max_tokens:
-                break
-            kept.append(doc[: max_tokens - total])
-            total += len(kept[-1])
-        return kept
+        end = len(tokens) if max_tokens is None else min(max_tokens, len(tokens))
+        return np.split(np.asarray(tokens[:end]), bounds[bounds < end]) if end else []
 
     def unigram_entropy(self) -> float:
         """Entropy (nats/token) of the training tokens' unigram distribution."""
