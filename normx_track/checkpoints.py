@@ -15,7 +15,6 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-
 from .records import atomic_open
 
 
