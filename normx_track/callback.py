@@ -6,7 +6,7 @@ and records how they agree with gold importance signals (DESIGN.md).
 
 Works with any LightningModule wrapping an HF model; needs no Hydra and no normx training
 script. One rank measures and writes (weights are replicated under DDP; under FSDP every
-rank takes part in gathering the embedding first).
+rank gathers the whole model first and runs the probes alongside rank zero).
 """
 from __future__ import annotations
 
@@ -21,20 +21,19 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
 
 from . import __version__
 from .attribution import eval_mode
 from .gold import GoldStatistics
 from .records import RecordWriter
 from .snapshot import (NormMetrics, embedding_norms, extreme_tokens, find_language_model,
-                       is_sharded)
+                       full_params, is_sharded)
 
 log = logging.getLogger(__name__)
 
 
 class Probe(Protocol):
-    """Extra measurements at each snapshot (e.g. evidence alignment); rank zero only."""
+    """Extra measurements at each snapshot (e.g. evidence alignment); recorded by rank zero."""
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]: ...
 
@@ -150,18 +149,17 @@ class NormTracker(L.Callback):
         step = trainer.global_step
         root = trainer.strategy.model if trainer.strategy.model is not None else pl_module
         model = self._language_model(pl_module)
-        arrays = embedding_norms(model, root)  # on all ranks: FSDP gathers collectively
+        sharded = is_sharded(root)
+        with full_params(root):  # FSDP: every rank gathers the whole model, collectively
+            arrays = embedding_norms(model)
+            # Under FSDP all ranks run the probes in step, so any collective inside matches.
+            probe_row = run_probes(self.probes, model) if sharded or trainer.is_global_zero else {}
         self.last_step = step
         if not trainer.is_global_zero:
             return
         row = {"step": step, "tokens_seen": self.tokens_seen}
         row.update(self._metrics(arrays))
-        if self.probes and is_sharded(root):
-            # A probe's forward on rank zero alone would wait forever for the other shards.
-            rank_zero_warn("NormTracker: probes are skipped under FSDP; replay the checkpoints "
-                           "(python -m analysis.replay) to measure them")
-        else:
-            row.update(run_probes(self.probes, model))
+        row.update(probe_row)
         self.writer.write_snapshot(step, arrays)
         self.writer.append_metrics(row)
         self._log(trainer, step, row, arrays)

@@ -177,9 +177,9 @@ def validate(cfg: Config) -> Config:
     if cfg.data.block_size > cfg.model.n_positions:
         raise ConfigError(f"data.block_size ({cfg.data.block_size}) must be <= "
                           f"model.n_positions ({cfg.model.n_positions})")
-    if "fsdp" in cfg.trainer.strategy and cfg.trainer.accelerator == "cpu":
-        raise ConfigError("trainer.strategy=fsdp needs trainer.accelerator=gpu (Lightning's "
-                          "FSDP runs on GPUs only); on CPU use trainer.strategy=ddp")
+    if cfg.trainer.strategy.startswith("fsdp_") and cfg.trainer.accelerator == "cpu":
+        raise ConfigError(f"trainer.strategy={cfg.trainer.strategy} needs trainer.accelerator=gpu;"
+                          " on CPU use trainer.strategy=fsdp (gloo) or ddp")
     if cfg.data.source == "hub" and not cfg.data.name:
         raise ConfigError("data.name must name a hub dataset when data.source is 'hub'")
     if cfg.data.source == "files" and not cfg.data.files:

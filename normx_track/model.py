@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from .config import ModelConfig, OptimConfig
+from .snapshot import is_sharded
 
 _ARCH_TO_MODEL_TYPE = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "llama": "llama"}
 
@@ -50,6 +51,8 @@ class LanguageModel(L.LightningModule):
         self.model = AutoModelForCausalLM.from_config(config)
         self.optim = OptimConfig(**{**optim, "betas": tuple(optim["betas"])})
         self.max_steps = max_steps
+        # Matrices (embeddings included) decay; biases and norm gains do not (nanoGPT's rule).
+        self._matrix_names = {n for n, p in self.named_parameters() if p.dim() >= 2}
 
     @classmethod
     def from_configs(cls, model: ModelConfig, optim: OptimConfig, vocab_size: int,
@@ -77,10 +80,10 @@ class LanguageModel(L.LightningModule):
         self.log("val/perplexity", torch.exp(loss), sync_dist=True)
 
     def configure_optimizers(self):
-        # Matrices (embeddings included) decay; biases and norm gains do not (nanoGPT's rule).
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
+        # Shapes were read at construction: FSDP hands us flat 1-D shards with the same names.
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        decay = [p for n, p in params if n in self._matrix_names]
+        no_decay = [p for n, p in params if n not in self._matrix_names]
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=self.optim.betas)
@@ -88,3 +91,13 @@ class LanguageModel(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_cosine(s, o.warmup_steps, self.max_steps, o.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val and is_sharded(self.trainer.strategy.model):
+            # Lightning's FSDP precision cannot clip by norm; FSDP's own method takes the
+            # norm over all shards, as one device would.
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
 from .checkpoints import AtomicCheckpointIO
-from .config import Config, to_dict
+from .config import Config, TrainerConfig, to_dict
 from .data.datamodule import TextDataModule
 from .loggers import build_loggers
 from .model import LanguageModel
@@ -33,10 +34,21 @@ def build_callbacks(cfg: Config, datamodule: TextDataModule, out: Path) -> list[
     return callbacks
 
 
+def build_strategy(t: TrainerConfig) -> str | Strategy:
+    if t.strategy != "fsdp":
+        return t.strategy
+    # Original parameters (names, weight-decay groups) survive wrapping with use_orig_params.
+    if t.accelerator == "cpu":
+        from .strategies import CPUFSDPStrategy
+        return CPUFSDPStrategy(use_orig_params=True)
+    return FSDPStrategy(use_orig_params=True)
+
+
 def build_trainer(cfg: Config, out: Path, loggers, callbacks) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=build_strategy(t),
         precision=t.precision, max_steps=t.max_steps, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,

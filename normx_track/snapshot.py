@@ -33,21 +33,20 @@ def is_sharded(module: torch.nn.Module) -> bool:
     return any(isinstance(m, FSDP) for m in module.modules())
 
 
-def _full_params(module: torch.nn.Module):
-    """Under FSDP the embedding is sharded; gather it for the duration of a snapshot."""
-    if is_sharded(module):
+def full_params(root: torch.nn.Module):
+    """Under FSDP the parameters are shards: gather the whole model on every rank (a
+    collective, so all ranks must enter) for the duration of a snapshot. A no-op otherwise."""
+    if is_sharded(root):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        return FSDP.summon_full_params(module, writeback=False, recurse=True)
+        return FSDP.summon_full_params(root, writeback=False, recurse=True)
     return nullcontext()
 
 
-def embedding_norms(language_model: torch.nn.Module, root: torch.nn.Module | None = None
-                    ) -> dict[str, np.ndarray]:
+def embedding_norms(language_model: torch.nn.Module) -> dict[str, np.ndarray]:
     """`input_norm` ||E[w]|| and, when the head is untied, `output_norm` ||U[w]||, as numpy.
-    `root` is the (possibly FSDP-wrapped) module whose parameters must be gathered first."""
-    with _full_params(root if root is not None else language_model):
-        norms = attribution.embedding_norms(language_model)
+    Under FSDP call it inside `full_params(root)`."""
+    norms = attribution.embedding_norms(language_model)
     # FSDP2 shards rows as DTensors: the norms are gathered (V floats), not the matrix.
     return {f"{side}_norm": (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu().numpy()
             for side, v in norms.items()}

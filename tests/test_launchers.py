@@ -52,3 +52,8 @@ def test_model_presets_build_and_train_a_step(preset: str):
     loss = module._loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and loss.item() == pytest.approx(torch.log(torch.tensor(97.)).item(), rel=0.2)
+    # nanoGPT's rule, by shape: matrices (embeddings included) decay, vectors do not.
+    decay, no_decay = module.configure_optimizers()["optimizer"].param_groups
+    assert decay["weight_decay"] == config.optim.weight_decay > 0 == no_decay["weight_decay"]
+    assert {id(p) for p in decay["params"]} == {id(p) for p in hf.parameters() if p.ndim == 2}
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in hf.parameters() if p.ndim == 1}

@@ -119,6 +119,26 @@ def test_ddp_two_processes_give_the_single_process_rows(tiny_run, cache_dir, tmp
     assert_rows_close(rows_of(out), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.timeout(300)
+def test_fsdp_two_processes_give_the_single_process_rows_and_resume(tiny_run, cache_dir, tmp_path):
+    """FSDP over gloo: the tracker gathers the sharded embedding, the probes run on the
+    gathered model, checkpoints are full state dicts that resume to the same rows."""
+    out = tmp_path / "fsdp"
+    overrides = [o if not o.startswith("data.batch_size") else "data.batch_size=2" for o in TINY]
+    fsdp = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.precision=32-true", "logger=none"]
+    run_train(cache_dir, *overrides, *fsdp, f"hydra.run.dir={out}")
+    expected = rows_of(tiny_run)
+    assert any(key.startswith("normx/evidence_ap/") for key in expected[0])  # probes compared too
+    assert_rows_close(rows_of(out), expected, rtol=1e-4, atol=1e-6)
+    single = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    sharded = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert sharded.keys() == single.keys()  # a whole model, loadable by replay and explain
+    run_train(cache_dir, *overrides, *fsdp, f"hydra.run.dir={out}",
+              f"ckpt_path={out / 'checkpoints' / 'step_00000004.ckpt'}")
+    assert_rows_close(rows_of(out), expected, rtol=1e-4, atol=1e-6)
+
+
 def test_snapshot_schedule():
     taken = [s for s in range(0, 301) if snapshot_schedule(s, 100, log_spaced=True)]
     assert taken == [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300]
