@@ -74,6 +74,7 @@ class NormTracker(L.Callback):
         self.probes, self.stop_on_nonfinite = list(probes), stop_on_nonfinite
         self.meta, self.model_getter = dict(meta or {}), model_getter
         self.last_step = -1  # the last step recorded (state kept in checkpoints)
+        self._failed_loggers: set[int] = set()  # warned about once
         self.tokens_seen = 0
         self.writer: RecordWriter | None = None
         self._metrics: NormMetrics | None = None  # prepared on rank zero at setup
@@ -177,9 +178,17 @@ class NormTracker(L.Callback):
              arrays: dict[str, np.ndarray]) -> None:
         scalars = {k: v for k, v in row.items() if k != "step"}
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
-            if isinstance(logger, WandbLogger):
-                self._log_wandb_extras(logger, step, arrays)
+            try:  # the record is already on disk: a failing logger must not stop training
+                logger.log_metrics(scalars, step=step)
+                if isinstance(logger, WandbLogger) and not getattr(logger, "failed", False):
+                    self._log_wandb_extras(logger, step, arrays)
+            except Exception as err:
+                if callable(getattr(logger, "fall_back", None)):
+                    logger.fall_back(err)  # ResilientWandbLogger: CSV from here on
+                elif id(logger) not in self._failed_loggers:
+                    self._failed_loggers.add(id(logger))
+                    log.warning("NormTracker: %s failed (%s: %s); the record under %s goes on",
+                                type(logger).__name__, type(err).__name__, err, self.writer.dir)
 
     def _log_wandb_extras(self, logger: WandbLogger, step: int, arrays: dict[str, np.ndarray]):
         """Histogram, top/bottom-norm table and norm-vs-information-gain scatter."""

@@ -1,15 +1,18 @@
 """Lightning loggers from a `LoggerConfig`. W&B runs online when logged in, offline otherwise
-(`WANDB_MODE` wins when set); if W&B cannot start, training goes on with a CSV logger."""
+(`WANDB_MODE` wins when set); if W&B cannot start, or fails mid-run, training goes on with a
+CSV logger."""
 from __future__ import annotations
 
 import logging
 import netrc
+from collections import deque
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from .config import LoggerConfig
 
@@ -52,9 +55,84 @@ def build_loggers(cfg: LoggerConfig, save_dir: str | Path, config: dict[str, Any
     return [logger]
 
 
+class ResilientWandbLogger(WandbLogger):
+    """A WandbLogger that cannot stop training. If W&B fails mid-run (its service dies, the
+    network goes), the failure is reported once, W&B is dropped, and metrics go on to a CSV
+    logger in the run directory. What W&B had written locally (`wandb/<run>/run-*.wandb`)
+    can still be uploaded with `wandb sync`."""
+
+    # Rows W&B accepted but may not have written when it died are also sent to the CSV.
+    IN_FLIGHT_ROWS = 256
+
+    def __init__(self, *args: Any, save_dir: str, **kwargs: Any):
+        super().__init__(*args, save_dir=save_dir, **kwargs)
+        self.fallback: CSVLogger | None = None
+        self._recent: deque[tuple[dict[str, Any], int | None]] = deque(maxlen=self.IN_FLIGHT_ROWS)
+        self._params: list[Any] = []
+
+    @property
+    def failed(self) -> bool:
+        return self.fallback is not None
+
+    def guard(self, call: Callable[[], Any]) -> bool:
+        """Run a W&B call; on failure switch to the CSV fallback. True if W&B took it."""
+        if self.fallback is None:
+            try:
+                call()
+                return True
+            except Exception as err:  # whatever W&B raises, training goes on
+                self.fall_back(err)
+        return False
+
+    def fall_back(self, err: Exception) -> None:
+        """Report `err` and send everything from now on to CSV."""
+        if self.fallback is not None:
+            return
+        local = getattr(self._experiment, "dir", None)
+        run_dir = str(Path(local).parent) if local else f"{self.save_dir}/wandb"
+        log.warning("W&B failed mid-run (%s: %s); logging goes on to CSV under %s/csv. "
+                    "Upload what W&B kept locally with `wandb sync %s`",
+                    type(err).__name__, err, self.save_dir, run_dir)
+        self.fallback = CSVLogger(self.save_dir, name="csv")
+        for params in self._params:
+            self.fallback.log_hyperparams(params)
+        for metrics, step in self._recent:
+            self.fallback.log_metrics(metrics, step)
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        if self.guard(lambda: super(ResilientWandbLogger, self).log_metrics(metrics, step)):
+            self._recent.append((dict(metrics), step))
+        else:
+            self.fallback.log_metrics(metrics, step)
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        if self.guard(lambda: super(ResilientWandbLogger, self).log_hyperparams(params)):
+            self._params.append(params)
+        else:
+            self.fallback.log_hyperparams(params)
+
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.guard(lambda: super(ResilientWandbLogger, self).after_save_checkpoint(
+            checkpoint_callback))
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self.fallback is not None:
+            self.fallback.save()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.guard(lambda: super(ResilientWandbLogger, self).finalize(status))
+        if self.fallback is not None:
+            self.fallback.finalize(status)
+
+
 def _start_wandb(cfg: LoggerConfig, save_dir: str, config: dict[str, Any],
                  files: list[Path]) -> WandbLogger:
-    logger = WandbLogger(project=cfg.project, entity=cfg.entity, group=cfg.group,
+    logger = ResilientWandbLogger(project=cfg.project, entity=cfg.entity, group=cfg.group,
                          tags=list(cfg.tags), name=cfg.name, save_dir=save_dir,
                          mode=wandb_mode(cfg))
     run = logger.experiment  # starts the run now, so failures surface here

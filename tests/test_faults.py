@@ -1,4 +1,5 @@
-"""Faults of long runs: kill -9 mid-training, W&B unreachable. Nothing already written is lost."""
+"""Faults of long runs: kill -9 mid-training, W&B unreachable at start or dying mid-run.
+Nothing already written is lost."""
 from __future__ import annotations
 
 import os
@@ -9,11 +10,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from conftest import ROOT, TINY, run_train, subprocess_env
 from normx_track.records import list_snapshots, read_metrics
+from wandb_log import history
 
 LONG = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.checkpoint_every"))]
 LONG += ["trainer.max_steps=120", "trainer.checkpoint_every_n_steps=10", "logger=none"]
@@ -63,3 +66,49 @@ def test_unreachable_wandb_falls_back_to_csv_and_keeps_the_record(cache_dir: Pat
     assert "W&B could not start" in proc.stderr + proc.stdout
     assert list((out / "csv").rglob("metrics.csv")), "no CSV fallback log"
     assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 4, 8]
+
+
+def wandb_service_of(pid: int) -> int | None:
+    """The pid of the wandb-core process serving the Python process `pid`."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0].endswith(b"wandb-core") and str(pid).encode() in args:
+            return int(cmdline.parent.name)
+    return None
+
+
+@pytest.mark.timeout(400)
+def test_wandb_dying_mid_run_loses_nothing(cache_dir: Path, tmp_path: Path):
+    """The W&B service is killed after step 30: training and the record go on, the local
+    W&B run file keeps every row logged before (for `wandb sync`), CSV takes the rest."""
+    out = tmp_path / "run"
+    args = [o for o in LONG if o != "logger=none"] + ["logger=wandb", f"hydra.run.dir={out}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                            env=subprocess_env(cache_dir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000030.ckpt").exists() and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.02)
+    service = wandb_service_of(proc.pid)
+    assert service is not None, "no wandb-core process found"
+    os.kill(service, signal.SIGKILL)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, stderr[-3000:]
+    logged = (out / "train.log").read_text()  # Hydra's job log
+    assert "W&B failed mid-run" in logged and "wandb sync" in logged
+    # Every scheduled snapshot (every 4 steps, log-spaced before) and checkpoint (every 10).
+    expected = sorted({0, 1, 2} | set(range(4, 121, 4)) | set(range(10, 121, 10)))
+    assert [r["step"] for r in read_metrics(out)] == expected
+
+    kept = history(next((out / "wandb").glob("offline-run-*/run-*.wandb")))
+    synced = sorted({r["trainer/global_step"] for r in kept if "train/loss" in r})
+    csv = pd.read_csv(next((out / "csv").rglob("metrics.csv")))
+    fallback = sorted(set(csv["step"][csv["train/loss"].notna()]))
+    assert synced == list(range(len(synced))) and len(synced) >= 20  # a gap-free prefix
+    assert fallback == list(range(fallback[0], 120))  # and a gap-free rest
+    # Rows in flight when the service died went to the CSV too: none is in neither.
+    assert fallback[0] <= len(synced) <= 30
