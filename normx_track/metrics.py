@@ -250,6 +250,52 @@ def random_dot_product(relevant_mask: np.ndarray) -> float:
     return float(relevant.mean()) if relevant.any() else math.nan
 
 
+def _rows(importance: np.ndarray, relevant: np.ndarray, valid: np.ndarray):
+    """Padded rows [..., B, T] as [N, T] float scores and [N, T] masks (relevant & valid),
+    with NaN-free rows flagged; `relevant` and `valid` [B, T] broadcast over leading axes."""
+    importance = np.asarray(importance, np.float64)
+    shape = importance.shape
+    valid = np.broadcast_to(np.asarray(valid, bool), shape).reshape(-1, shape[-1])
+    relevant = np.broadcast_to(np.asarray(relevant, bool), shape).reshape(-1, shape[-1]) & valid
+    importance = importance.reshape(-1, shape[-1])
+    finite = (np.isfinite(importance) | ~valid).all(axis=1)
+    return importance, relevant, valid, finite, shape[:-1]
+
+
+def average_precision_rows(importance: np.ndarray, relevant: np.ndarray,
+                           valid: np.ndarray) -> np.ndarray:
+    """`average_precision` of each padded row over its valid positions, vectorised: rows
+    without ties take one sort; rows with ties take the exact scalar path. NaN for a row
+    with no relevant position or a non-finite score (a diverged model)."""
+    scores, relevant, valid, finite, shape = _rows(importance, relevant, valid)
+    masked = np.where(valid, scores, -np.inf)
+    order = np.argsort(-masked, axis=1, kind="stable")  # valid positions first
+    ranked = np.take_along_axis(masked, order, axis=1)
+    hits = np.take_along_axis(relevant, order, axis=1)
+    n_valid, n_relevant = valid.sum(axis=1), hits.sum(axis=1)
+    inside = np.arange(1, scores.shape[1])[None, :] < n_valid[:, None]
+    tied = ((ranked[:, 1:] == ranked[:, :-1]) & inside).any(axis=1)
+    precision = np.cumsum(hits, axis=1) / np.arange(1, scores.shape[1] + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(hits, precision, 0.0).sum(axis=1) / n_relevant
+    out[~finite | (n_relevant == 0)] = np.nan
+    for i in np.flatnonzero(tied & finite & (n_relevant > 0)):
+        out[i] = average_precision(scores[i, valid[i]], relevant[i, valid[i]])
+    return out.reshape(shape)
+
+
+def dot_product_alignment_rows(importance: np.ndarray, relevant: np.ndarray,
+                               valid: np.ndarray) -> np.ndarray:
+    """`dot_product_alignment` of each padded row over its valid positions, vectorised."""
+    scores, relevant, valid, finite, shape = _rows(importance, relevant, valid)
+    masked = np.where(valid & np.isfinite(scores), scores, -np.inf)
+    weights = np.exp(masked - masked.max(axis=1, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (weights * relevant).sum(axis=1) / weights.sum(axis=1)
+    out[~finite | ~relevant.any(axis=1)] = np.nan
+    return out.reshape(shape)
+
+
 # ------------------------------------------------------------------ faithfulness
 def topk_positions(importance: np.ndarray, fraction: float) -> np.ndarray:
     """Indices of the ceil(fraction * n) most important positions (at least 1, at most

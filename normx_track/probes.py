@@ -61,9 +61,9 @@ from torch import Tensor, nn
 from .attribution import attribute, eval_mode
 from .metrics import (
     DEFAULT_FRACTIONS,
-    average_precision,
+    average_precision_rows,
     comprehensiveness,
-    dot_product_alignment,
+    dot_product_alignment_rows,
     random_average_precision,
     random_dot_product,
     spearman,
@@ -102,13 +102,6 @@ def _nanmean(values: Iterable[float]) -> float:
     if arr.size == 0 or not np.isfinite(arr).any():
         return math.nan
     return float(np.nanmean(arr))
-
-
-def _safe(fn, *args) -> float:
-    """A metric of finite scores; NaN (not an exception) when a diverged model gives NaN."""
-    if not np.isfinite(args[0]).all():
-        return math.nan
-    return fn(*args)
 
 
 def _key_part(text: str) -> str:
@@ -188,22 +181,21 @@ class EvidenceProbe:
             if a.layers:
                 layer_scores = {"normxlogit": a.normxlogit_layers.cpu().numpy(),
                                 "logat": a.logat_layers.cpu().numpy()}
-            for b in range(len(batch)):
-                t = int(batch.last[b])
-                relevant = batch.cue_mask[b, : t + 1].numpy()
-                if not relevant.any():
-                    continue
-                for name, s in scores.items():
-                    row = s[b, : t + 1]
-                    ap.setdefault(name, []).append(_safe(average_precision, row, relevant))
-                    dp.setdefault(name, []).append(_safe(dot_product_alignment, row, relevant))
-                ap.setdefault("random", []).append(random_average_precision(relevant))
-                dp.setdefault("random", []).append(random_dot_product(relevant))
-                for name, stack in layer_scores.items():
-                    for j, layer in enumerate(a.layers):
-                        key = f"{name}/layer_{layer:02d}"
-                        by_layer.setdefault(key, []).append(
-                            _safe(average_precision, stack[j, b, : t + 1], relevant))
+            valid = np.arange(ids.shape[1])[None, :] <= batch.last.numpy()[:, None]
+            relevant = batch.cue_mask.numpy().astype(bool) & valid
+            cued = relevant.any(axis=1)  # pairs without cues do not enter the averages
+            for name, s in scores.items():
+                ap.setdefault(name, []).extend(average_precision_rows(s, relevant, valid)[cued])
+                dp.setdefault(name, []).extend(
+                    dot_product_alignment_rows(s, relevant, valid)[cued])
+            for b in np.flatnonzero(cued):
+                prefix = relevant[b, : int(batch.last[b]) + 1]
+                ap.setdefault("random", []).append(random_average_precision(prefix))
+                dp.setdefault("random", []).append(random_dot_product(prefix))
+            for name, stack in layer_scores.items():
+                per_layer = average_precision_rows(stack, relevant, valid)[:, cued]
+                for layer, values in zip(a.layers, per_layer):
+                    by_layer.setdefault(f"{name}/layer_{layer:02d}", []).extend(values)
 
         n_cued = int(enc.has_cues.sum())
         out: dict[str, float] = {}

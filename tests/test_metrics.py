@@ -211,3 +211,30 @@ def test_average_precision_fast_path_equals_tie_aware_path():
         hits = relevant[order]
         expected = np.mean([hits[: k + 1].sum() / (k + 1) for k in range(n) if hits[k]])
         assert M.average_precision(scores, relevant) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("distinct", [True, False])
+def test_row_metrics_equal_the_scalar_ones_row_by_row(distinct):
+    """Padded batches (leading layer axis, prefixes of random length, ties, a NaN row, a
+    row without cues) give what the scalar functions give on each row's valid prefix."""
+    rng = np.random.default_rng(3)
+    layers, batch, width = 3, 40, 12
+    scores = (rng.normal(size=(layers, batch, width)) if distinct
+              else rng.integers(0, 3, size=(layers, batch, width)).astype(float))
+    lengths = rng.integers(1, width + 1, size=batch)
+    valid = np.arange(width)[None, :] < lengths[:, None]
+    relevant = rng.random((batch, width)) < 0.3
+    relevant[0] = False
+    scores[1, 5, 0] = np.nan
+    scores[:, 6, lengths[6]:] = np.nan  # padding may hold anything
+    ap = M.average_precision_rows(scores, relevant, valid)
+    dp = M.dot_product_alignment_rows(scores, relevant, valid)
+    assert ap.shape == dp.shape == (layers, batch)
+    for j in range(layers):
+        for b in range(batch):
+            row, cue = scores[j, b, :lengths[b]], relevant[b, :lengths[b]]
+            if not cue.any() or not np.isfinite(row).all():
+                assert np.isnan(ap[j, b]) and np.isnan(dp[j, b])
+                continue
+            assert ap[j, b] == pytest.approx(M.average_precision(row, cue), abs=1e-12)
+            assert dp[j, b] == pytest.approx(M.dot_product_alignment(row, cue), abs=1e-12)
