@@ -86,12 +86,12 @@ def bench_overhead(steps: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_tracker(cfg, datamodule, Path(tmp))  # gold statistics cached before timing
         for r in range(repeats):  # interleaved, so machine noise hits every variant alike
-            for name, overrides in VARIANTS.items():
+            for v, (name, overrides) in enumerate(VARIANTS.items()):
                 variant = copy.deepcopy(cfg)
                 for key, value in (overrides or {}).items():
                     setattr(variant.tracker, key, value)
                 times[name].append(train_seconds(variant, datamodule, overrides is not None,
-                                                 Path(tmp) / f"{r}_{len(times[name])}"))
+                                                 Path(tmp) / f"repeat{r}_variant{v}"))
     tokens = steps * cfg.data.batch_size * cfg.data.block_size
     best = {name: min(t) for name, t in times.items()}  # (wall, inside the tracker)
     base = best["no tracker"][0]

@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import WandbLogger
 from . import __version__
 from .attribution import eval_mode
 from .gold import GoldStatistics
-from .records import RecordWriter
+from .records import RecordWriter, set_aside
 from .snapshot import (NormMetrics, embedding_norms, extreme_tokens, find_language_model,
                        full_params, is_sharded)
 
@@ -96,14 +96,13 @@ class NormTracker(L.Callback):
             raise ValueError(f"the model's embedding has {rows} rows but the gold statistics "
                              f"cover {self.gold.vocab_size} token types: wrong tokenizer?")
         if trainer.is_global_zero:
-            self.writer = RecordWriter(self.out_dir or trainer.default_root_dir)
-            self.writer.write_meta(self._meta(pl_module))
-            if self.vocab is not None:
-                self.writer.write_vocab(self.vocab)
-            self.gold.save(self.writer.dir / "gold.npz")
             self._metrics = NormMetrics(self.signals, self.gold.counts, self.min_count)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Checkpoint state is restored by now (under FSDP only after on_fit_start), so a
+        # fresh run (last_step < 0) is told apart from a resumed one.
+        if trainer.is_global_zero:
+            self._open_record(trainer, pl_module)
         if self.writer is not None:  # resumed: drop what was recorded after the checkpoint
             later = [s for s in self.writer.steps() if s > self.last_step]
             if later:
@@ -113,6 +112,19 @@ class NormTracker(L.Callback):
             self.writer.truncate_after(self.last_step)
         if trainer.global_step == 0 and self.last_step < 0:
             self._snapshot(trainer, pl_module)
+
+    def _open_record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        run_dir = self.out_dir or trainer.default_root_dir
+        if self.last_step < 0:  # a fresh run never writes over an earlier run's record
+            moved = set_aside(run_dir)
+            if moved is not None:
+                log.warning("%s already held a record from another run; moved it to %s",
+                            run_dir, moved)
+        self.writer = RecordWriter(run_dir)
+        self.writer.write_meta(self._meta(pl_module))
+        if self.vocab is not None:
+            self.writer.write_vocab(self.vocab)
+        self.gold.save(self.writer.dir / "gold.npz")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.tokens_seen += _count_tokens(batch) * trainer.world_size

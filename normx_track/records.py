@@ -13,6 +13,7 @@ import math
 import os
 import re
 import tempfile
+import time
 import warnings
 import zipfile
 import zlib
@@ -63,6 +64,20 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def set_aside(run_dir: str | Path) -> Path | None:
+    """Rename `<run_dir>/normx` to `normx.replaced-<time>` if it holds anything, so a fresh
+    run in the same folder cannot overwrite it; returns the new path (None: nothing there)."""
+    record = Path(run_dir) / RECORD_DIR
+    if not record.is_dir() or not any(record.iterdir()):
+        return None
+    target = record.with_name(f"{RECORD_DIR}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target, n = target.with_name(f"{target.name.split('~')[0]}~{n}"), n + 1
+    record.rename(target)
+    return target
 
 
 def snapshot_path(record_dir: Path, step: int) -> Path:
@@ -123,8 +138,11 @@ class RecordWriter:
 
 # -- reading (tolerant: a damaged record is read up to the damage, with a warning) ---------
 def record_dir(run_dir: str | Path) -> Path:
+    """`<run_dir>/normx`, or `run_dir` itself when it is a record (e.g. one set aside)."""
     run_dir = Path(run_dir)
-    return run_dir if run_dir.name == RECORD_DIR else run_dir / RECORD_DIR
+    if run_dir.name == RECORD_DIR or (run_dir / "metrics.jsonl").exists():
+        return run_dir
+    return run_dir / RECORD_DIR
 
 
 def read_metrics(run_dir: str | Path, warn: bool = True) -> list[dict[str, Any]]:

@@ -108,6 +108,18 @@ def test_resume_after_checkpoint_gives_the_uninterrupted_rows(tiny_run, cache_di
     assert sorted(records.list_snapshots(crashed)) == [0, 1, 2, 4, 8]
 
 
+def test_fresh_run_in_a_used_folder_sets_the_old_record_aside(tiny_run, cache_dir, tmp_path):
+    used = tmp_path / "used"
+    shutil.copytree(tiny_run, used, ignore=shutil.ignore_patterns("wandb"))
+    short = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=2"]
+    run_train(cache_dir, *short, "logger=none", f"hydra.run.dir={used}")  # no ckpt_path
+    (aside,) = used.glob("normx.replaced-*")
+    assert [r["step"] for r in read_metrics(aside)] == [0, 1, 2, 4, 8]  # the old run, whole
+    assert sorted(records.list_snapshots(aside)) == [0, 1, 2, 4, 8]
+    assert_rows_close(read_metrics(aside), rows_of(tiny_run))
+    assert [r["step"] for r in rows_of(used)] == [0, 1, 2]  # the new run, alone
+
+
 @pytest.mark.timeout(300)
 def test_ddp_two_processes_give_the_single_process_rows(tiny_run, cache_dir, tmp_path):
     out = tmp_path / "ddp"
