@@ -5,8 +5,12 @@
    (off, on, off, on, ...) so machine noise hits both alike; the best of each is compared.
 2. The cost of one snapshot of a GPT-2-sized embedding (50,257 x 768) against three gold
    signals: norms + all metrics (target: under 30 ms on CPU).
+3. GPT-2 small (124 M parameters, 50,257-token vocabulary) on this machine: one training
+   step versus one snapshot with the default evidence probe (100 pairs), and the share of
+   training they make at a snapshot every 100 and every 500 steps. On a GPU the step, the
+   norms and the probe's forward passes all move to the device; the metrics stay on CPU.
 
-    python benchmarks/bench_tracker.py [--steps 600] [--repeats 2]
+    python benchmarks/bench_tracker.py [--steps 600] [--repeats 2] [--skip-default-run]
 """
 from __future__ import annotations
 
@@ -23,10 +27,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from normx_track.config import Config, validate
+from normx_track.config import Config, ModelConfig, validate
 from normx_track.data.datamodule import TextDataModule
 from normx_track.gold import compute_gold
 from normx_track.model import LanguageModel
+from normx_track.probes import EvidenceProbe
 from normx_track.snapshot import NormMetrics, embedding_norms
 from normx_track.tracking import build_tracker
 from summary import emit  # benchmarks/ is on sys.path when run as a script
@@ -134,16 +139,78 @@ def bench_snapshot(repeats: int = 20) -> None:
     emit("snapshot, 50257 x 768, 3 gold signals", total, "ms", "< 30", total < 30)
 
 
+def bench_gpt2_small(batch: int = 8, block: int = 256, steps: int = 4) -> None:
+    cfg = validate(Config())
+    cfg.data.cache_dir = os.environ.get("NORMX_CACHE_DIR", ".cache/normx")
+    datamodule = TextDataModule(cfg.data, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup()
+    cfg.model = ModelConfig(n_layer=12, n_embd=768, n_head=12, n_positions=1024)  # gpt2_small
+    vocab = 50_257
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = LanguageModel.from_configs(cfg.model, cfg.optim, vocab, 0, 1000).to(device)
+    optimizer = module.configure_optimizers()["optimizer"]
+    ids = torch.randint(0, vocab, (batch, block), device=device)
+
+    def train_step() -> None:
+        loss = module._loss({"input_ids": ids})
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    train_step()  # warm-up
+    step_s = _median_seconds(train_step, steps, device)
+    rng = np.random.default_rng(0)
+    zipf = 1 / np.arange(1, vocab + 1) ** 1.1
+    gold = compute_gold(np.split(rng.choice(vocab, size=1_000_000, p=zipf / zipf.sum()), 2000),
+                        vocab, shuffle_correction=True)
+    metrics = NormMetrics({n: getattr(gold, n) for n in gold.names()}, gold.counts, 10)
+    probe = EvidenceProbe(datamodule.probe_file, datamodule.tokenizer, max_pairs=100)
+    hf = module.model
+    probe(hf)  # warm-up
+    norms_s = _median_seconds(lambda: metrics(embedding_norms(hf)), 5, device)
+    probe_s = _median_seconds(lambda: probe(hf), 3, device)
+    snapshot_s = norms_s + probe_s
+    print(f"GPT-2 small (124 M) on {device}, training step of {batch}x{block} tokens: "
+          f"{1000 * step_s:.0f} ms ({batch * block / step_s:.0f} tokens/s)")
+    print(f"  snapshot: norms + metrics {1000 * norms_s:.0f} ms, evidence probe (100 pairs) "
+          f"{1000 * probe_s:.0f} ms")
+    for every in (100, 500):
+        share = snapshot_s / (every * step_s)
+        print(f"  a snapshot every {every} steps: {100 * share:.3f}% of training")
+        emit(f"GPT-2 small ({device}): tracker share, snapshot every {every} steps",
+             100 * share, "%", "< 1", share < 0.01)
+    emit(f"GPT-2 small ({device}): training throughput", batch * block / step_s, "tokens/s",
+         "", None)
+
+
+def _median_seconds(fn, repeats: int, device: str) -> float:
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)  # the default run
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-default-run", action="store_true",
+                        help="only the snapshot and GPT-2 small figures")
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     print(f"torch threads: {torch.get_num_threads()}")
     bench_snapshot()
-    bench_overhead(args.steps, args.repeats)
+    bench_gpt2_small()
+    if not args.skip_default_run:
+        bench_overhead(args.steps, args.repeats)
 
 
 if __name__ == "__main__":
