@@ -76,6 +76,7 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     for logger in loggers:  # the bar the loss must clear: a unigram model's loss
         logger.log_metrics({"data/unigram_entropy": datamodule.unigram_entropy()}, step=0)
     trainer = build_trainer(cfg, out, loggers, build_callbacks(cfg, datamodule, out))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # Resuming never unpickles arbitrary objects: our checkpoints hold tensors and plain data.
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     val_loss = trainer.callback_metrics.get("val/loss")
     return float(val_loss) if val_loss is not None else None
