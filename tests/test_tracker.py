@@ -245,6 +245,30 @@ def test_callback_in_a_plain_lightning_script_tracks_untied_output_norms(tmp_pat
                                model.lm.transformer.wte.weight.detach().norm(dim=1).numpy(), rtol=1e-6)
 
 
+def test_disk_full_mid_training_stops_with_the_file_named_and_keeps_the_record(
+        tmp_path, monkeypatch):
+    _, ids = plain_data(50)
+    gold = compute_gold([d.numpy() for d in ids], 50, shuffle_correction=False)
+    real_savez, calls = records.np.savez, []
+
+    def savez_until_full(handle, **arrays):  # gold.npz, steps 0, 1, 2, then the disk is full
+        calls.append(1)
+        if len(calls) == 5:
+            handle.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_savez(handle, **arrays)
+
+    monkeypatch.setattr(records.np, "savez", savez_until_full)
+    with pytest.raises(RecordWriteError, match=r"step_00000003\.npz.*No space left.*intact"):
+        fit_plain(tmp_path, PlainLM(50, tie=True), NormTracker(gold, every_n_steps=3, min_count=1))
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2]
+    snapshots = records.list_snapshots(tmp_path)
+    assert sorted(snapshots) == [0, 1, 2]
+    assert all(records.load_snapshot(path)["input_norm"].shape == (50,)
+               for path in snapshots.values())
+    assert not list((tmp_path / "normx").rglob("*.tmp")), "temp files were left behind"
+
+
 def test_nonfinite_norms_are_counted_and_can_stop_the_run(tmp_path):
     _, ids = plain_data(50)
     gold = compute_gold([d.numpy() for d in ids], 50, shuffle_correction=False)
