@@ -10,6 +10,7 @@ layer l,
 Public API
 ----------
 ``attribute(model, input_ids, ...) -> Attribution``  everything from ONE forward pass.
+``attribute_many(model, input_ids, explain=[(target, foil), ...])``  several choices, same pass.
 ``logat(...)`` / ``normxlogit(...)``                 thin wrappers returning [B, T].
 ``embedding_norms(model) -> {"input": [V], ("output": [V])}``
 ``final_norm(model)``                                the resolved ``f``.
@@ -304,6 +305,22 @@ def attribute(
     ``norm_factor``: "word_embedding" (||E[x_i]||) or "embedding_output" (||h_i^(0)||).
     ``position``: explained position t per row (default: last real token).
     """
+    return attribute_many(model, input_ids, attention_mask, [(target, foil)], layers,
+                          norm_factor, position)[0]
+
+
+@torch.no_grad()
+def attribute_many(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    explain: Sequence[tuple[Ids, Ids]] = ((None, None),),
+    layers: Layers = "last",
+    norm_factor: str = "word_embedding",
+    position: Ids = None,
+) -> list[Attribution]:
+    """`attribute` for several ``(target, foil)`` choices from the same single forward
+    pass, e.g. ``[(good, None), (good, bad)]``: the word, and the word against its foil."""
     if norm_factor not in _NORM_FACTORS:
         raise ValueError(f"norm_factor must be one of {_NORM_FACTORS}, got {norm_factor!r}")
     kind, head = _head(model)
@@ -323,23 +340,29 @@ def attribute(
     final, hidden = _forward(model, f, input_ids, mask, need_hidden)
     if need_hidden and len(hidden) != n_layers + 1:
         raise RuntimeError(f"expected {n_layers + 1} hidden states, got {len(hidden)}")
-    logits, target_ids, foil_ids, score = _scorer(
-        kind, head, final[torch.arange(B, device=E.device), t], target, foil
-    )
-
     valid = mask & (torch.arange(T, device=E.device)[None, :] <= t[:, None])
     nan = torch.tensor(float("nan"), device=E.device)
     emb = E[input_ids] if norm_factor == "word_embedding" else hidden[0]
     norm = torch.where(valid, torch.linalg.vector_norm(emb.float(), dim=-1), nan)
+    # The last layer reuses the model's own f(h^(L)); lower ones go through f, once.
+    with eval_mode(model):
+        lens = [(l, final if l == n_layers else f(hidden[l])) for l in layer_ids]
+    final_t = final[torch.arange(B, device=E.device), t]
+    return [_attribution(kind, head, final, final_t, lens, valid, norm, t, target, foil)
+            for target, foil in explain]
+
+
+def _attribution(kind: str, head: nn.Module, final: Tensor, final_t: Tensor,
+                 lens: list[tuple[int, Tensor]], valid: Tensor, norm: Tensor, t: Tensor,
+                 target: Ids, foil: Ids) -> Attribution:
+    """One (target, foil) choice's scores from the shared forward pass."""
+    logits, target_ids, foil_ids, score = _scorer(kind, head, final_t, target, foil)
+    nan = torch.tensor(float("nan"), device=final.device)
     last = torch.where(valid, score(final), nan)
     per_layer = None
-    if layer_ids:  # the last layer reuses the model's own f(h^(L)); lower ones go through f
-        with eval_mode(model):
-            per_layer = torch.stack([
-                last if l == n_layers else torch.where(valid, score(f(hidden[l])), nan)
-                for l in layer_ids
-            ])
-
+    if lens:
+        per_layer = torch.stack([last if z is final else torch.where(valid, score(z), nan)
+                                 for _, z in lens])
     return Attribution(
         logat=last,
         normxlogit=norm * last,
@@ -349,7 +372,7 @@ def attribute(
         logits=logits,
         mask=valid,
         foil=foil_ids,
-        layers=layer_ids,
+        layers=tuple(l for l, _ in lens),
         logat_layers=per_layer,
         normxlogit_layers=None if per_layer is None else norm * per_layer,
     )

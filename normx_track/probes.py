@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attribution import attribute, eval_mode
+from .attribution import attribute, attribute_many, eval_mode
 from .metrics import (
     DEFAULT_FRACTIONS,
     average_precision_rows,
@@ -164,16 +164,16 @@ class EvidenceProbe:
             batch = enc[start: start + self.batch_size]
             ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
             good, bad = batch.good_ids.to(device), batch.bad_ids.to(device)
-            a = attribute(model, ids, mask, target=good, layers=self.layers,
-                          norm_factor=self.norm_factor)
+            # One forward pass explains the good word, and good minus bad (contrastive).
+            explain = [(good, None), (good, bad)] if self.contrastive else [(good, None)]
+            a, *contrast = attribute_many(model, ids, mask, explain, layers=self.layers,
+                                          norm_factor=self.norm_factor)
             if not torch.equal(a.position.cpu(), batch.last):
                 raise RuntimeError("attribution explained another position than the prefix end")
             rows = torch.arange(len(batch), device=device)
             correct.extend((a.logits[rows, good] > a.logits[rows, bad]).tolist())
             scores = {"normxlogit": a.normxlogit, "logat": a.logat, "norm": a.norm}
-            if self.contrastive:
-                c = attribute(model, ids, mask, target=good, foil=bad, layers="last",
-                              norm_factor=self.norm_factor)
+            for c in contrast:
                 scores["normxlogit_contrastive"] = c.normxlogit
                 scores["logat_contrastive"] = c.logat
             scores = {k: v.cpu().numpy() for k, v in scores.items()}

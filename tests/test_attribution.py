@@ -13,7 +13,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from normx_track.attribution import attribute, embedding_norms, final_norm, logat, normxlogit
+from normx_track.attribution import (attribute, attribute_many, embedding_norms, final_norm, logat,
+                                     normxlogit)
 
 hf_logging.set_verbosity_error()
 V, D, L, T = 97, 32, 3, 9
@@ -301,3 +302,24 @@ def test_final_norm_resolver_error():
 
     with pytest.raises(ValueError, match="Bare"):
         final_norm(Bare())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_attribute_many_equals_separate_calls_from_one_pass(arch):
+    model, x = make(arch, tied=False), ids(batch=3)
+    target, foil = torch.tensor([3, 5, 7]), torch.tensor([4, 4, 9])
+    choices = [(target, None), (target, foil), (None, None)]
+    calls = []
+    hook = model.base_model.register_forward_pre_hook(lambda *args: calls.append(1))
+    many = attribute_many(model, x, explain=choices, layers="all")
+    hook.remove()
+    assert len(calls) == 1
+    for got, (t, f) in zip(many, choices):
+        alone = attribute(model, x, target=t, foil=f, layers="all")
+        for field in ("logat", "normxlogit", "norm", "logits", "logat_layers", "target"):
+            torch.testing.assert_close(getattr(got, field), getattr(alone, field),
+                                       equal_nan=True, msg=field)
+        assert got.layers == alone.layers
+    # good minus bad is the difference of the two single-word attributions
+    bad = attribute(model, x, target=foil)
+    torch.testing.assert_close(many[1].logat, many[0].logat - bad.logat, equal_nan=True)
