@@ -121,14 +121,17 @@ def test_fresh_run_in_a_used_folder_sets_the_old_record_aside(tiny_run, cache_di
 
 
 @pytest.mark.timeout(300)
-def test_ddp_two_processes_give_the_single_process_rows(tiny_run, cache_dir, tmp_path):
-    out = tmp_path / "ddp"
+def test_ddp_two_processes_in_a_sweep_give_the_single_process_rows(tiny_run, cache_dir,
+                                                                   tmp_path):
+    """DDP inside a Hydra multirun (as on a cluster): Lightning relaunches rank 1 with the
+    job's own composed config, in the job's folder."""
+    sweep = tmp_path / "sweep"
     overrides = [o if not o.startswith("data.batch_size") else "data.batch_size=2" for o in TINY]
-    run_train(cache_dir, *overrides, "trainer=ddp", "trainer.accelerator=cpu",
+    run_train(cache_dir, "-m", "seed=0", *overrides, "trainer=ddp", "trainer.accelerator=cpu",
               "trainer.devices=2", "trainer.precision=32-true", "logger=none",
-              f"hydra.run.dir={out}")
+              f"hydra.sweep.dir={sweep}")
     # Two ranks x batch 2 see the single process's batches of 4: same updates, same rows.
-    assert_rows_close(rows_of(out), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
+    assert_rows_close(rows_of(sweep / "0"), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.timeout(300)
