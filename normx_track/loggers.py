@@ -74,11 +74,12 @@ class ResilientWandbLogger(WandbLogger):
     def failed(self) -> bool:
         return self.fallback is not None
 
-    def guard(self, call: Callable[[], Any]) -> bool:
-        """Run a W&B call; on failure switch to the CSV fallback. True if W&B took it."""
+    def guard(self, method: Callable[..., Any], *args: Any) -> bool:
+        """`method(self, *args)` (a WandbLogger method); on failure switch to the CSV
+        fallback. True if W&B took it."""
         if self.fallback is None:
             try:
-                call()
+                method(self, *args)
                 return True
             except Exception as err:  # whatever W&B raises, training goes on
                 self.fall_back(err)
@@ -101,22 +102,21 @@ class ResilientWandbLogger(WandbLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
-        if self.guard(lambda: super(ResilientWandbLogger, self).log_metrics(metrics, step)):
+        if self.guard(WandbLogger.log_metrics, metrics, step):
             self._recent.append((dict(metrics), step))
         else:
             self.fallback.log_metrics(metrics, step)
 
     @rank_zero_only
     def log_hyperparams(self, params) -> None:
-        if self.guard(lambda: super(ResilientWandbLogger, self).log_hyperparams(params)):
+        if self.guard(WandbLogger.log_hyperparams, params):
             self._params.append(params)
         else:
             self.fallback.log_hyperparams(params)
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback) -> None:
-        self.guard(lambda: super(ResilientWandbLogger, self).after_save_checkpoint(
-            checkpoint_callback))
+        self.guard(WandbLogger.after_save_checkpoint, checkpoint_callback)
 
     @rank_zero_only
     def save(self) -> None:
@@ -125,7 +125,7 @@ class ResilientWandbLogger(WandbLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        self.guard(lambda: super(ResilientWandbLogger, self).finalize(status))
+        self.guard(WandbLogger.finalize, status)
         if self.fallback is not None:
             self.fallback.finalize(status)
 
