@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import TINY, run_train
@@ -224,9 +226,9 @@ def plain_data(vocab_size: int, seed: int = 0):
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=8), ids
 
 
-def fit_plain(tmp_path, model, tracker, steps=6):
+def fit_plain(tmp_path, model, tracker, steps=6, logger=False):
     loader, _ = plain_data(model.lm.config.vocab_size)
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_steps=steps, logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path, callbacks=[tracker])
     trainer.fit(model, loader)
@@ -270,6 +272,27 @@ def test_disk_full_mid_training_stops_with_the_file_named_and_keeps_the_record(
     assert all(records.load_snapshot(path)["input_norm"].shape == (50,)
                for path in snapshots.values())
     assert not list((tmp_path / "normx").rglob("*.tmp")), "temp files were left behind"
+
+
+class DashboardDownLogger(CSVLogger):
+    """A user's logger whose backend fails on the tracker's rows."""
+
+    def log_metrics(self, metrics, step=None):
+        if any(key.startswith("normx/") for key in metrics):
+            raise ConnectionError("dashboard unreachable")
+        super().log_metrics(metrics, step)
+
+
+def test_a_failing_user_logger_neither_stops_the_run_nor_the_record(tmp_path, caplog):
+    _, ids = plain_data(50)
+    gold = compute_gold([d.numpy() for d in ids], 50, shuffle_correction=False)
+    with caplog.at_level(logging.WARNING, logger="normx_track.callback"):
+        trainer = fit_plain(tmp_path, PlainLM(50), NormTracker(gold, every_n_steps=3, min_count=1),
+                            logger=DashboardDownLogger(tmp_path))
+    assert trainer.global_step == 6
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3, 6]
+    warnings = [r.message for r in caplog.records if "DashboardDownLogger failed" in r.message]
+    assert len(warnings) == 1 and "dashboard unreachable" in warnings[0]  # said once
 
 
 def test_nonfinite_norms_are_counted_and_can_stop_the_run(tmp_path):
