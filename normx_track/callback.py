@@ -11,6 +11,7 @@ rank gathers the whole model first and runs the probes alongside rank zero).
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import platform
@@ -203,23 +204,17 @@ class NormTracker(L.Callback):
                                 type(logger).__name__, type(err).__name__, err, self.writer.dir)
 
     def _log_wandb_extras(self, logger: WandbLogger, step: int, arrays: dict[str, np.ndarray]):
-        """Histogram, top/bottom-norm table and norm-vs-information-gain scatter."""
+        """The norm histogram and an HTML table of the top/bottom-norm tokens. Media files,
+        not W&B Tables: an online Table asks the server about its artifact type on the
+        training thread, which stalls training for as long as the network is down."""
         import wandb
 
         norms, counts = arrays["input_norm"][: self.gold.vocab_size], self.gold.counts
-        seen = counts >= self.min_count
+        seen = (counts >= self.min_count) & np.isfinite(norms)
         extras: dict[str, Any] = {"normx/histogram/input_norm": wandb.Histogram(norms[seen])}
         if self.vocab is not None:
-            table = extreme_tokens(norms, self.vocab, counts, self.top_k_tokens, self.min_count)
-            columns = ["rank", "token", "id", "norm", "count"]
-            extras["normx/extreme_tokens"] = wandb.Table(
-                columns=columns, data=[[r[c] for c in columns] for r in table])
-        ig = self.gold.information_gain
-        keep = seen & np.isfinite(ig) & np.isfinite(norms)
-        points = wandb.Table(columns=["information_gain", "norm"],
-                             data=np.stack([ig[keep], norms[keep]], 1).tolist())
-        extras["normx/scatter/norm_vs_information_gain"] = wandb.plot.scatter(
-            points, "information_gain", "norm", title=f"norm vs information gain, step {step}")
+            rows = extreme_tokens(norms, self.vocab, counts, self.top_k_tokens, self.min_count)
+            extras["normx/extreme_tokens"] = wandb.Html(_token_table_html(rows, step))
         logger.experiment.log({**extras, "trainer/global_step": step})
 
     def _meta(self, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -254,6 +249,14 @@ def run_probes(probes: Sequence[Probe], model: torch.nn.Module) -> dict[str, flo
         return {}
     with eval_mode(model):
         return {k: v for probe in probes for k, v in probe(model).items()}
+
+
+def _token_table_html(rows: Sequence[Mapping[str, Any]], step: int) -> str:
+    cells = "".join(
+        f"<tr><td>{r['rank']}</td><td>{html.escape(repr(r['token']))}</td><td>{r['id']}</td>"
+        f"<td>{r['norm']:.4f}</td><td>{r['count']}</td></tr>" for r in rows)
+    return (f"<table><caption>highest and lowest norms, step {step}</caption><tr><th>rank</th>"
+            f"<th>token</th><th>id</th><th>norm</th><th>count</th></tr>{cells}</table>")
 
 
 def _vocab_hash(vocab: Sequence[str] | None) -> str | None:

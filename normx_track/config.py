@@ -91,6 +91,9 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
     name: Optional[str] = None
     mode: Optional[str] = None  # online | offline | disabled; None: WANDB_MODE, else online if logged in
+    # Wait at most this long for W&B uploads when a run ends (0: as long as it takes); what
+    # is not uploaded stays in the local W&B run for `wandb sync`.
+    finish_timeout_s: float = 300.0
 
 
 @dataclass
@@ -145,7 +148,8 @@ _POSITIVE = (
 )
 _NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "data.num_workers",
                  "tracker.min_count", "model.dropout", "trainer.gradient_clip_val",
-                 "tracker.max_probe_pairs", "tracker.faithfulness_examples")
+                 "tracker.max_probe_pairs", "tracker.faithfulness_examples",
+                 "logger.finish_timeout_s")
 _FRACTIONS = ("data.val_fraction", "optim.min_lr_ratio", "model.dropout",
               "data.synthetic.attractor_probability")
 

@@ -55,6 +55,13 @@ def build_loggers(cfg: LoggerConfig, save_dir: str | Path, config: dict[str, Any
     return [logger]
 
 
+def finish_loggers(loggers: list[Logger], exit_code: int = 0) -> None:
+    """End what a run started (the W&B run) before the next one in this process begins."""
+    for logger in loggers:
+        if isinstance(logger, ResilientWandbLogger):
+            logger.finish(exit_code)
+
+
 class ResilientWandbLogger(WandbLogger):
     """A WandbLogger that cannot stop training. If W&B fails mid-run (its service dies, the
     network goes), the failure is reported once, W&B is dropped, and metrics go on to a CSV
@@ -124,6 +131,22 @@ class ResilientWandbLogger(WandbLogger):
             self.fallback.save()
 
     @rank_zero_only
+    def finish(self, exit_code: int = 0) -> None:
+        """End the W&B run, so the next run in this process (a Hydra multirun job) starts
+        its own. Uploads get `finish_timeout` seconds; the rest stays on disk."""
+        if self._experiment is None or self.failed:
+            return
+        run_dir = Path(self._experiment.dir).parent
+        try:
+            self._experiment.finish(exit_code=exit_code)
+        except TimeoutError:
+            log.warning("W&B did not finish uploading in time; the run is kept in %s: "
+                        "upload it with `wandb sync %s`", run_dir, run_dir)
+        except Exception as err:  # the run is over: report, do not fail the job
+            log.warning("W&B could not finish the run (%s: %s); upload it later with "
+                        "`wandb sync %s`", type(err).__name__, err, run_dir)
+
+    @rank_zero_only
     def finalize(self, status: str) -> None:
         self.guard(WandbLogger.finalize, status)
         if self.fallback is not None:
@@ -132,9 +155,12 @@ class ResilientWandbLogger(WandbLogger):
 
 def _start_wandb(cfg: LoggerConfig, save_dir: str, config: dict[str, Any],
                  files: list[Path]) -> WandbLogger:
+    import wandb
+
+    settings = wandb.Settings(finish_timeout=cfg.finish_timeout_s, finish_timeout_raises=True)
     logger = ResilientWandbLogger(project=cfg.project, entity=cfg.entity, group=cfg.group,
-                         tags=list(cfg.tags), name=cfg.name, save_dir=save_dir,
-                         mode=wandb_mode(cfg))
+                                  tags=list(cfg.tags), name=cfg.name, save_dir=save_dir,
+                                  mode=wandb_mode(cfg), settings=settings)
     run = logger.experiment  # starts the run now, so failures surface here
     for path in files:
         if Path(path).exists() and hasattr(run, "save"):

@@ -12,7 +12,7 @@ from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from .checkpoints import AtomicCheckpointIO
 from .config import Config, TrainerConfig, to_dict
 from .data.datamodule import TextDataModule
-from .loggers import build_loggers
+from .loggers import build_loggers, finish_loggers
 from .model import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,12 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     for logger in loggers:  # the bar the loss must clear: a unigram model's loss
         logger.log_metrics({"data/unigram_entropy": datamodule.unigram_entropy()}, step=0)
     trainer = build_trainer(cfg, out, loggers, build_callbacks(cfg, datamodule, out))
-    # Resuming never unpickles arbitrary objects: our checkpoints hold tensors and plain data.
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    try:
+        # Resuming never unpickles arbitrary objects: checkpoints hold tensors and plain data.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    except BaseException:
+        finish_loggers(loggers, exit_code=1)
+        raise
+    finish_loggers(loggers)
     val_loss = trainer.callback_metrics.get("val/loss")
     return float(val_loss) if val_loss is not None else None

@@ -1,5 +1,5 @@
-"""Faults of long runs: kill -9 mid-training, W&B unreachable at start or dying mid-run.
-Nothing already written is lost."""
+"""Faults of long runs: kill -9 mid-training; W&B unreachable at start, its server gone
+mid-run, its service dying mid-run. Nothing already written is lost."""
 from __future__ import annotations
 
 import os
@@ -16,6 +16,7 @@ import torch
 
 from conftest import ROOT, TINY, run_train, subprocess_env
 from normx_track.records import list_snapshots, read_metrics
+from fake_wandb_server import FakeWandbServer
 from wandb_log import history
 
 LONG = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.checkpoint_every"))]
@@ -112,3 +113,35 @@ def test_wandb_dying_mid_run_loses_nothing(cache_dir: Path, tmp_path: Path):
     assert fallback == list(range(fallback[0], 120))  # and a gap-free rest
     # Rows in flight when the service died went to the CSV too: none is in neither.
     assert fallback[0] <= len(synced) <= 30
+
+
+@pytest.mark.timeout(400)
+def test_wandb_server_gone_mid_run_neither_hangs_nor_loses_rows(cache_dir: Path, tmp_path: Path):
+    """An online run whose server disappears after step 30: training goes on, the job ends
+    once `logger.finish_timeout_s` is spent (not when the uploads give up: hours), and the
+    local W&B run holds every row for `wandb sync`."""
+    out, server = tmp_path / "run", FakeWandbServer()
+    env = {**subprocess_env(cache_dir), "WANDB_MODE": "online", "WANDB_API_KEY": "a" * 40,
+           "WANDB_BASE_URL": server.url}
+    args = [o for o in LONG if o != "logger=none"] + [
+        "logger=wandb", "logger.finish_timeout_s=5", f"hydra.run.dir={out}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "step_00000030.ckpt").exists() and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.02)
+    finally:
+        server.stop()
+    stopped = time.time()
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, stderr[-3000:]
+    assert time.time() - stopped < 120, "the job waited on W&B uploads"
+    assert "wandb sync" in (out / "train.log").read_text()
+    expected = sorted({0, 1, 2} | set(range(4, 121, 4)) | set(range(10, 121, 10)))
+    assert [r["step"] for r in read_metrics(out)] == expected
+    kept = history(next((out / "wandb").glob("run-*/run-*.wandb")))
+    assert sorted({r["trainer/global_step"] for r in kept if "train/loss" in r}) == list(range(120))
+    tracked = sorted({r["trainer/global_step"] for r in kept if "normx/spearman/information_gain" in r})
+    assert tracked == expected

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import TINY, run_train
+from wandb_log import history
 from normx_track import NormTracker, compute_gold
 from normx_track import records
 from normx_track.callback import snapshot_schedule
@@ -97,6 +98,22 @@ def test_information_gain_in_gold_file_is_the_corpus_kl(tiny_run: Path):
         n_w = sum(row.values())
         kl = sum(n / n_w * np.log((n / n_w) / (col[c] / total)) for c, n in row.items())
         assert gold.information_gain[w] == pytest.approx(kl, rel=1e-9)
+
+
+def test_wandb_run_holds_the_norm_histogram_and_token_table_at_each_snapshot(tiny_run: Path):
+    run = next((tiny_run / "wandb").glob("offline-run-*"))
+    rows = [r for r in history(next(run.glob("run-*.wandb"))) if "normx/extreme_tokens" in r]
+    assert [r["trainer/global_step"] for r in rows] == [0, 1, 2, 4, 8]
+    last = rows[-1]
+    norms = records.load_snapshot(records.list_snapshots(tiny_run)[8])["input_norm"]
+    gold = GoldStatistics.load(tiny_run / "normx" / "gold.npz")
+    seen = gold.counts >= MIN_COUNT
+    histogram = last["normx/histogram/input_norm"]
+    assert sum(histogram["values"]) == seen.sum()
+    assert histogram["bins"][0] == pytest.approx(norms[seen].min(), rel=1e-6)
+    page = (run / "files" / last["normx/extreme_tokens"]["path"]).read_text()
+    top = int(np.flatnonzero(seen)[np.argmax(norms[seen])])
+    assert f"<td>{top}</td><td>{norms[top]:.4f}</td>" in page  # the highest-norm token
 
 
 def test_resume_after_checkpoint_gives_the_uninterrupted_rows(tiny_run, cache_dir, tmp_path):

@@ -49,6 +49,17 @@ def test_multirun_two_jobs(cache_dir: Path, tmp_path: Path):
         assert f"seed: {job.name}" in (job / ".hydra" / "config.yaml").read_text()
 
 
+def test_each_job_of_a_local_sweep_gets_its_own_wandb_run(cache_dir: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    run_train(cache_dir, "-m", *TINY, "trainer.max_steps=2", "tracker=off", "logger=wandb",
+              "seed=0,1", f"hydra.sweep.dir={sweep}")
+    for job in ("0", "1"):
+        runs = list((sweep / job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"job {job} has W&B runs {runs}"
+        config = (runs[0] / "files" / ".hydra" / "config.yaml").read_text()
+        assert f"seed: {job}" in config
+
+
 def test_typo_in_key_names_the_key(cache_dir: Path):
     proc = run_train(cache_dir, "trainer.max_stepz=5", check=False)
     assert proc.returncode != 0

@@ -41,12 +41,19 @@ def records(path: Path) -> list[bytes]:
 
 
 def history(path: Path) -> list[dict]:
-    """Each `run.log` row, as {key: value}."""
+    """Each `run.log` row, as {key: value}; media (histograms, HTML) as nested dicts."""
     rows = []
     for data in records(path):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in record.history.item})
+        if record.WhichOneof("record_type") != "history":
+            continue
+        row: dict = {}
+        for item in record.history.item:
+            *parents, leaf = [item.key] if item.key else list(item.nested_key)
+            node = row
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = json.loads(item.value_json)
+        rows.append(row)
     return rows
