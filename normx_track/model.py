@@ -94,7 +94,8 @@ class LanguageModel(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
-        if gradient_clip_val and is_sharded(self.trainer.strategy.model):
+        by_norm = gradient_clip_algorithm in (None, "norm")
+        if gradient_clip_val and by_norm and is_sharded(self.trainer.strategy.model):
             # Lightning's FSDP precision cannot clip by norm; FSDP's own method takes the
             # norm over all shards, as one device would.
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
