@@ -35,8 +35,6 @@ def _no_offload() -> Iterator[None]:
 
 
 class CPUFSDPStrategy(FSDPStrategy):
-    strategy_name = "fsdp_cpu"
-
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
             kwargs = {k: v for k, v in self.kwargs.items() if k != "device_id"}
