@@ -38,8 +38,9 @@ class CPUFSDPStrategy(FSDPStrategy):
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
             kwargs = {k: v for k, v in self.kwargs.items() if k != "device_id"}
-            model = FullyShardedDataParallel(model, sharding_strategy=self.sharding_strategy,
-                                             device_id=torch.device("cpu"), **kwargs)
+            model = FullyShardedDataParallel(
+                model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **kwargs)
             self.kwargs.pop("auto_wrap_policy", None)  # applied above
         return super()._setup_model(model)  # already wrapped: Lightning's remaining setup
 
