@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,11 @@ def subprocess_env(cache_dir: Path) -> dict[str, str]:
 
 def run_train(cache_dir: Path, *overrides: str, check: bool = True, cwd: Path | None = None
               ) -> subprocess.CompletedProcess:
-    """`python train.py <overrides>` in a subprocess, as a user would run it."""
+    """`python train.py <overrides>` in a subprocess, as a user would run it. Without an
+    output folder among the overrides, Hydra's goes to a temporary one, not the checkout."""
+    key = "hydra.sweep.dir" if "-m" in overrides else "hydra.run.dir"
+    if not any(o.startswith(key) for o in overrides):
+        overrides += (f"{key}={tempfile.mkdtemp(prefix='normx_test_')}",)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides],
                           cwd=cwd or ROOT, env=subprocess_env(cache_dir), capture_output=True,
                           text=True, timeout=600)
