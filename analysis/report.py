@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -133,6 +134,38 @@ def tokens_html(run: Run, steps: Sequence[int] | None, top_k: int) -> str:
             "norm.</p>" + "\n".join(parts))
 
 
+def information_gain_html(run: Run, steps: Sequence[int] | None) -> str:
+    """Each chosen snapshot's input norms against information gain (colour: log count),
+    over the token types the tracker correlates; the caption gives each panel's Spearman,
+    the record's `normx/spearman/information_gain` recomputed from the snapshot."""
+    from normx_track.metrics import spearman
+
+    ig, counts = run.gold.get("information_gain"), run.gold.get("counts")
+    if ig is None or counts is None:
+        return "<p class='skipped'>No information gain in gold.npz: scatter skipped.</p>"
+    readable, _ = run.norms("input_norm")
+    chosen = [(step, run.snapshot(step)) for step in choose_steps(readable, steps)]
+    chosen = [(step, arrays["input_norm"][:len(counts)]) for step, arrays in chosen if arrays]
+    if not chosen:
+        return "<p class='skipped'>No readable snapshots: scatter skipped.</p>"
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4 * len(chosen), 3.4), squeeze=False)
+    captions = []
+    for ax, (step, norms) in zip(axes[0], chosen):
+        keep = (counts >= run.min_count) & np.isfinite(ig) & np.isfinite(norms)
+        rho = spearman(norms[keep], ig[keep])
+        ax.scatter(ig[keep], norms[keep], s=4, alpha=0.6, c=np.log(counts[keep]), cmap="viridis")
+        ax.set(title=f"step {step}: Spearman {rho:.3f}", xlabel="information gain (nats)",
+               ylabel="input-embedding norm")
+        captions.append(f"step {step}: {rho:.4f}")
+    fig.tight_layout()
+    uri = png_data_uri(fig)
+    plt.close(fig)
+    return (f'<figure id="fig-norm_vs_information_gain"><img alt="norm vs information gain" '
+            f'src="{uri}"><figcaption>Input-embedding norm against information gain, token '
+            f'types with count &ge; {run.min_count} (colour: log count). Spearman: '
+            f'{"; ".join(captions)}.</figcaption></figure>')
+
+
 def problems_html(problems: Sequence[str]) -> str:
     if not problems:
         return ""
@@ -172,6 +205,7 @@ def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
     body = (problems_html(run.problems)
             + f"<p>Record: <code>{html.escape(str(run.record))}</code></p>"
             + f"<h2>Summary</h2>{last}<h2>Figures</h2>{figures}"
+            + f"<h2>Norm against information gain</h2>{information_gain_html(run, steps)}"
             + f"<h2>Top and bottom norm tokens</h2>{tokens}"
             + f"<h2>Config</h2>{_json_block(run.config)}"
             + "<details><summary>Full meta.json</summary>"

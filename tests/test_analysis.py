@@ -20,6 +20,7 @@ import yaml
 
 from analysis import curves, figures as F, report, sweep
 from analysis.load import RecordWarning, load_run, load_sweep
+from normx_track.records import read_metrics
 from conftest import ROOT, TINY, run_train
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -338,7 +339,7 @@ def test_run_report_is_self_contained_and_renders(tiny_run, tmp_path):
     sources = re.findall(r'<img[^>]*src="([^"]*)"', text)
     drawn = [n for n, f in curves.build_figures(load_run(tiny_run)).items()
              if not isinstance(f, str)]
-    assert len(sources) == len(drawn) >= 3
+    assert len(sources) == len(drawn) + 1 >= 4  # the curves and the norm-vs-IG scatter
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)
     meta = json.loads((tiny_run / "normx" / "meta.json").read_text())
@@ -351,8 +352,14 @@ def test_run_report_is_self_contained_and_renders(tiny_run, tmp_path):
     seen = np.flatnonzero(counts >= meta["tracker"]["min_count"])
     top = seen[np.argmax(norms[seen])]
     assert f"<td>{top}</td>" in text and vocab[top] in text
+    rows = {r["step"]: r for r in read_metrics(tiny_run)}
+    shown_rho = dict(re.findall(r"step (\d+): (-?\d+\.\d+|nan)", text.split("Spearman: ")[1]))
+    assert [int(s) for s in shown_rho] == shown
+    for step, rho in shown_rho.items():  # the scatter's panels are the recorded numbers
+        assert float(rho) == pytest.approx(rows[int(step)]["normx/spearman/information_gain"],
+                                           abs=1e-4)
     loaded, dom = render(out)
-    assert loaded == f"{len(drawn)}/{len(drawn)}"
+    assert loaded == f"{len(sources)}/{len(sources)}"
     assert "Top and bottom norm tokens" in dom
 
 
