@@ -81,6 +81,11 @@ class ResilientWandbLogger(WandbLogger):
     def failed(self) -> bool:
         return self.fallback is not None
 
+    def local_run_dir(self) -> Path:
+        """The local W&B run (what `wandb sync` uploads); its parent before the run starts."""
+        local = getattr(self._experiment, "dir", None)
+        return Path(local).parent if local else Path(self.save_dir) / "wandb"
+
     def guard(self, method: Callable[..., Any], *args: Any) -> bool:
         """`method(self, *args)` (a WandbLogger method); on failure switch to the CSV
         fallback. True if W&B took it."""
@@ -96,8 +101,7 @@ class ResilientWandbLogger(WandbLogger):
         """Report `err` and send everything from now on to CSV."""
         if self.fallback is not None:
             return
-        local = getattr(self._experiment, "dir", None)
-        run_dir = str(Path(local).parent) if local else f"{self.save_dir}/wandb"
+        run_dir = self.local_run_dir()
         log.warning("W&B failed mid-run (%s: %s); logging goes on to CSV under %s/csv. "
                     "Upload what W&B kept locally with `wandb sync %s`",
                     type(err).__name__, err, self.save_dir, run_dir)
@@ -136,7 +140,7 @@ class ResilientWandbLogger(WandbLogger):
         its own. Uploads get `finish_timeout` seconds; the rest stays on disk."""
         if self._experiment is None or self.failed:
             return
-        run_dir = Path(self._experiment.dir).parent
+        run_dir = self.local_run_dir()
         try:
             self._experiment.finish(exit_code=exit_code)
         except TimeoutError:

@@ -7,10 +7,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from .config import ModelConfig, OptimConfig
-from .snapshot import is_sharded
 
 _ARCH_TO_MODEL_TYPE = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "llama": "llama"}
 
@@ -95,7 +95,7 @@ class LanguageModel(L.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
                                     gradient_clip_algorithm=None) -> None:
         by_norm = gradient_clip_algorithm in (None, "norm")
-        if gradient_clip_val and by_norm and is_sharded(self.trainer.strategy.model):
+        if gradient_clip_val and by_norm and isinstance(self.trainer.strategy, FSDPStrategy):
             # Lightning's FSDP precision cannot clip by norm; FSDP's own method takes the
             # norm over all shards, as one device would.
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)

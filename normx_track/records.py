@@ -72,10 +72,10 @@ def set_aside(run_dir: str | Path) -> Path | None:
     record = Path(run_dir) / RECORD_DIR
     if not record.is_dir() or not any(record.iterdir()):
         return None
-    target = record.with_name(f"{RECORD_DIR}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
+    base = f"{RECORD_DIR}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = record.with_name(base), 1
     while target.exists():
-        target, n = target.with_name(f"{target.name.split('~')[0]}~{n}"), n + 1
+        target, n = record.with_name(f"{base}~{n}"), n + 1
     record.rename(target)
     return target
 

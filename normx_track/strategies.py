@@ -19,6 +19,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
 from torch.distributed.fsdp import FullyShardedDataParallel
 
+from .snapshot import is_sharded
+
 
 def _full_state_dict_in_place(module: torch.nn.Module, world_size: int, rank0_only: bool = True):
     return FullyShardedDataParallel.state_dict_type(
@@ -36,7 +38,7 @@ def _no_offload() -> Iterator[None]:
 
 class CPUFSDPStrategy(FSDPStrategy):
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        if not is_sharded(model):
             kwargs = {k: v for k, v in self.kwargs.items() if k != "device_id"}
             model = FullyShardedDataParallel(
                 model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,

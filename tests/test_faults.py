@@ -23,6 +23,21 @@ LONG = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.check
 LONG += ["trainer.max_steps=120", "trainer.checkpoint_every_n_steps=10", "logger=none"]
 
 
+# LONG's snapshots: every 4 steps (log-spaced before) and at every checkpoint (every 10).
+LONG_SNAPSHOTS = sorted({0, 1, 2} | set(range(4, 121, 4)) | set(range(10, 121, 10)))
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, step: int = 30) -> bool:
+    """Wait until the run has written its checkpoint at `step`; False if it exited first."""
+    target = run_dir / "checkpoints" / f"step_{step:08d}.ckpt"
+    deadline = time.time() + 300
+    while not target.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def rows_close(a: list[dict], b: list[dict]) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
@@ -37,10 +52,7 @@ def test_kill_9_then_resume_continues_the_record(cache_dir: Path, tmp_path: Path
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *LONG,
                              f"hydra.run.dir={killed}"], cwd=ROOT, env=subprocess_env(cache_dir),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = killed / "checkpoints" / "step_00000030.ckpt"
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    wait_for_checkpoint(proc, killed)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = read_metrics(killed)
@@ -90,10 +102,7 @@ def test_wandb_dying_mid_run_loses_nothing(cache_dir: Path, tmp_path: Path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
                             env=subprocess_env(cache_dir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step_00000030.ckpt").exists() and time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        time.sleep(0.02)
+    assert wait_for_checkpoint(proc, out), proc.stderr.read()[-3000:]
     service = wandb_service_of(proc.pid)
     assert service is not None, "no wandb-core process found"
     os.kill(service, signal.SIGKILL)
@@ -101,9 +110,7 @@ def test_wandb_dying_mid_run_loses_nothing(cache_dir: Path, tmp_path: Path):
     assert proc.returncode == 0, stderr[-3000:]
     logged = (out / "train.log").read_text()  # Hydra's job log
     assert "W&B failed mid-run" in logged and "wandb sync" in logged
-    # Every scheduled snapshot (every 4 steps, log-spaced before) and checkpoint (every 10).
-    expected = sorted({0, 1, 2} | set(range(4, 121, 4)) | set(range(10, 121, 10)))
-    assert [r["step"] for r in read_metrics(out)] == expected
+    assert [r["step"] for r in read_metrics(out)] == LONG_SNAPSHOTS
 
     kept = history(next((out / "wandb").glob("offline-run-*/run-*.wandb")))
     synced = sorted({r["trainer/global_step"] for r in kept if "train/loss" in r})
@@ -128,10 +135,7 @@ def test_wandb_server_gone_mid_run_neither_hangs_nor_loses_rows(cache_dir: Path,
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 300
-        while not (out / "checkpoints" / "step_00000030.ckpt").exists() and time.time() < deadline:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            time.sleep(0.02)
+        assert wait_for_checkpoint(proc, out), proc.stderr.read()[-3000:]
     finally:
         server.stop()
     stopped = time.time()
@@ -139,9 +143,8 @@ def test_wandb_server_gone_mid_run_neither_hangs_nor_loses_rows(cache_dir: Path,
     assert proc.returncode == 0, stderr[-3000:]
     assert time.time() - stopped < 120, "the job waited on W&B uploads"
     assert "wandb sync" in (out / "train.log").read_text()
-    expected = sorted({0, 1, 2} | set(range(4, 121, 4)) | set(range(10, 121, 10)))
-    assert [r["step"] for r in read_metrics(out)] == expected
+    assert [r["step"] for r in read_metrics(out)] == LONG_SNAPSHOTS
     kept = history(next((out / "wandb").glob("run-*/run-*.wandb")))
     assert sorted({r["trainer/global_step"] for r in kept if "train/loss" in r}) == list(range(120))
     tracked = sorted({r["trainer/global_step"] for r in kept if "normx/spearman/information_gain" in r})
-    assert tracked == expected
+    assert tracked == LONG_SNAPSHOTS
