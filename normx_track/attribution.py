@@ -314,13 +314,16 @@ def attribute_many(
     model: nn.Module,
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
-    explain: Sequence[tuple[Ids, Ids]] = ((None, None),),
+    explain: Sequence[tuple] = ((None, None),),
     layers: Layers = "last",
     norm_factor: str = "word_embedding",
     position: Ids = None,
 ) -> list[Attribution]:
     """`attribute` for several ``(target, foil)`` choices from the same single forward
-    pass, e.g. ``[(good, None), (good, bad)]``: the word, and the word against its foil."""
+    pass, e.g. ``[(good, None), (good, bad)]``: the word, and the word against its foil.
+    A choice may carry its own explained position as a third entry, ``(target, foil,
+    position)``: in a causal LM, positions <= t never see the tokens after t, so one
+    pass over a longer input explains several prediction points."""
     if norm_factor not in _NORM_FACTORS:
         raise ValueError(f"norm_factor must be one of {_NORM_FACTORS}, got {norm_factor!r}")
     kind, head = _head(model)
@@ -331,7 +334,6 @@ def attribute_many(
     mask = torch.ones_like(input_ids, dtype=torch.bool)
     if attention_mask is not None:
         mask = attention_mask.to(E.device).bool()
-    t = _explained_position(mask, position)
     n_layers = _num_layers(model)
     layer_ids = _layer_ids(layers, n_layers)
     # hidden_states are only needed for lower layers or the embedding-output norm.
@@ -340,24 +342,27 @@ def attribute_many(
     final, hidden = _forward(model, f, input_ids, mask, need_hidden)
     if need_hidden and len(hidden) != n_layers + 1:
         raise RuntimeError(f"expected {n_layers + 1} hidden states, got {len(hidden)}")
-    valid = mask & (torch.arange(T, device=E.device)[None, :] <= t[:, None])
-    nan = torch.tensor(float("nan"), device=E.device)
     emb = E[input_ids] if norm_factor == "word_embedding" else hidden[0]
-    norm = torch.where(valid, torch.linalg.vector_norm(emb.float(), dim=-1), nan)
+    norm = torch.linalg.vector_norm(emb.float(), dim=-1)
     # The last layer reuses the model's own f(h^(L)); lower ones go through f, once.
     with eval_mode(model):
         lens = [(l, final if l == n_layers else f(hidden[l])) for l in layer_ids]
-    final_t = final[torch.arange(B, device=E.device), t]
-    return [_attribution(kind, head, final, final_t, lens, valid, norm, t, target, foil)
-            for target, foil in explain]
+    out = []
+    for choice in explain:
+        target, foil, at = (*choice, position) if len(choice) == 2 else choice
+        t = _explained_position(mask, at)
+        valid = mask & (torch.arange(T, device=E.device)[None, :] <= t[:, None])
+        out.append(_attribution(kind, head, final, lens, valid, norm, t, target, foil))
+    return out
 
 
-def _attribution(kind: str, head: nn.Module, final: Tensor, final_t: Tensor,
-                 lens: list[tuple[int, Tensor]], valid: Tensor, norm: Tensor, t: Tensor,
-                 target: Ids, foil: Ids) -> Attribution:
-    """One (target, foil) choice's scores from the shared forward pass."""
+def _attribution(kind: str, head: nn.Module, final: Tensor, lens: list[tuple[int, Tensor]],
+                 valid: Tensor, norm: Tensor, t: Tensor, target: Ids, foil: Ids) -> Attribution:
+    """One (target, foil, position) choice's scores from the shared forward pass."""
+    final_t = final[torch.arange(final.shape[0], device=final.device), t]
     logits, target_ids, foil_ids, score = _scorer(kind, head, final_t, target, foil)
     nan = torch.tensor(float("nan"), device=final.device)
+    norm = torch.where(valid, norm, nan)
     last = torch.where(valid, score(final), nan)
     per_layer = None
     if lens:

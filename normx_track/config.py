@@ -111,13 +111,25 @@ class TrackerConfig:
     stop_on_nonfinite: bool = False
     top_k_tokens: int = 20
     # Probes at each snapshot (normx_track/probes.py).
+    # Closed-class words for the function_word signal: null = the corpus's own list (the
+    # synthetic corpus) else the built-in English one; "english", "none", or a file of words.
+    function_words: Optional[str] = None
+    # Probes at each snapshot (normx_track/evidence.py, normx_track/faithfulness.py).
     evidence: bool = True  # evidence alignment + minimal-pair accuracy on the probe file
-    probe_file: Optional[str] = None  # default: the synthetic corpus's own probes
+    # A probe file (JSON lines), or BLiMP: "blimp" (agreement paradigms, hub),
+    # "blimp:UID,UID", "blimp:FOLDER" or "blimp:FOLDER:UID,UID" (BLiMP's jsonl files).
+    # Default: the synthetic corpus's own probes.
+    probe_file: Optional[str] = None
     max_probe_pairs: int = 100  # per snapshot; more pairs, steadier curves, more cost
     evidence_by_layer: bool = True
     faithfulness_examples: int = 0  # held-out windows for comprehensiveness etc. (0: off)
     faithfulness_length: int = 32
+    # The k of top-k%: the authors' 0, 0.1, ..., 1.0; ERASER's [0.01,0.05,0.1,0.2,0.5].
+    faithfulness_fractions: list[float] = field(
+        default_factory=lambda: [k / 10 for k in range(11)])
     captum: bool = False  # add Saliency, InputXGradient, IntegratedGradients (slow)
+    ig_steps: int = 50  # IntegratedGradients steps, from an all-zero embedding baseline
+    gradient_reduction: str = "l1"  # per position over the embedding dim: l1 | sum (signed)
 
 
 @dataclass
@@ -137,6 +149,7 @@ _CHOICES = {
     "model.arch": ("gpt2", "gpt_neox", "llama"),
     "data.source": ("synthetic", "hub", "files"),
     "logger.kind": ("wandb", "csv", "tensorboard", "none"),
+    "tracker.gradient_reduction": ("l1", "sum"),
 }
 _POSITIVE = (
     "model.n_layer", "model.n_embd", "model.n_head", "model.n_positions", "data.vocab_size",
@@ -144,7 +157,7 @@ _POSITIVE = (
     "data.synthetic.content_words_per_topic", "trainer.max_steps", "trainer.val_check_interval",
     "trainer.log_every_n_steps", "trainer.accumulate_grad_batches",
     "trainer.checkpoint_every_n_steps", "tracker.every_n_steps", "tracker.window", "optim.lr",
-    "tracker.faithfulness_length",
+    "tracker.faithfulness_length", "tracker.ig_steps",
 )
 _NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "data.num_workers",
                  "tracker.min_count", "model.dropout", "trainer.gradient_clip_val",
@@ -184,6 +197,10 @@ def validate(cfg: Config) -> Config:
     if cfg.trainer.strategy.startswith("fsdp_") and cfg.trainer.accelerator == "cpu":
         raise ConfigError(f"trainer.strategy={cfg.trainer.strategy} needs trainer.accelerator=gpu;"
                           " on CPU use trainer.strategy=fsdp (gloo) or ddp")
+    bad = [f for f in cfg.tracker.faithfulness_fractions if not 0 <= f <= 1]
+    if bad or not cfg.tracker.faithfulness_fractions:
+        raise ConfigError(f"tracker.faithfulness_fractions must be a non-empty list of "
+                          f"fractions in [0, 1], got {cfg.tracker.faithfulness_fractions}")
     if cfg.data.source == "hub" and not cfg.data.name:
         raise ConfigError("data.name must name a hub dataset when data.source is 'hub'")
     if cfg.data.source == "files" and not cfg.data.files:

@@ -16,7 +16,10 @@ from typing import Sequence
 import numpy as np
 from scipy import special, stats
 
-DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
+# The k of top-k% in comprehensiveness/sufficiency: the authors' 0, 10, ..., 100 %, and
+# ERASER's (DeYoung et al., 2020) as the documented alternative.
+AUTHORS_FRACTIONS = tuple(k / 10 for k in range(11))
+ERASER_FRACTIONS = (0.01, 0.05, 0.1, 0.2, 0.5)
 
 
 # ------------------------------------------------------------------ correlations
@@ -298,13 +301,10 @@ def dot_product_alignment_rows(importance: np.ndarray, relevant: np.ndarray,
 
 # ------------------------------------------------------------------ faithfulness
 def topk_positions(importance: np.ndarray, fraction: float) -> np.ndarray:
-    """Indices of the ceil(fraction * n) most important positions (at least 1, at most
-    n), most important first; ties keep position order (stable)."""
+    """Indices of the floor(fraction * n) most important positions (none at 0 %, all at
+    100 %), most important first; ties keep position order (stable)."""
     importance = np.asarray(importance, np.float64)
-    n = importance.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    k = min(n, max(1, math.ceil(round(fraction * n, 9))))   # round: 0.3*10 is 3.0000000004
+    k = math.floor(round(fraction * importance.size, 9))  # round: 0.3*10 is 3.0000000004
     return np.argsort(-importance, kind="stable")[:k]
 
 

@@ -13,7 +13,10 @@ from .callback import NormTracker
 from .config import Config, TrackerConfig, to_dict
 from .data.datamodule import TextDataModule
 from .gold import GoldStatistics, cache_key, compute_gold, function_word_labels, load_lexicon
-from .probes import EvidenceProbe, FaithfulnessProbe
+from .blimp import is_blimp_spec, load_blimp
+from .evidence import EvidenceProbe
+from .faithfulness import FaithfulnessProbe
+from .function_words import resolve_function_words
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +47,25 @@ def lexicon_signals(paths: list[str], datamodule: TextDataModule) -> dict[str, n
 
 
 def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path | None,
-                 held_out: np.ndarray) -> list:
-    """The probes `t` asks for: evidence on `probe_file`, faithfulness on `held_out` tokens."""
+                 held_out: np.ndarray, max_length: int | None = None) -> list:
+    """The probes `t` asks for: evidence on `t.probe_file` (a file or a BLiMP spec; else
+    the corpus's own `probe_file`), faithfulness on `held_out` tokens. ``max_length``:
+    the model's context size."""
     probes: list = []
     probe_file = t.probe_file or probe_file
     if t.evidence and probe_file:
-        probes.append(EvidenceProbe(probe_file, tokenizer, seed=seed,
-                                    max_pairs=t.max_probe_pairs or None,
+        pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
+        probes.append(EvidenceProbe(pairs, tokenizer, seed=seed,
+                                    max_pairs=t.max_probe_pairs or None, max_length=max_length,
                                     layers="all" if t.evidence_by_layer else "last"))
     elif t.evidence:
         log.info("no probe file (tracker.probe_file): evidence alignment is not measured")
     if t.faithfulness_examples:
         probes.append(FaithfulnessProbe([np.asarray(held_out)], tokenizer,
                                         n_examples=t.faithfulness_examples,
-                                        length=t.faithfulness_length, captum=t.captum, seed=seed))
+                                        length=t.faithfulness_length, captum=t.captum, seed=seed,
+                                        fractions=t.faithfulness_fractions, ig_steps=t.ig_steps,
+                                        gradient_reduction=t.gradient_reduction))
     return probes
 
 
@@ -71,14 +79,15 @@ def probes_for_record(meta: dict) -> list:
     synthetic = data_dir / "synthetic" / "probes.jsonl"
     held_out = np.memmap(data_dir / "val.bin", dtype=np.int32, mode="r")
     return build_probes(tracker, meta["config"]["seed"], tokenizer,
-                        synthetic if synthetic.exists() else None, held_out)
+                        synthetic if synthetic.exists() else None, held_out,
+                        meta["config"]["model"]["n_positions"])
 
 
 def build_tracker(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> NormTracker:
     t = cfg.tracker
     gold = cached_gold(datamodule, cfg)
     vocab = datamodule.vocab()
-    function_words = datamodule.function_words()
+    function_words = resolve_function_words(t.function_words, datamodule.function_words())
     if function_words:
         gold.function_word = function_word_labels(vocab, function_words)
     return NormTracker(gold, vocab, out_dir=out_dir, every_n_steps=t.every_n_steps,
@@ -86,6 +95,7 @@ def build_tracker(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> Nor
                        on_train_end=t.on_train_end, min_count=t.min_count,
                        signals=lexicon_signals(t.lexicons, datamodule),
                        probes=build_probes(t, cfg.seed, datamodule.tokenizer,
-                                           datamodule.probe_file, datamodule.val_set.tokens),
+                                           datamodule.probe_file, datamodule.val_set.tokens,
+                                           cfg.model.n_positions),
                        stop_on_nonfinite=t.stop_on_nonfinite, top_k_tokens=t.top_k_tokens,
                        meta={"config": to_dict(cfg), "data_dir": str(datamodule.dir)})

@@ -11,15 +11,11 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
+from normx_track.attribution import attribute
 from normx_track.data.synthetic import SyntheticConfig, generate_corpus, write_corpus
 from normx_track.data.tokenizer import train_bpe
-from normx_track.probe_files import (
-    MinimalPair,
-    ProbeFileError,
-    encode_pairs,
-    load_blimp_from_hub,
-    load_probe_file,
-)
+from normx_track.probe_files import MinimalPair, ProbeFileError, encode_pairs, load_probe_file
+from normx_track.faithfulness import gradient_attributions
 from normx_track.probes import EvidenceProbe, FaithfulnessProbe
 
 hf_logging.set_verbosity_error()
@@ -91,6 +87,10 @@ BAD_LINES = {
                             "one_prefix_word_bad": "is", "cue_word_indices": [True]}),
     "cues not a list": json.dumps({"one_prefix_prefix": "The keys", "one_prefix_word_good": "are",
                                    "one_prefix_word_bad": "is", "cue_word_indices": 1}),
+    "good equals bad": json.dumps({"one_prefix_prefix": "The keys", "one_prefix_word_good": "are",
+                                   "one_prefix_word_bad": " are"}),
+    "same sentences": json.dumps({"sentence_good": "Dogs bark.", "sentence_bad": "Dogs bark."}),
+    "half a sentence pair": json.dumps({"sentence_good": "Dogs bark."}),
 }
 
 
@@ -101,6 +101,14 @@ def test_bad_probe_line_names_file_and_line(tmp_path, kind):
         load_probe_file(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n", b'{"one_prefix_prefix": "\xff\xfe"}\n'])
+def test_empty_or_binary_probe_file_is_named(tmp_path, content):
+    path = tmp_path / "probes.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ProbeFileError, match=r"probes\.jsonl"):
+        load_probe_file(path)
 
 
 def test_missing_probe_file_is_a_probe_file_error(tmp_path):
@@ -149,21 +157,47 @@ def test_split_cue_word_marks_all_its_pieces(tok):
     assert not enc.cue_mask[enc.attention_mask == 0].any()
 
 
-def test_good_and_bad_ids_are_the_first_token_of_space_word(tok):
+def test_words_map_to_all_their_tokens_and_the_contrast_to_where_they_differ(tok):
+    stem, other = ids_of(tok, " " + RARE), ids_of(tok, " zyzzogexon")
+    shared = next(i for i, (g, b) in enumerate(zip(stem, other)) if g != b)
+    assert shared >= 2, "precondition: the two rare words share their first pieces"
     pairs = [MinimalPair("The keys to the cabinet", "are", "is", (1,)),
-             MinimalPair("the cat", RARE, "sleeps", (1,))]
+             MinimalPair("the cat", RARE, "sleeps", (1,)),
+             MinimalPair("the cat", RARE, "zyzzogexon", (1,)),
+             MinimalPair("the cat", RARE, RARE + "s", (1,))]  # the bad word extends the good
+    assert ids_of(tok, " " + RARE + "s")[: len(stem)] == stem, "precondition"
     enc = encode_pairs(pairs, tok)
-    assert enc.good_ids.tolist() == [ids_of(tok, " are")[0], ids_of(tok, " " + RARE)[0]]
-    assert enc.bad_ids.tolist() == [ids_of(tok, " is")[0], ids_of(tok, " sleeps")[0]]
-    assert len(ids_of(tok, " are")) == 1  # a one-token word really is one token
+    assert enc.good_tokens == [ids_of(tok, " are"), stem, stem, stem]
+    assert enc.bad_tokens == [ids_of(tok, " is"), ids_of(tok, " sleeps"), other,
+                              ids_of(tok, " " + RARE + "s")]
+    assert enc.good_ids.tolist() == [ids_of(tok, " are")[0]] + [stem[0]] * 3
+    assert enc.bad_ids.tolist() == [ids_of(tok, " is")[0], ids_of(tok, " sleeps")[0],
+                                    stem[0], stem[0]]
+    # The contrast: the first differing token, the shared ones appended to the prefix.
+    last = enc.last.tolist()
+    assert enc.contrast_position.tolist()[:3] == [last[0], last[1], last[2] + shared]
+    assert enc.contrast_good[2] == stem[shared] and enc.contrast_bad[2] == other[shared]
+    assert enc.has_contrast.tolist() == [True, True, True, False]
+    row = ids_of(tok, "the cat") + stem[:shared]
+    assert enc.input_ids[2, : len(row)].tolist() == row
+    assert enc.attention_mask[2].sum() == len(row) and not enc.cue_mask[2, 2:].any()
+    assert enc.context[2] == ids_of(tok, "the cat")
 
 
 def test_max_length_keeps_the_end_of_the_prefix(tok):
     pair = MinimalPair(f"the {RARE} near the red cat", "sleeps", "sleep", (1, 5))
     full = ids_of(tok, pair.prefix)
-    enc = encode_pairs([pair], tok, max_length=3)
+    enc = encode_pairs([pair], tok, max_length=4)  # 3 prefix tokens + the one-token word
     assert enc.input_ids[0].tolist() == full[-3:]
     assert enc.cue_mask[0].tolist() == [False, False, True]  # " cat" kept, the rare word cut
+    with pytest.raises(ValueError, match="positions"):
+        encode_pairs([MinimalPair("the cat", RARE, "sleeps")], tok, max_length=2)
+
+
+def test_good_and_bad_that_tokenise_alike_are_rejected_naming_the_pair(tok):
+    pair = MinimalPair("the cat", "sleeps", " sleeps ", source="p.jsonl:7")
+    with pytest.raises(ValueError, match="p.jsonl:7"):
+        encode_pairs([pair], tok)
 
 
 # ---------------------------------------------------------------- evidence alignment
@@ -205,38 +239,201 @@ def test_evidence_ap_is_one_when_the_cue_carries_the_answer(tok):
 def test_evidence_ap_separates_norm_from_normxlogit_when_the_cue_argues_against(tok):
     """Cue embedding = -10 x good's: the largest norm, but the most negative LogAt."""
     out = EvidenceProbe(cued_pairs(), tok)(known_answer_model(tok, -1))
-    lengths = [len(ids_of(tok, p)) for p, *_ in CUED]
-    bottom = np.mean([1 / n for n in lengths])  # the single cue ranked last
+    ranked = [len(ids_of(tok, p)) - 1 for p, *_ in CUED]  # positions 0..t-1
+    bottom = np.mean([1 / n for n in ranked])  # the single cue ranked last
     assert out["normx/evidence_ap/norm"] == pytest.approx(1.0)
     assert out["normx/evidence_ap/normxlogit"] == pytest.approx(bottom)
     assert out["normx/evidence_ap/logat"] == pytest.approx(bottom)
     assert out["normx/evidence_ap/random"] == pytest.approx(
         np.mean([(n - 1) * sum(1 / k for k in range(1, n + 1)) / (n * (n - 1))
-                 for n in lengths]))
+                 for n in ranked]))
 
 
-def test_pair_accuracy_matches_a_plain_forward_pass(tok):
-    model = gpt2(tok, seed=3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+def _ap_loop(scores, relevant) -> float:
+    """Average precision by a plain loop over the ranking (scores distinct)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    hits, total = 0, 0.0
+    for rank, i in enumerate(order, start=1):
+        if relevant[i]:
+            hits += 1
+            total += hits / rank
+    return total / hits
+
+
+def test_the_prediction_position_is_never_ranked(tok):
+    """A random model: AP over positions 0..t-1 by a plain loop equals the probe's, even
+    where t (whose LogAt is the output logit itself) would top the ranking; a probe whose
+    only cue sits at t is counted and scored for accuracy only."""
+    model = perturbed_gpt2(tok, seed=4)
+    pairs = cued_pairs() + [MinimalPair("the keys to the cabinet", "are", "is", (4,), "at_t"),
+                            MinimalPair("the big cats of my", "sleep", "sleeps", (2, 4), "both")]
+    out = EvidenceProbe(pairs, tok, contrastive=False)(model)
+    expected = {"normxlogit": [], "logat": [], "norm": []}
+    for pair in pairs[:4] + pairs[5:]:
+        ids = torch.tensor([ids_of(tok, pair.prefix)])
+        a = attribute(model, ids, target=ids_of(tok, " " + pair.good)[0])
+        t = ids.shape[1] - 1
+        cue = [i in pair.cue_word_indices for i in range(t)]  # one token per word here
+        for m in expected:
+            expected[m].append(_ap_loop(getattr(a, m)[0, :t].tolist(), cue))
+    for m, values in expected.items():
+        assert out[f"normx/evidence_ap/{m}"] == pytest.approx(np.mean(values)), m
+    assert out["normx/evidence_n_pairs"] == 5 and out["normx/evidence_n_cue_at_prediction"] == 1
+    assert out["normx/pair_n_pairs"] == 6
+
+
+def _logprob(model, context, continuation) -> float:
+    """log p(continuation | context), one token at a time through the full model."""
+    total, ids = 0.0, list(context)
+    for token in continuation:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        total += float(logits.log_softmax(-1)[token])
+        ids.append(token)
+    return total
+
+
+def test_pair_accuracy_compares_whole_words_by_log_probability(tok):
+    model = perturbed_gpt2(tok, seed=3)
     pairs = cued_pairs() + [
         MinimalPair(p, b, g, (), uid=f"swap{i}") for i, (p, g, b, _) in enumerate(CUED)] + [
-        MinimalPair("the cat", "sleeps", "sleep", (), uid="short"),
+        MinimalPair("the cat", RARE, "sleep", (), uid="multi"),
+        MinimalPair("the cat", RARE + "s", RARE, (), uid="shared"),
         MinimalPair("my old dogs near the big red cats on the mat", "run", "runs", (1,),
                     uid="long")]
     out = EvidenceProbe(pairs, tok, batch_size=4)(model)
     correct = {}
     for pair in pairs:
-        with torch.no_grad():
-            logits = model(torch.tensor([ids_of(tok, pair.prefix)])).logits[0, -1]
-        good, bad = ids_of(tok, " " + pair.good)[0], ids_of(tok, " " + pair.bad)[0]
-        correct[pair.uid] = float(logits[good] > logits[bad])
+        context = ids_of(tok, pair.prefix)
+        good = ids_of(tok, pair.prefix + " " + pair.good)[len(context):]
+        bad = ids_of(tok, pair.prefix + " " + pair.bad)[len(context):]
+        correct[pair.uid] = float(_logprob(model, context, good) > _logprob(model, context, bad))
     for uid, value in correct.items():
-        assert out[f"normx/pair_accuracy_by_uid/{uid}"] == value
+        assert out[f"normx/pair_accuracy_by_uid/{uid}"] == value, uid
     assert out["normx/pair_accuracy"] == pytest.approx(np.mean(list(correct.values())))
     assert 0 < out["normx/pair_accuracy"] < 1
     assert out["normx/pair_n_pairs"] == len(pairs) and out["normx/evidence_n_pairs"] == 5
+    assert out["normx/pair_n_shared_first_token"] == 1
+
+
+def _shared_first_token_words(tok, n):
+    """Pairs of novel words whose tokenisations share the first token, differ later and
+    have the same length (so neither is favoured by length alone)."""
+    words = ["zy" + a + b + c for a in "zqxjkv" for b in ("ab", "oc", "ud", "ef", "ig", "oh")
+             for c in ("", "w")]
+    by_first: dict = {}
+    for w in words:
+        by_first.setdefault(tuple(ids_of(tok, " " + w)[:1]), []).append(w)
+    out = []
+    for group in by_first.values():
+        for i, u in enumerate(group):
+            for v in group[i + 1:]:
+                tu, tv = ids_of(tok, " " + u), ids_of(tok, " " + v)
+                if len(tu) == len(tv) and tu != tv:
+                    out.append((u, v))
+    assert len(out) >= n, "precondition: enough word pairs that share their first token"
+    return out[:n]
+
+
+def preferring_model(tok, good_tokens, bad_tokens):
+    """A unigram model: f(h) is the constant e_0 (ln_f weight 0, bias e_0), so logits are
+    U[:, 0] everywhere: +8 for the good words' tokens, -8 for the bad words'."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2,
+                                       n_positions=64, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[sorted(good_tokens), 0] = 8.0
+        model.lm_head.weight[sorted(bad_tokens), 0] = -8.0
+    return model
+
+
+def _after_shared(g, b):
+    n = next((i for i, (x, y) in enumerate(zip(g, b)) if x != y), min(len(g), len(b)))
+    return set(g[n:]), set(b[n:])
+
+
+def test_a_model_preferring_every_good_word_scores_one_whatever_the_tokenisation(tok):
+    candidates = [MinimalPair("the dogs near the mat", "zyqab", "runs", uid="longer_good"),
+                  MinimalPair("my keys", "are", "zykoc", uid="longer_bad"),
+                  MinimalPair("a cat on the mat", "sleeps", "sleep", uid="one_token")]
+    candidates += [MinimalPair("the cat", u, v, uid="shared_first")
+                   for u, v in _shared_first_token_words(tok, 40)]
+    # Orient and keep pairs so that no token is good in one pair and bad in another.
+    pairs, good, bad = [], set(), set()
+    for pair in candidates:
+        enc = encode_pairs([pair], tok)
+        g, b = _after_shared(enc.good_tokens[0], enc.bad_tokens[0])
+        for (gg, bb), p in (((g, b), pair), ((b, g), MinimalPair(
+                pair.prefix, pair.bad, pair.good, uid=pair.uid))):
+            if not (gg & (bad | bb)) and not (bb & (good | gg)):
+                pairs.append(p)
+                good |= gg
+                bad |= bb
+                break
+    enc = encode_pairs(pairs, tok)
+    assert sum(g[0] == b[0] for g, b in zip(enc.good_tokens, enc.bad_tokens)) >= 3, \
+        "precondition: several pairs share their first token"
+    assert {p.uid for p in pairs} == {"shared_first", "longer_good", "longer_bad", "one_token"}
+    out = EvidenceProbe(pairs, tok, contrastive=False)(preferring_model(tok, good, bad))
+    assert out["normx/pair_accuracy"] == 1.0
+    assert out["normx/pair_accuracy_by_uid/shared_first"] == 1.0
+
+
+def test_random_init_scores_one_half_on_pairs_that_share_their_first_token(tok):
+    """Each pair in both orders: a model that tells them apart at all is right exactly
+    once per pair, so accuracy is 1/2 (the first-token rule scored these 0)."""
+    shared = _shared_first_token_words(tok, 8)
+    pairs = [MinimalPair("the cat", u, v) for u, v in shared]
+    pairs += [MinimalPair("the cat", v, u) for u, v in shared]
+    for seed in range(3):
+        out = EvidenceProbe(pairs, tok)(gpt2(tok, seed=seed))
+        assert out["normx/pair_accuracy"] == 0.5
+        assert out["normx/pair_n_shared_first_token"] == 16
+
+
+def test_blimp_sentence_score_is_whole_sentence_log_probability(tok):
+    model = perturbed_gpt2(tok, seed=5)
+    rows = [("the keys to the cabinet are red", "the keys to the cabinet is red", "a"),
+            ("my dogs run", "my dogs runs", "a"), ("the cat sleeps", "the cat sleep", "b"),
+            ("cats sleep on the mat", "cats sleeps on the mat", "b")]
+    pairs = [MinimalPair("", "", "", (), uid, "", g, b) for g, b, uid in rows]
+    pairs.append(MinimalPair("the cat", "sleeps", "sleep", (), "b", "", "the cat sleeps",
+                             "the cat sleep"))
+    out = EvidenceProbe(pairs, tok)(model)
+    eos = tok.eos_token_id
+    correct = [_logprob(model, [eos], ids_of(tok, p.sentence_good))
+               > _logprob(model, [eos], ids_of(tok, p.sentence_bad)) for p in pairs]
+    assert out["normx/blimp_n_pairs"] == 5 and out["normx/pair_n_pairs"] == 1
+    assert out["normx/blimp_accuracy"] == pytest.approx(np.mean(correct))
+    assert out["normx/blimp_accuracy_by_uid/a"] == pytest.approx(np.mean(correct[:2]))
+    assert "normx/evidence_ap/normxlogit" in out
+
+
+def test_contrastive_scores_are_read_where_the_words_first_differ(tok):
+    """The contrast of a pair sharing its first token is explained at the first differing
+    token, on the prefix + shared tokens: never identically zero, and equal to a direct
+    `attribute` call there."""
+    model = perturbed_gpt2(tok, seed=6)
+    (u, v), = _shared_first_token_words(tok, 1)
+    pair = MinimalPair("the big cats of my", u, v, (2,))
+    out = EvidenceProbe([pair], tok, layers="last")(model)
+    tu, tv = ids_of(tok, " " + u), ids_of(tok, " " + v)
+    n = next(i for i, (x, y) in enumerate(zip(tu, tv)) if x != y)
+    ids = torch.tensor([ids_of(tok, pair.prefix) + tu[:n]])
+    a = attribute(model, ids, target=tu[n], foil=tv[n])
+    t = ids.shape[1] - 1
+    assert torch.isfinite(a.normxlogit[0, :t]).all() and a.normxlogit[0, :t].abs().sum() > 0
+    cue = [i == 2 for i in range(t)]
+    assert out["normx/evidence_ap/normxlogit_contrastive"] == pytest.approx(
+        _ap_loop(a.normxlogit[0, :t].tolist(), cue))
+    n_ranked = t
+    assert out["normx/evidence_ap/random_contrastive"] == pytest.approx(
+        (n_ranked - 1) * sum(1 / k for k in range(1, n_ranked + 1)) / (n_ranked * (n_ranked - 1)))
+    assert out["normx/evidence_n_pairs_contrastive"] == 1
 
 
 def _ap_by_hand(order: np.ndarray, relevant: np.ndarray) -> np.ndarray:
@@ -250,15 +447,15 @@ def _ap_by_hand(order: np.ndarray, relevant: np.ndarray) -> np.ndarray:
 def test_random_baseline_equals_monte_carlo_expectation(tok):
     pairs = cued_pairs() + [MinimalPair(f"the {RARE} near the red cat on my mat", "sleeps",
                                         "sleep", (1, 5)),
-                            MinimalPair("the cat", "sleeps", "sleep", (1,))]
+                            MinimalPair("the cat", "sleeps", "sleep", (0,))]
     probe = EvidenceProbe(pairs, tok, contrastive=False)
     out = probe(gpt2(tok))
     rng = np.random.default_rng(0)
     mc, dp = [], []
     for b in range(len(pairs)):
         t = int(probe.encoded.last[b])
-        relevant = probe.encoded.cue_mask[b, : t + 1].numpy()
-        order = np.argsort(rng.random((40000, t + 1)), axis=1)
+        relevant = probe.encoded.cue_mask[b, :t].numpy()  # positions 0..t-1
+        order = np.argsort(rng.random((40000, t)), axis=1)
         mc.append(_ap_by_hand(order, relevant).mean())
         dp.append(relevant.mean())
     assert out["normx/evidence_ap/random"] == pytest.approx(np.mean(mc), abs=3e-3)
@@ -310,19 +507,21 @@ def test_faithfulness_on_a_model_whose_important_position_is_known():
 
     out = FaithfulnessProbe(blocks, n_examples=12, length=16, baseline_token_id=0, captum=True,
                             methods=("normxlogit", "logat", "norm", "random", "loo"))(model)
-    for m in ("loo", "logat", "normxlogit", "saliency"):  # rank t first: full drop, suffice
-        assert out[f"normx/comprehensiveness/{m}"] == pytest.approx(drop, abs=1e-5), m
-        assert out[f"normx/sufficiency/{m}"] == pytest.approx(0.0, abs=1e-5), m
-    # Equal norms tie; ties keep position order, so t (last) is never in the top 50%.
-    assert out["normx/comprehensiveness/norm"] == pytest.approx(0.0, abs=1e-6)
-    assert out["normx/sufficiency/norm"] == pytest.approx(drop, abs=1e-5)
+    # The authors' fractions 0, 10, ..., 100 % of 16 positions, rounded down: 0 % removes
+    # nothing, every other fraction removes at least t. Ranking t first therefore gives
+    # the full drop at 10 of 11 fractions, and keeping t suffices at those 10.
+    for m in ("loo", "logat", "normxlogit", "saliency", "integrated_gradients"):
+        assert out[f"normx/comprehensiveness/{m}"] == pytest.approx(drop * 10 / 11, abs=1e-5), m
+        assert out[f"normx/sufficiency/{m}"] == pytest.approx(drop / 11, abs=1e-5), m
+    # Equal norms tie; ties keep position order, so t (last) is only in the top 100 %.
+    assert out["normx/comprehensiveness/norm"] == pytest.approx(drop / 11, abs=1e-5)
+    assert out["normx/sufficiency/norm"] == pytest.approx(drop * 10 / 11, abs=1e-5)
     assert 0 < out["normx/comprehensiveness/random"] < drop
     assert out["normx/loo_spearman/loo"] == pytest.approx(1.0)
     assert math.isnan(out["normx/loo_spearman/norm"])  # constant scores
     assert out["normx/faithfulness_n_examples"] == 12
     assert out["normx/faithfulness_mean_p_full"] == pytest.approx(float(p_full.mean()), abs=1e-6)
-    for m in ("input_x_gradient", "integrated_gradients"):
-        assert math.isfinite(out[f"normx/comprehensiveness/{m}"])
+    assert math.isfinite(out["normx/comprehensiveness/input_x_gradient"])
 
 
 def perturbed_gpt2(tok, seed=1):
@@ -372,10 +571,59 @@ def test_faithfulness_probe_restores_mode_leaves_no_gradients_and_is_determinist
 def test_faithfulness_rejects_bad_arguments(tok):
     with pytest.raises(ValueError, match="unknown faithfulness methods"):
         FaithfulnessProbe([[1, 2, 3]], methods=("lime",))
-    with pytest.raises(ValueError, match="fractions"):
-        FaithfulnessProbe([[1, 2, 3]], fractions=(0.0,))
+    for fractions in ((1.5,), (-0.1,), ()):
+        with pytest.raises(ValueError, match="fractions"):
+            FaithfulnessProbe([[1, 2, 3]], fractions=fractions)
+    with pytest.raises(ValueError, match="gradient_reduction"):
+        FaithfulnessProbe([[1, 2, 3]], gradient_reduction="l2")
     with pytest.raises(ValueError, match="tokenizer"):
         FaithfulnessProbe(["some text"])
+
+
+def test_integrated_gradients_completeness_within_one_percent(tok):
+    """Signed IG attributions from the all-zero embedding baseline sum to F(x) - F(0), F the
+    logit of y at t, within 1 % (50 steps, as the authors ran it), on GPT-2 test models;
+    the probe reports the same error it measures."""
+    for seed, n_layer in ((0, 2), (1, 4)):
+        torch.manual_seed(seed)
+        model = gpt2(tok, n_layer=n_layer, seed=seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        ids = torch.randint(1, len(tok), (4, 12), generator=torch.Generator().manual_seed(2))
+        t = torch.full((4,), 11)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[:, -1]
+            y = logits.argmax(-1)
+            zero = model(inputs_embeds=torch.zeros(4, 12, 32)).logits[:, -1]
+            delta = logits[torch.arange(4), y] - zero[torch.arange(4), y]
+        ig = gradient_attributions(model, ids, t, y, ["integrated_gradients"], reduction="sum")
+        total = ig["integrated_gradients"].sum(1)
+        assert delta.abs().min() > 0.01, "precondition: the logit moves along the path"
+        assert torch.allclose(total, delta, rtol=0.01, atol=0), (total, delta)
+        assert all(p.grad is None for p in model.parameters())
+        out = FaithfulnessProbe(ids, n_examples=4, length=12, baseline_token_id=0,
+                                methods=("integrated_gradients",))(model)
+        error = ((total - delta).abs() / delta.abs()).mean()
+        assert out["normx/ig_completeness_error"] == pytest.approx(float(error), abs=1e-4)
+        assert out["normx/ig_completeness_error"] < 0.01
+
+
+def test_gradient_baselines_reduce_by_the_l1_norm_over_the_embedding(tok):
+    model = perturbed_gpt2(tok)
+    ids = torch.randint(1, len(tok), (2, 8), generator=torch.Generator().manual_seed(3))
+    t, y = torch.tensor([7, 5]), torch.tensor([3, 4])
+    raw = gradient_attributions(model, ids, t, y, reduction=None, ig_steps=8)
+    l1 = gradient_attributions(model, ids, t, y, reduction="l1", ig_steps=8)
+    signed = gradient_attributions(model, ids, t, y, reduction="sum", ig_steps=8)
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logit = model(inputs_embeds=embeds).logits[torch.arange(2), t, y].sum()
+    grad, = torch.autograd.grad(logit, embeds)
+    assert torch.allclose(l1["saliency"], grad.abs().sum(-1), atol=1e-6)
+    assert torch.allclose(signed["saliency"], grad.sum(-1), atol=1e-6)
+    assert torch.allclose(l1["input_x_gradient"], (grad * embeds).abs().sum(-1), atol=1e-6)
+    assert torch.allclose(l1["integrated_gradients"], raw["integrated_gradients"].abs().sum(-1))
+    assert (l1["input_x_gradient"] >= signed["input_x_gradient"].abs() - 1e-6).all()
 
 
 def test_faithfulness_of_padded_examples_equals_each_alone(tok):
@@ -411,23 +659,3 @@ def test_slow_tokenizers_are_encoded_word_by_word_to_the_same_cues(tok):
     fast, slow = encode_pairs(pairs, tok), encode_pairs(pairs, _SlowTokenizer(tok))
     for name in ("input_ids", "attention_mask", "cue_mask", "good_ids", "bad_ids", "last"):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
-
-
-def test_blimp_hub_rows_map_to_minimal_pairs(monkeypatch):
-    import datasets
-
-    rows = [
-        {"sentence_good": "The keys to the cabinet are red.", "sentence_bad":
-         "The keys to the cabinet is red.", "UID": "agr", "one_prefix_method": True},
-        {"sentence_good": "Who did Bo see?", "sentence_bad": "Who Bo did see?", "UID": "q",
-         "one_prefix_method": False},
-        {"sentence_good": "Dogs bark.", "sentence_bad": "Dogs barks.", "UID": "agr",
-         "one_prefix_method": True},
-    ]
-    calls = []
-    monkeypatch.setattr(datasets, "load_dataset",
-                        lambda *a, **kw: calls.append((a, kw)) or rows)
-    pairs = load_blimp_from_hub("regular_plural_subject_verb_agreement_1")
-    assert calls[0][0] == ("nyu-mll/blimp", "regular_plural_subject_verb_agreement_1")
-    assert [(p.prefix, p.good, p.bad, p.cue_word_indices, p.uid) for p in pairs] == [
-        ("The keys to the cabinet", "are", "is", (), "agr"), ("Dogs", "bark", "barks", (), "agr")]
