@@ -4,6 +4,7 @@
 
 Writes, as PNG and SVG (by default into RUN_DIR/figures):
   correlations        norm vs each gold signal (Spearman, Pearson, partial) and AUROC, per step
+  frequency_control   per gold signal, plain Spearman beside partial Spearman | log frequency
   frequency_deciles   mean norm per frequency decile (snapshots + gold counts)
   function_content    function vs content words (gold function_word labels)
   evidence_by_layer   evidence AP per layer and step, a heatmap per method
@@ -18,12 +19,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
+
+from normx_track.metrics import correlations as _correlations
 
 from . import figures as F
 from .load import NoRecordError, Run, cli_warnings, load_run
 
-FIGURES = ("correlations", "frequency_deciles", "function_content", "evidence_by_layer",
+FIGURES = ("correlations", "frequency_control", "frequency_deciles", "function_content", "evidence_by_layer",
            "evidence", "faithfulness")
 
 
@@ -45,6 +49,9 @@ def build_figures(run: Run, log_steps: bool = False) -> dict[str, Figure | str]:
     gold = run.gold
     steps, norms = run.norms("input_norm")
     counts = gold.get("counts")
+    attempt("frequency_control", lambda: F.frequency_control(
+        frame, frequency_confound(gold, run.min_count), log_steps,
+        title=f"{run.name}: what the norm knows beyond frequency"))
     attempt("frequency_deciles", lambda: F.frequency_deciles(
         steps, norms, counts if counts is not None else [], log_steps=log_steps))
     attempt("function_content", lambda: F.function_content(
@@ -55,6 +62,24 @@ def build_figures(run: Run, log_steps: bool = False) -> dict[str, Figure | str]:
                                                "Evidence alignment"))
     attempt("faithfulness", lambda: F.probe_curves(frame, F.FAITHFULNESS, log_steps,
                                                    "Faithfulness"))
+    return out
+
+
+def spearman_over_types(values, counts, min_count: int) -> float:
+    return float(_correlations(values, counts, counts, min_count)["spearman"])
+
+
+def frequency_confound(gold: dict, min_count: int) -> dict[str, float]:
+    """Spearman of each gold signal with the counts, over the types the record correlates
+    (count >= min_count): how much of the signal is frequency."""
+    counts = gold.get("counts")
+    if counts is None:
+        return {}
+    out = {}
+    for name, values in gold.items():
+        if name in ("counts", "function_word") or np.shape(values) != np.shape(counts):
+            continue
+        out[name] = spearman_over_types(values, counts, min_count)
     return out
 
 

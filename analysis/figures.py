@@ -20,8 +20,10 @@ from normx_track.metrics import norm_statistics  # noqa: E402
 
 STATS = {"spearman": "Spearman", "pearson": "Pearson",
          "partial_spearman": "partial Spearman (| log freq)"}
-EVIDENCE = {"pair_accuracy": "minimal-pair accuracy",
+EVIDENCE = {"pair_accuracy": "minimal-pair accuracy (whole-word log-probability)",
             "pair_accuracy_by_uid": "minimal-pair accuracy by paradigm (UID)",
+            "blimp_accuracy": "BLiMP accuracy (whole sentence)",
+            "blimp_accuracy_by_uid": "BLiMP accuracy by paradigm (UID)",
             "evidence_ap": "evidence AP", "evidence_dp": "evidence DP"}
 FAITHFULNESS = {"comprehensiveness": "comprehensiveness (higher = more faithful)",
                 "sufficiency": "sufficiency (lower = more faithful)",
@@ -162,6 +164,37 @@ def correlations(frame: pd.DataFrame, log_steps: bool = False, title: str = "") 
     if stats:
         axes[0].legend(fontsize="small")
     fig.suptitle(title or "Embedding norm vs gold importance")
+    return fig
+
+
+def frequency_control(frame: pd.DataFrame, confound: dict[str, float] | None = None,
+                      log_steps: bool = False, title: str = "") -> Figure:
+    """A panel per gold signal: the plain Spearman of the norm with it (solid) beside the
+    partial Spearman controlling for log frequency (dashed). ``confound``: the Spearman of
+    each signal with the token counts (from gold.npz), shown in the panel title: near +-1,
+    the plain Spearman mostly measures frequency and the partial one is what the norm
+    knows beyond it."""
+    pairs = [s for s in signals(frame) if f"normx/spearman/{s}" in frame
+             and f"normx/partial_spearman/{s}" in frame]
+    if not pairs:
+        raise Skipped("no normx/spearman/<signal> with normx/partial_spearman/<signal> "
+                      "columns in metrics.jsonl")
+    fig, axes = _axes(len(pairs), ncols=3)
+    steps = _column(frame, "step")
+    for ax, sig, color in zip(axes, pairs, _colors(len(pairs))):
+        for stat, style, label in (("spearman", "-", "Spearman"),
+                                   ("partial_spearman", "--", "partial | log freq")):
+            key = f"normx/{stat}/{sig}"
+            ax.plot(steps, _column(frame, key), style, marker=".", color=color, label=label,
+                    gid=key)
+        ax.axhline(0, color="0.6", lw=0.8)
+        rho = (confound or {}).get(sig)
+        ax.set_title(sig + (f"\n(Spearman of signal with frequency {rho:+.2f})"
+                            if rho is not None and np.isfinite(rho) else ""), fontsize="medium")
+        ax.set_ylabel("correlation with norm")
+        _step_axis(ax, log_steps)
+        ax.legend(fontsize="small")
+    fig.suptitle(title or "Plain vs frequency-controlled correlation, per gold signal")
     return fig
 
 

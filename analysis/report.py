@@ -195,9 +195,9 @@ def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
     last = ""
     if not frame.empty:
         final = frame.iloc[-1]
-        keys = [k for k in frame.columns if k.startswith(("normx/spearman/", "normx/auroc/",
-                                                          "normx/pair_accuracy",
-                                                          "normx/evidence_ap/"))]
+        keys = [k for k in frame.columns if k.startswith(
+            ("normx/spearman/", "normx/partial_spearman/", "normx/auroc/",
+             "normx/pair_accuracy", "normx/blimp_accuracy", "normx/evidence_ap/"))]
         last = (f"<p>Last recorded step {int(final['step'])} "
                 f"({len(frame)} snapshots recorded).</p>" +
                 table_html(pd.DataFrame({"metric": keys, "value": [final[k] for k in keys]}),
@@ -218,7 +218,7 @@ def sweep_report(runs: list[Run], root: Path, steps: Sequence[int] | None = None
                  band: str = "std") -> str:
     figures, table, frame, labels = build_sweep(runs, group_by, band, log_steps)
     headline = table[table["metric"].str.match(
-        r"normx/(spearman/|auroc/|pair_accuracy|evidence_ap/)")]
+        r"normx/(spearman/|partial_spearman/|auroc/|pair_accuracy|blimp_accuracy|evidence_ap/)")]
     text = [c for c in table.columns if c not in
             ("n_runs", "final_mean", "final_std", "peak_mean", "peak_std", "peak_step_mean",
              "peak_step_std")]

@@ -29,14 +29,20 @@ LAYOUT: dict[str, list[tuple[str, list[str]]]] = {
         ("mean norm by frequency decile", [f"normx/norm/bucket_{b:02d}/mean" for b in range(10)]),
     ],
     "normx: evidence alignment": [
-        ("minimal-pair accuracy", ["normx/pair_accuracy"]),
+        ("minimal-pair accuracy", ["normx/pair_accuracy", "normx/blimp_accuracy"]),
         ("evidence AP", [f"normx/evidence_ap/{m}" for m in METHODS]),
         ("evidence DP", [f"normx/evidence_dp/{m}" for m in METHODS]),
+        ("contrastive evidence AP", [f"normx/evidence_ap/{m}_contrastive"
+                                     for m in ("normxlogit", "logat", "random")]),
     ],
     "normx: faithfulness": [
         ("comprehensiveness", [f"normx/comprehensiveness/{m}" for m in METHODS]),
         ("sufficiency", [f"normx/sufficiency/{m}" for m in METHODS]),
         ("agreement with leave-one-out", [f"normx/loo_spearman/{m}" for m in METHODS]),
+        ("gradient baselines: comprehensiveness",
+         [f"normx/comprehensiveness/{m}" for m in ("saliency", "input_x_gradient",
+                                                    "integrated_gradients")]),
+        ("IG completeness error", ["normx/ig_completeness_error"]),
     ],
     "training": [("loss", ["train/loss", "val/loss", "data/unigram_entropy"])],
 }

@@ -19,8 +19,8 @@ Cue rules (``cue_word_indices`` index ``prefix.split()``; see `CUE_RULES`):
   relative pronoun (``of``, ``about``, ``who``, ``that``, ...), else the last word; in
   "a lot of X" the head is X.
 * anaphor agreement (``anaphor_gender_agreement``, ``anaphor_number_agreement``): the
-  antecedent is the subject's head: after an optional determiner/quantifier, a run of
-  capitalised words (a name: its last word) or else the next word.
+  antecedent is the subject's head: the word after the initial determiners/quantifiers,
+  or else a run of capitalised words (a name: its last word).
 
 Paradigms without a rule give accuracy only. Hub rows carry whole sentences and a
 ``one_prefix_method`` flag; there the prefix is the words both sentences share before they
@@ -81,9 +81,10 @@ def subject_head_cue(words: Sequence[str]) -> list[int]:
 
 def antecedent_cue(words: Sequence[str]) -> list[int]:
     """The head of the sentence-initial subject: a name's last capitalised word, or the word
-    after an initial determiner/quantifier."""
-    start = _after_quantifier(words)
-    i = start + 1 if len(words) > start + 1 and _bare(words[start]) in _DETERMINERS else start
+    after the initial determiners/quantifiers."""
+    start = i = _after_quantifier(words)
+    while i + 1 < len(words) and _bare(words[i]) in _DETERMINERS:  # "All the dancers"
+        i += 1
     if i == start and words[i][:1].isupper():
         while i + 1 < len(words) and words[i + 1][:1].isupper():
             i += 1
@@ -151,8 +152,14 @@ def _uids(text: str) -> list[str]:
 
 def load_blimp(spec: str = "blimp", split: str = "train") -> list[MinimalPair]:
     """Minimal pairs for a ``blimp[:FOLDER][:UID,UID]`` spec, cues added (module docstring).
-    A local FOLDER holds ``<UID>.jsonl`` files (BLiMP's ``data/``); without one, the hub."""
+    A local FOLDER holds ``<UID>.jsonl`` files (BLiMP's ``data/``): all the agreement
+    paradigms it holds unless UIDs are named; without a folder, the hub."""
     folder, uids = _parse(spec)
+    if not uids and folder is not None:  # the agreement paradigms the folder holds
+        uids = [u for u in AGREEMENT_PARADIGMS if (folder / f"{u}.jsonl").exists()]
+        if not uids:
+            raise ProbeFileError(f"{folder}: holds none of BLiMP's agreement paradigms "
+                                 f"(<UID>.jsonl, e.g. {AGREEMENT_PARADIGMS[0]}.jsonl)")
     uids = uids or list(AGREEMENT_PARADIGMS)
     pairs: list[MinimalPair] = []
     for uid in uids:

@@ -162,9 +162,14 @@ def test_dot_product_hand_example():
 def test_topk_positions():
     imp = np.array([0.2, 0.9, 0.5, 0.9, 0.1, 0.0, 0.3, 0.4, 0.6, 0.7])
     np.testing.assert_array_equal(M.topk_positions(imp, 0.3), [1, 3, 9])  # 0.3*10 -> 3
-    np.testing.assert_array_equal(M.topk_positions(imp, 0.01), [1])       # at least 1
-    assert len(M.topk_positions(imp[:3], 0.5)) == 2                       # ceil(1.5)
-    assert len(M.topk_positions(imp, 2.0)) == 10
+    assert len(M.topk_positions(imp, 0.01)) == 0                          # floor(0.1)
+    assert len(M.topk_positions(imp, 0.0)) == 0
+    assert len(M.topk_positions(imp[:3], 0.5)) == 1                       # floor(1.5)
+    assert len(M.topk_positions(imp[:7], 0.7)) == 4                       # 4.8999.. -> 4
+    np.testing.assert_array_equal(M.topk_positions(imp, 1.0), np.argsort(-imp, kind="stable"))
+    for n in range(1, 30):  # k% of n rounded down, as a loop over the authors' fractions
+        for k in range(11):
+            assert len(M.topk_positions(np.arange(n), k / 10)) == (k * n) // 10
 
 
 def test_comprehensiveness_and_sufficiency():
@@ -174,7 +179,8 @@ def test_comprehensiveness_and_sufficiency():
     assert M.sufficiency(0.8, [0.7, 0.75, 0.8, 0.8, 0.85]) == pytest.approx(0.02)
     batch = M.comprehensiveness(np.array([0.8, 0.5]), np.array([[0.6, 0.5], [0.4, 0.3]]))
     np.testing.assert_allclose(batch, [0.3, 0.1])
-    assert M.DEFAULT_FRACTIONS == (0.1, 0.2, 0.3, 0.4, 0.5)
+    assert M.AUTHORS_FRACTIONS == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    assert M.ERASER_FRACTIONS == (0.01, 0.05, 0.1, 0.2, 0.5)
 
 
 def test_prepared_gold_equals_plain_correlations():
