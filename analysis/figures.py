@@ -51,7 +51,7 @@ def methods(frame: pd.DataFrame, family: str) -> list[str]:
     head = f"normx/{family}/"
     names = [c[len(head):] for c in frame.columns
              if c.startswith(head) and "/" not in c[len(head):]]
-    return sorted(names, key=lambda m: (m == "random", m))
+    return sorted(names, key=lambda m: (m.startswith("random"), m))
 
 
 def layer_matrix(frame: pd.DataFrame) -> dict[str, tuple[list[int], np.ndarray]]:
@@ -187,6 +187,10 @@ def frequency_control(frame: pd.DataFrame, confound: dict[str, float] | None = N
             key = f"normx/{stat}/{sig}"
             ax.plot(steps, _column(frame, key), style, marker=".", color=color, label=label,
                     gid=key)
+        if not np.isfinite(_column(frame, f"normx/partial_spearman/{sig}")).any():
+            ax.text(0.5, 0.5, "partial undefined: the signal is\na function of frequency",
+                    ha="center", va="center", transform=ax.transAxes, color="0.4",
+                    fontsize="small")
         ax.axhline(0, color="0.6", lw=0.8)
         rho = (confound or {}).get(sig)
         ax.set_title(sig + (f"\n(Spearman of signal with frequency {rho:+.2f})"
@@ -320,7 +324,7 @@ def probe_curves(frame: pd.DataFrame, families: dict[str, str], log_steps: bool 
     for ax, (label, keys) in zip(axes, panels):
         for key in keys:
             method = key.rsplit("/", 1)[-1]
-            random = method == "random"
+            random = method.startswith("random")
             ax.plot(steps, _column(frame, key), "--" if random else "-", marker=".",
                     color="0.5" if random else color[method], label=method, gid=key)
         ax.set_title(label)

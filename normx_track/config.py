@@ -6,6 +6,7 @@ naming the offending key, e.g. ``trainer.max_steps must be > 0, got -5``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -103,7 +104,7 @@ class TrackerConfig:
     log_spaced: bool = True  # also snapshot at 1, 2, 4, 8, ... below every_n_steps
     on_checkpoint: bool = True
     on_train_end: bool = True
-    stats_tokens: Optional[int] = 2_000_000  # gold statistics over the first N training tokens
+    stats_tokens: Optional[int] = 2_000_000  # gold statistics over the first N training tokens (null: all)
     window: int = 5
     shuffle_correction: bool = True
     min_count: int = 10
@@ -174,8 +175,59 @@ def _get(cfg: Config, key: str) -> Any:
     return value
 
 
+_PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16",
+               "16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
+_ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+
+
+def _devices_ok(devices: Any) -> bool:
+    """What Lightning accepts: "auto", an int (-1: all), "N", "-1", or a list of indices."""
+    if devices == "auto":
+        return True
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices == -1 or devices > 0
+    if isinstance(devices, str):
+        parts = [p for p in devices.split(",") if p.strip()]
+        return bool(parts) and all(p.strip().lstrip("-").isdigit() for p in parts)
+    if isinstance(devices, (list, tuple)):
+        return bool(devices) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                     for d in devices)
+    return False
+
+
+def _float_fields(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """Every float in the config tree, with its dotted key."""
+    out = []
+    for f in fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out += _float_fields(value, key + ".")
+        elif isinstance(value, float):
+            out.append((key, value))
+        elif isinstance(value, (list, tuple)):
+            out += [(f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float)]
+    return out
+
+
 def validate(cfg: Config) -> Config:
     """Range checks Hydra cannot express; returns cfg so calls can be chained."""
+    for key, value in _float_fields(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    if not _devices_ok(cfg.trainer.devices):
+        raise ConfigError(f"trainer.devices must be 'auto', a positive count, -1 (all) or a "
+                          f"list of device indices, got {cfg.trainer.devices!r}")
+    if str(cfg.trainer.precision) not in _PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {list(_PRECISIONS)}, got "
+                          f"{cfg.trainer.precision!r}")
+    if cfg.trainer.accelerator not in _ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator must be one of {list(_ACCELERATORS)}, got "
+                          f"{cfg.trainer.accelerator!r}")
+    if cfg.tracker.stats_tokens is not None and cfg.tracker.stats_tokens <= 0:
+        raise ConfigError(f"tracker.stats_tokens must be > 0 (or null: the whole training "
+                          f"stream), got {cfg.tracker.stats_tokens}")
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"{key} must be one of {list(choices)}, got {_get(cfg, key)!r}")

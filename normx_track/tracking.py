@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 def cached_gold(datamodule: TextDataModule, cfg: Config) -> GoldStatistics:
     t = cfg.tracker
-    key = cache_key(datamodule.dir.name, t.stats_tokens or -1, t.window,
-                    int(t.shuffle_correction), cfg.seed)
+    tokens = "all" if t.stats_tokens is None else t.stats_tokens  # the real value: 0 is not "all"
+    key = cache_key(datamodule.dir.name, tokens, t.window, int(t.shuffle_correction), cfg.seed)
     path = datamodule.dir / f"gold_{key[:16]}.npz"
     if path.exists():
         return GoldStatistics.load(path, vocab_size=datamodule.vocab_size)
