@@ -15,27 +15,45 @@ from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from normx_track.config import Config, ConfigError, validate
+from normx_track.config import Config, validate
+from normx_track.errors import InputError
 
 ConfigStore.instance().store(name="config_schema", node=Config)
+# A resumed run writes its Hydra job files beside the first run's, never over them, so
+# .hydra/overrides.yaml keeps saying what the run was started with.
+OmegaConf.register_new_resolver(
+    "normx_job_files", lambda ckpt_path, now: ".hydra" if ckpt_path in (None, "None", "null")
+    else f".hydra/resume-{now}", replace=True)
+
+USAGE_ERROR = 2  # bad input: one line on stderr, no traceback
 
 
-def to_config(cfg: DictConfig) -> Config:
-    """Hydra's typed DictConfig -> our dataclasses, with range checks that name the key."""
-    try:
-        return validate(OmegaConf.to_object(cfg))
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def job_files() -> list[Path]:
+    """This job's Hydra config file (for W&B), where Hydra saved one."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is None:
+        return []
+    return [Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"]
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(dict_cfg: DictConfig) -> float | None:
-    cfg = to_config(dict_cfg)
-    from normx_track.run import run  # heavy imports after validation: errors come fast
-    hydra_config = Path(cfg.output_dir) / ".hydra" / "config.yaml"
-    return run(cfg, config_files=[hydra_config])
+    from normx_track.records import RecordLockedError, RecordWriteError
+
+    try:
+        cfg = validate(OmegaConf.to_object(dict_cfg))
+        from normx_track.run import run  # heavy imports after validation: errors come fast
+        return run(cfg, config_files=job_files())
+    except (InputError, RecordLockedError, RecordWriteError) as err:
+        fail(str(err))
 
 
 if __name__ == "__main__":

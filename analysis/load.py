@@ -176,15 +176,16 @@ class Run:
         return self._norm_cache[key]
 
     def setting(self, key: str) -> str | None:
-        """The value of a config key for grouping: the Hydra override if given, else the
-        dotted key looked up in the recorded config (meta.json), else .hydra/config.yaml."""
+        """The value of a config key for grouping: what the record says the run ran with
+        (meta.json's config); for a config group (``model=gpt2_micro``, a section there) or
+        a key the record lacks, the Hydra override, else .hydra/config.yaml."""
+        recorded = _dotted(self.config, key)
+        if recorded is not None and not isinstance(recorded, dict):
+            return _plain_str(recorded)
         if key in self.overrides:
             return _plain_str(self.overrides[key])
-        for source in (self.config, _hydra_config(self.path)):
-            value = _dotted(source, key)
-            if value is not None:
-                return _plain_str(value)
-        return None
+        value = _dotted(_hydra_config(self.path), key)
+        return None if value is None else _plain_str(value)
 
 
 # -- sweeps ------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from normx_track.callback import run_probes
+from normx_track.callback import run_probes, vocab_hash
 from normx_track.checkpoints import CheckpointError, LoadedModel, load_model
 from normx_track.gold import GoldStatistics
-from normx_track.records import RecordWriter, read_json, record_dir
+from normx_track.records import (RecordLock, RecordLockedError, RecordWriter, read_json,
+                                 record_dir, set_aside)
 from normx_track.snapshot import NormMetrics, embedding_norms
 from normx_track.tracking import probes_for_record
 
@@ -28,7 +29,29 @@ from normx_track.tracking import probes_for_record
 def measure_checkpoints(loaded: list[LoadedModel], gold: GoldStatistics, out: Path,
                         min_count: int, vocab: list[str] | None, meta: dict,
                         probes: list = ()) -> list[int]:
-    """Snapshot every model into the record at `out`; returns the steps written."""
+    """Snapshot every model into the record at `out`; returns the steps written. A record
+    already at `out` is continued when it is a replay of the same vocabulary, else set aside
+    (``normx.replaced-<time>``) first, as `train.py` does."""
+    lock = RecordLock.acquire(out)
+    try:
+        _set_aside_other_record(out, meta)
+        return _measure(loaded, gold, out, min_count, vocab, meta, probes)
+    finally:
+        lock.release()
+
+
+def _set_aside_other_record(out: Path, meta: dict) -> None:
+    before = read_json(out, "meta.json") if (record_dir(out) / "meta.json").exists() else None
+    if before is not None and before.get("vocab_hash") == meta.get("vocab_hash") and \
+            before.get("replay_of") == meta.get("replay_of"):
+        return  # an interrupted replay of the same run: continue it
+    moved = set_aside(out)
+    if moved is not None:
+        print(f"replay: {record_dir(out)} held another record; moved it to {moved}")
+
+
+def _measure(loaded: list[LoadedModel], gold: GoldStatistics, out: Path, min_count: int,
+             vocab: list[str] | None, meta: dict, probes: list) -> list[int]:
     writer = RecordWriter(out)
     writer.write_meta(meta)
     if vocab is not None:
@@ -64,6 +87,7 @@ def _settings(args: argparse.Namespace) -> tuple[GoldStatistics, list[str] | Non
     gold = GoldStatistics.load(args.gold)
     vocab = json.loads(Path(args.vocab).read_text()) if args.vocab else None
     return gold, vocab, args.min_count or 10, {"vocab_size": gold.vocab_size,
+                                               "vocab_hash": vocab_hash(vocab),
                                                "gold": gold.names()}
 
 
@@ -91,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"replay: cannot tell the training step of {unknown}; name them with stepN")
     meta["replay_sources"] = [m.source for m in loaded]
     probes = probes_for_record(meta) if args.like else []
-    steps = measure_checkpoints(loaded, gold, args.out, min_count, vocab, meta, probes)
+    try:
+        steps = measure_checkpoints(loaded, gold, args.out, min_count, vocab, meta, probes)
+    except RecordLockedError as err:
+        sys.exit(f"replay: {err}")
     print(f"replay: recorded steps {steps} in {record_dir(args.out)}")
 
 

@@ -22,11 +22,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from typing_extensions import override
 
 from . import __version__
 from .attribution import eval_mode
 from .gold import GoldStatistics
-from .records import RecordWriter, set_aside
+from .records import RecordLock, RecordWriter, read_json, set_aside
 from .snapshot import (NormMetrics, embedding_norms, extreme_tokens, find_language_model,
                        full_params, is_sharded)
 
@@ -47,6 +48,42 @@ def snapshot_schedule(step: int, every_n_steps: int, log_spaced: bool) -> bool:
 
 
 class NormTracker(L.Callback):
+    r"""Snapshot the word-embedding norms during training and record how they agree with
+    gold importance signals, plus any probes (DESIGN.md "The durable record").
+
+    Args:
+        gold: gold statistics (`compute_gold`), or the path of a saved ``gold.npz``.
+        vocab: token strings by id (for tables and ``vocab.json``).
+        out_dir: where ``normx/`` goes; default the Trainer's ``default_root_dir``.
+        every_n_steps: snapshot every N optimizer steps (and at step 0, the initialisation).
+        log_spaced: also snapshot at 1, 2, 4, 8, ... below ``every_n_steps``.
+        on_checkpoint: snapshot whenever a checkpoint is saved (its state says so).
+        on_train_end: snapshot at the end of training.
+        min_count: correlations use token types seen at least this often.
+        signals: extra gold signals [V] by name, e.g. ``{"lexicon/concreteness": scores}``.
+        probes: callables ``probe(hf_model) -> {"normx/...": float}`` run at each snapshot
+            (`normx_track.evidence.EvidenceProbe`, `normx_track.faithfulness.FaithfulnessProbe`).
+        stop_on_nonfinite: stop training (on every rank) when a norm is NaN or inf.
+        top_k_tokens: rows of the highest/lowest-norm token table logged to W&B.
+        meta: extra entries for ``meta.json``, e.g. ``{"config": run_config}``.
+        model_getter: where the HF model sits in your LightningModule (default: the first
+            submodule with ``get_input_embeddings()``).
+
+    Example::
+
+        from normx_track import NormTracker, compute_gold
+
+        gold = compute_gold(token_id_documents, vocab_size=len(tokenizer))
+        tracker = NormTracker(gold, vocab=token_strings, out_dir="runs/mine", every_n_steps=200)
+        lightning.Trainer(callbacks=[tracker]).fit(my_module, my_loader)
+
+    One rank (global zero) measures and writes; under FSDP every rank gathers the model for a
+    snapshot. The tracker's state (last recorded step, tokens seen) travels in Lightning
+    checkpoints under the key ``"NormTracker"``: a resumed run continues its record with no
+    gap and no duplicate, even with other settings (which it names in a warning and in
+    ``meta.json``). The record folder is locked (``<out_dir>/normx.lock``) while a run writes.
+    """
+
     def __init__(self, gold: GoldStatistics | str | Path, vocab: Sequence[str] | None = None, *,
                  out_dir: str | Path | None = None, every_n_steps: int = 100,
                  log_spaced: bool = True, on_checkpoint: bool = True, on_train_end: bool = True,
@@ -54,14 +91,6 @@ class NormTracker(L.Callback):
                  probes: Sequence[Probe] = (), stop_on_nonfinite: bool = False,
                  top_k_tokens: int = 20, meta: Mapping[str, Any] | None = None,
                  model_getter: Callable[[L.LightningModule], torch.nn.Module] | None = None):
-        """
-        gold: gold statistics (or the path of a saved `gold.npz`), arrays over the vocabulary.
-        vocab: token strings by id (for tables and `vocab.json`).
-        signals: extra gold signals [V] by name, e.g. `{"lexicon/concreteness": scores}`.
-        meta: extra entries for meta.json, e.g. `{"config": run_config}`.
-        every_n_steps / log_spaced / on_checkpoint / on_train_end: when to snapshot; step 0
-            (the initialisation) is always recorded.
-        """
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.gold = gold if isinstance(gold, GoldStatistics) else GoldStatistics.load(gold)
@@ -70,7 +99,7 @@ class NormTracker(L.Callback):
         self._check_lengths()
         self.out_dir = out_dir
         self.every_n_steps, self.log_spaced = every_n_steps, log_spaced
-        self.on_checkpoint, self.at_train_end = on_checkpoint, on_train_end
+        self.snapshot_on_checkpoint, self.snapshot_on_train_end = on_checkpoint, on_train_end
         self.min_count, self.top_k_tokens = min_count, top_k_tokens
         self.probes, self.stop_on_nonfinite = list(probes), stop_on_nonfinite
         self.meta, self.model_getter = dict(meta or {}), model_getter
@@ -78,6 +107,7 @@ class NormTracker(L.Callback):
         self._failed_loggers: set[int] = set()  # warned about once
         self.tokens_seen = 0
         self.writer: RecordWriter | None = None
+        self._lock: RecordLock | None = None
         self._metrics: NormMetrics | None = None  # prepared on rank zero at setup
 
     def _check_lengths(self) -> None:
@@ -91,6 +121,7 @@ class NormTracker(L.Callback):
                                  f"expected ({size},) to match the vocabulary")
 
     # -- Lightning hooks ---------------------------------------------------------------------
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         rows = self._language_model(pl_module).get_input_embeddings().weight.shape[0]
         if rows < self.gold.vocab_size:
@@ -99,6 +130,7 @@ class NormTracker(L.Callback):
         if trainer.is_global_zero:
             self._metrics = NormMetrics(self.signals, self.gold.counts, self.min_count)
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Checkpoint state is restored by now (under FSDP only after on_fit_start), so a
         # fresh run (last_step < 0) is told apart from a resumed one.
@@ -115,45 +147,80 @@ class NormTracker(L.Callback):
             self._snapshot(trainer, pl_module)
 
     def _open_record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        run_dir = self.out_dir or trainer.default_root_dir
+        run_dir = Path(self.out_dir or trainer.default_root_dir)
+        self._lock = RecordLock.acquire(run_dir)  # before anything in the folder is touched
         if self.last_step < 0:  # a fresh run never writes over an earlier run's record
             moved = set_aside(run_dir)
             if moved is not None:
                 log.warning("%s already held a record from another run; moved it to %s",
                             run_dir, moved)
         self.writer = RecordWriter(run_dir)
-        self.writer.write_meta(self._meta(pl_module))
+        meta = self._meta(pl_module)
+        if self.last_step >= 0:
+            meta = self._resumed_meta(meta)
+        self.writer.write_meta(meta)
         if self.vocab is not None:
             self.writer.write_vocab(self.vocab)
         self.gold.save(self.writer.dir / "gold.npz")
 
+    def _resumed_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The record continues: keep its history, and say which tracker settings the
+        resumed run changed (the rows before and after were taken under different ones)."""
+        before = read_json(self.writer.dir, "meta.json") or {}
+        changed = {k: [before.get("tracker", {}).get(k), v] for k, v in meta["tracker"].items()
+                   if k in before.get("tracker", {}) and before["tracker"][k] != v}
+        if changed:
+            log.warning("%s: resumed at step %d with changed tracker settings %s; the record "
+                        "continues (both settings are in meta.json)", self.writer.dir,
+                        self.last_step, ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+        history = list(before.get("resumed", []))
+        history.append({"at_step": self.last_step, "changed": changed})
+        return {**meta, "resumed": history}
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.tokens_seen += _count_tokens(batch) * trainer.world_size
         step = trainer.global_step
         if step > self.last_step and snapshot_schedule(step, self.every_n_steps, self.log_spaced):
             self._snapshot(trainer, pl_module)
 
+    @override
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        # Lightning collects state_dict() before this hook, so refresh our entry after
-        # snapshotting: the checkpoint then says this step is recorded.
-        if self.on_checkpoint and trainer.global_step > self.last_step:
+        # Lightning collects state_dict() before this hook, so after snapshotting here the
+        # checkpoint's entry is refreshed: it then says this step is recorded.
+        if self.snapshot_on_checkpoint and trainer.global_step > self.last_step:
             self._snapshot(trainer, pl_module)
             checkpoint.setdefault("callbacks", {})[self.state_key] = self.state_dict()
 
+    @override
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before the key was the plain class name used a key with the
+        # settings in it ("NormTracker{'every_n_steps': 100}"): find the state either way.
+        states = checkpoint.get("callbacks", {})
+        if self.state_key not in states:
+            state = tracker_state(checkpoint)
+            if state is not None:
+                self.load_state_dict(state)
+
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_train_end and trainer.global_step > self.last_step:
+        if self.snapshot_on_train_end and trainer.global_step > self.last_step:
             self._snapshot(trainer, pl_module)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self.last_step, "tokens_seen": self.tokens_seen}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_step = int(state_dict["last_step"])
-        self.tokens_seen = int(state_dict["tokens_seen"])
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps)
+        self.last_step = int(state_dict.get("last_step", -1))
+        self.tokens_seen = int(state_dict.get("tokens_seen", 0))
 
     # -- the snapshot ------------------------------------------------------------------------
     def _language_model(self, pl_module: L.LightningModule) -> torch.nn.Module:
@@ -169,23 +236,27 @@ class NormTracker(L.Callback):
             # Under FSDP all ranks run the probes in step, so any collective inside matches.
             probe_row = run_probes(self.probes, model) if sharded or trainer.is_global_zero else {}
         self.last_step = step
-        if not trainer.is_global_zero:
-            return
-        row = {"step": step, "tokens_seen": self.tokens_seen}
-        row.update(self._metrics(arrays))
-        row.update(probe_row)
-        self.writer.write_snapshot(step, arrays)
-        self.writer.append_metrics(row)
-        self._log(trainer, step, row, arrays)
-        self._check_finite(trainer, step, row)
+        if trainer.is_global_zero:
+            row = {"step": step, "tokens_seen": self.tokens_seen}
+            row.update(self._metrics(arrays))
+            row.update(probe_row)
+            self.writer.write_snapshot(step, arrays)
+            self.writer.append_metrics(row)
+            self._log(trainer, step, row, arrays)
+        self._check_finite(trainer, step, arrays)
 
-    def _check_finite(self, trainer: L.Trainer, step: int, row: dict[str, Any]) -> None:
-        bad = row.get("normx/norm/n_nonfinite", 0) + row.get("normx/output/norm/n_nonfinite", 0)
-        if bad:
+    def _check_finite(self, trainer: L.Trainer, step: int, arrays: dict[str, np.ndarray]) -> None:
+        """Every rank counts (the norms are computed on all), and the stop decision is
+        reduced across ranks, so all stop together rather than rank zero alone (a hang)."""
+        bad = int(sum((~np.isfinite(a)).sum() for a in arrays.values()))
+        if bad and trainer.is_global_zero:
             log.warning("step %d: %d embedding norms are NaN or inf", step, bad)
-            if self.stop_on_nonfinite:
+        if not self.stop_on_nonfinite:
+            return
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            if trainer.is_global_zero:
                 log.warning("stopping the run (stop_on_nonfinite=True)")
-                trainer.should_stop = True
+            trainer.should_stop = True
 
     def _log(self, trainer: L.Trainer, step: int, row: dict[str, Any],
              arrays: dict[str, np.ndarray]) -> None:
@@ -230,7 +301,7 @@ class NormTracker(L.Callback):
                       "arch": config.to_dict() if hasattr(config, "to_dict") else None},
             "vocab_size": self.gold.vocab_size,
             "embedding_rows": int(model.get_input_embeddings().weight.shape[0]),
-            "vocab_hash": _vocab_hash(self.vocab),
+            "vocab_hash": vocab_hash(self.vocab),
             "gold": sorted(self.signals),
             "gold_settings": {"window": self.gold.window, "n_tokens": self.gold.n_tokens,
                               "seed": self.gold.seed},
@@ -241,6 +312,18 @@ class NormTracker(L.Callback):
                          "transformers": transformers.__version__,
                          "python": platform.python_version()},
         }
+
+
+def tracker_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The NormTracker's state in a Lightning checkpoint dict: under its key "NormTracker",
+    or under the older keys that carried its settings ("NormTracker{...}")."""
+    states = checkpoint.get("callbacks", {}) or {}
+    if NormTracker.__qualname__ in states:
+        return states[NormTracker.__qualname__]
+    for key, state in states.items():
+        if str(key).startswith(NormTracker.__qualname__ + "{") and isinstance(state, dict):
+            return state
+    return None
 
 
 def run_probes(probes: Sequence[Probe], model: torch.nn.Module) -> dict[str, float]:
@@ -259,7 +342,7 @@ def _token_table_html(rows: Sequence[Mapping[str, Any]], step: int) -> str:
             f"<th>token</th><th>id</th><th>norm</th><th>count</th></tr>{cells}</table>")
 
 
-def _vocab_hash(vocab: Sequence[str] | None) -> str | None:
+def vocab_hash(vocab: Sequence[str] | None) -> str | None:
     if vocab is None:
         return None
     return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()

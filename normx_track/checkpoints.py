@@ -4,6 +4,7 @@ loaded without unpickling arbitrary objects — Lightning .ckpt files written by
 hub revisions (e.g. Pythia's `stepN` branches)."""
 from __future__ import annotations
 
+import errno
 import pickle
 import re
 import zipfile
@@ -15,7 +16,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from .records import atomic_open
+from .errors import InputError
+from .records import RecordWriteError, atomic_open
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -23,11 +25,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path) as handle:
-            torch.save(checkpoint, handle)
+        try:
+            with atomic_open(path) as handle:
+                torch.save(checkpoint, handle)
+        except RuntimeError as err:  # torch's writer reports a full disk without the file
+            raise RecordWriteError(errno.EIO, f"could not write {path} ({first_line(err)}); "
+                                              "the previous version is intact") from None
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint cannot be read; the message names the file."""
 
 
@@ -44,26 +50,31 @@ def first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, loaded with weights_only=True; a clear error if damaged."""
+def read_lightning_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict, loaded with weights_only=True (``mmap``: tensors left on disk,
+    to check a file cheaply); a clear one-line error if damaged."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
             ValueError, KeyError, AttributeError, IndexError, TypeError) as err:
+        # torch's own message may advise weights_only=False: never pass that on.
+        reason = first_line(err)
+        if "weights_only" in reason or "Weights only load failed" in reason:
+            reason = "it holds objects other than tensors and plain data"
         raise CheckpointError(f"{path}: cannot read checkpoint, the file is corrupt, truncated "
-                              f"or not a PyTorch checkpoint ({first_line(err)})") from None
+                              f"or not a PyTorch checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no dict inside)")
     return checkpoint
 
 
 def _tracker_tokens(checkpoint: dict[str, Any]) -> int | None:
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if key.startswith("NormTracker") and "tokens_seen" in state:
-            return int(state["tokens_seen"])
-    return None
+    from .callback import tracker_state  # the callback module is heavy; only replay needs it
+
+    state = tracker_state(checkpoint)
+    return int(state["tokens_seen"]) if state and "tokens_seen" in state else None
 
 
 def _tied_names(model: torch.nn.Module) -> set[str]:

@@ -10,8 +10,10 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
+from .errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A config value is out of range; the message names the key."""
 
 

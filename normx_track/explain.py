@@ -41,7 +41,7 @@ import torch
 from . import checkpoints
 from .attribution import attribute
 from .records import read_json
-from .probe_files import word_first_token
+from .probe_files import continuation_tokens
 
 __all__ = ["ExplainError", "Explanation", "explain", "format_table", "load_model",
            "load_tokenizer", "main", "render_html"]
@@ -132,10 +132,51 @@ class Explanation:
     foil_prob: float | None = None
     layer: int | None = None  # None: last layer
     n_layers: int = 0
+    note: str = ""  # how a multi-token target (or a shared start with the foil) was read
 
 
 def _decode(tokenizer, token_id: int) -> str:
     return tokenizer.decode([int(token_id)])
+
+
+def _check_vocabulary(tokenizer, vocab_rows: int) -> None:
+    """A tokenizer from another run gives ids that mean other words: refuse it. Models may
+    pad their embedding to a round number of rows, so a few spare rows are fine."""
+    size = len(tokenizer)
+    if size > vocab_rows or vocab_rows - size > 128:
+        raise ExplainError(f"the tokenizer has {size} tokens but the model has {vocab_rows} "
+                           "embeddings: not this model's tokenizer (--tokenizer)")
+
+
+def _word(flag: str, word: str | None) -> str | None:
+    if word is None:
+        return None
+    if not word.strip():
+        raise ExplainError(f"{flag} is empty: give a word, or leave {flag} out")
+    return word.strip()
+
+
+def _targets(tokenizer, text: str, ids: list[int], target: str | None, foil: str | None):
+    """(input ids, target id, foil id, note). A target of several tokens is explained on
+    its first (and says so); a target and foil that share their first tokens are explained where their
+    tokenisations first differ, the shared tokens appended to the text (DESIGN.md)."""
+    target, foil = _word("--target", target), _word("--foil", foil)
+    if target is None:  # the model's argmax, against the foil's first token if given
+        return ids, None, None if foil is None else continuation_tokens(tokenizer, foil, text)[0], ""
+    good = continuation_tokens(tokenizer, target, text)
+    if foil is None:
+        note = (f"{target!r} is {len(good)} tokens; explaining its first, "
+                f"{tokenizer.decode(good[:1])!r}") if len(good) > 1 else ""
+        return ids, good[0], None, note
+    bad = continuation_tokens(tokenizer, foil, text)
+    n = next((i for i, (g, b) in enumerate(zip(good, bad)) if g != b), None)
+    if n is None:
+        raise ExplainError(f"--target {target!r} and --foil {foil!r} tokenise alike as far as "
+                           "the shorter goes: no token tells them apart")
+    note = (f"target and foil share their first {n} token(s) "
+            f"{tokenizer.decode(good[:n])!r}; explained after them, where they differ"
+            if n else "")
+    return ids + good[:n], good[n], bad[n], note
 
 
 def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = None,
@@ -153,8 +194,11 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
         model.config, "max_position_embeddings", None)
     if limit is not None and len(ids) > limit:
         raise ExplainError(f"the text is {len(ids)} tokens; the model takes at most {limit}")
-    target_id = word_first_token(tokenizer, target, text) if target else None
-    foil_id = word_first_token(tokenizer, foil, text) if foil else None
+    _check_vocabulary(tokenizer, vocab_rows)
+    ids, target_id, foil_id, note = _targets(tokenizer, text, ids, target, foil)
+    if limit is not None and len(ids) > limit:
+        raise ExplainError(f"the text and the tokens target and foil share take {len(ids)} "
+                           f"positions; the model takes at most {limit}")
     for word, tid in ((target, target_id), (foil, foil_id)):
         if tid is not None and tid >= vocab_rows:
             raise ExplainError(f"{word!r} maps to token id {tid}, outside the model's vocabulary")
@@ -180,7 +224,7 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
         top=[(_decode(tokenizer, i), float(p)) for p, i in zip(top_p.tolist(), top_i.tolist())],
         foil_id=foil_id, foil=None if foil_id is None else _decode(tokenizer, foil_id),
         foil_prob=None if foil_id is None else float(probs[foil_id]),
-        layer=None if layer is None else int(a.layers[0]), n_layers=int(n_layers))
+        layer=None if layer is None else int(a.layers[0]), n_layers=int(n_layers), note=note)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -190,7 +234,8 @@ def _what(e: Explanation) -> str:
         what += f" vs foil {e.foil!r} (p={e.foil_prob:.4f}); scores are target - foil"
     layer = f"layer {e.layer} of {e.n_layers} (logit lens)" if e.layer is not None \
         else f"last layer ({e.n_layers})"
-    return f"explaining {what} after position {e.position}, {layer}"
+    note = f" ({e.note})" if e.note else ""
+    return f"explaining {what} after position {e.position}, {layer}{note}"
 
 
 def format_table(e: Explanation) -> str:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import InputError
+
 __all__ = ["ENGLISH", "FunctionWordsError", "resolve_function_words"]
 
 
-class FunctionWordsError(ValueError):
+class FunctionWordsError(InputError):
     """The function-word list cannot be read; the message names the file and the key."""
 
 

@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .records import atomic_open
 
 SIGNALS = ("counts", "self_information", "information_gain",
@@ -401,6 +402,10 @@ def function_word_labels(vocab: Sequence[str], function_words: set[str]) -> np.n
     return labels
 
 
+class LexiconError(InputError):
+    """A lexicon cannot be read or maps no word; the message names the file (and line)."""
+
+
 def load_lexicon(path: str | os.PathLike, encode: Callable[[str], list[int]],
                  vocab_size: int) -> tuple[np.ndarray, dict]:
     """Map a ``word<TAB>score`` TSV onto token ids.
@@ -408,38 +413,58 @@ def load_lexicon(path: str | os.PathLike, encode: Callable[[str], list[int]],
     A word maps if ``encode(" " + word)`` is one token (byte-level BPE spells a word
     after a space with its own token), else if ``encode(word)`` is one token; otherwise it
     is skipped and counted. The first mapping of a token id wins; later words mapping to
-    the same id are skipped as duplicates. Blank lines and lines starting with "#" are
-    ignored. Returns (scores [V] with NaN where absent, stats).
+    the same id are skipped as duplicates; NaN/inf scores are skipped and counted. Blank
+    lines and lines starting with "#" are ignored. Returns (scores [V] with NaN where
+    absent, stats). A lexicon that maps no word at all raises `LexiconError` (its curve
+    would be null throughout).
     """
     path = os.fspath(path)
     scores = np.full(vocab_size, np.nan)
-    stats = dict(n_lines=0, n_mapped=0, n_skipped_multitoken=0, n_skipped_duplicate=0)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip() or line.startswith("#"):
-                continue
-            stats["n_lines"] += 1
-            fields = line.split("\t")
-            try:
-                if len(fields) != 2:
-                    raise ValueError(f"expected 2 tab-separated fields, got {len(fields)}")
-                word, score = fields[0].strip(), float(fields[1])
-            except ValueError as err:
-                raise ValueError(f"{path}:{lineno}: malformed lexicon line: {err}") from None
-            ids = encode(" " + word)
-            if len(ids) != 1:
-                ids = encode(word)
-            if len(ids) != 1:
-                stats["n_skipped_multitoken"] += 1
-                continue
-            tid = int(ids[0])
-            if not 0 <= tid < vocab_size:
-                raise ValueError(f"{path}:{lineno}: token id {tid} for {word!r} is outside "
-                                 f"the vocabulary (vocab_size={vocab_size})")
-            if not np.isnan(scores[tid]):
-                stats["n_skipped_duplicate"] += 1
-                continue
-            scores[tid] = score
-            stats["n_mapped"] += 1
+    stats = dict(n_lines=0, n_mapped=0, n_skipped_multitoken=0, n_skipped_duplicate=0,
+                 n_skipped_nonfinite=0)
+    for lineno, line in _lexicon_lines(path):
+        stats["n_lines"] += 1
+        fields = line.split("\t")
+        try:
+            if len(fields) != 2:
+                raise ValueError(f"expected 2 tab-separated fields, got {len(fields)}")
+            word, score = fields[0].strip(), float(fields[1])
+        except ValueError as err:
+            raise LexiconError(f"{path}:{lineno}: malformed lexicon line: {err}") from None
+        if not math.isfinite(score):
+            stats["n_skipped_nonfinite"] += 1
+            continue
+        ids = encode(" " + word)
+        if len(ids) != 1:
+            ids = encode(word)
+        if len(ids) != 1:
+            stats["n_skipped_multitoken"] += 1
+            continue
+        tid = int(ids[0])
+        if not 0 <= tid < vocab_size:
+            raise LexiconError(f"{path}:{lineno}: token id {tid} for {word!r} is outside "
+                               f"the vocabulary (vocab_size={vocab_size})")
+        if not np.isnan(scores[tid]):
+            stats["n_skipped_duplicate"] += 1
+            continue
+        scores[tid] = score
+        stats["n_mapped"] += 1
+    if stats["n_mapped"] == 0:
+        raise LexiconError(f"{path}: no word of the lexicon maps to a single token "
+                           f"({stats['n_lines']} lines, {stats['n_skipped_multitoken']} words of "
+                           f"several tokens, {stats['n_skipped_nonfinite']} non-finite scores)")
     return scores, stats
+
+
+def _lexicon_lines(path: str):
+    """(line number, line) of the non-blank, non-comment lines; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                if line.strip() and not line.startswith("#"):
+                    yield lineno, line
+    except UnicodeDecodeError:
+        raise LexiconError(f"{path}: not UTF-8 text") from None
+    except OSError as err:
+        raise LexiconError(f"{path}: cannot read lexicon ({err.strerror or err})") from None

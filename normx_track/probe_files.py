@@ -14,8 +14,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 # =========================================================================== probe files
-class ProbeFileError(ValueError):
+class ProbeFileError(InputError):
     """A probe file line is malformed; the message names the file and the line number."""
 
 

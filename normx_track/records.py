@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import socket
 import tempfile
 import time
 import warnings
@@ -37,6 +38,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
@@ -48,6 +50,12 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
             raise RecordWriteError(err.errno, f"could not write {path} ({err.strerror or err}); "
                                               "the previous version is intact") from err
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
@@ -78,6 +86,72 @@ def set_aside(run_dir: str | Path) -> Path | None:
         target, n = record.with_name(f"{base}~{n}"), n + 1
     record.rename(target)
     return target
+
+
+class RecordLockedError(RuntimeError):
+    """Another live run writes the record folder; the message names the folder and owner."""
+
+
+class RecordLock:
+    """An exclusive lock on a run's record: ``<run_dir>/normx.lock`` holding the owner's pid,
+    host and start time, created with O_EXCL so two runs cannot both take it. A lock left by
+    a process that died on this host (kill -9) is taken over with a warning; one from
+    another host is not (its process cannot be checked from here)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def acquire(cls, run_dir: str | Path) -> "RecordLock":
+        path = Path(run_dir) / f"{RECORD_DIR}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _read_lock(path)
+                if owner.get("host") == me["host"] and owner.get("pid") == me["pid"]:
+                    return cls(path)  # this process already holds it (a second fit)
+                if not _stale(owner, me["host"]):
+                    raise RecordLockedError(
+                        f"{path.parent / RECORD_DIR}: the record is in use by pid "
+                        f"{owner.get('pid')} on {owner.get('host')} (since "
+                        f"{owner.get('started')}); wait for that run, or delete {path} if it "
+                        f"is gone") from None
+                warnings.warn(f"{path}: taking over the lock of pid {owner.get('pid')}, "
+                              "which is no longer running", stacklevel=2)
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            return cls(path)
+        raise RecordLockedError(f"{path}: could not take the record lock")
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # being written this instant, or damaged: treat as held
+
+
+def _stale(owner: dict[str, Any], host: str) -> bool:
+    """True when the owner is a process on this host that no longer runs."""
+    pid = owner.get("pid")
+    if owner.get("host") != host or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def snapshot_path(record_dir: Path, step: int) -> Path:

@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
-from .checkpoints import AtomicCheckpointIO
+from .checkpoints import AtomicCheckpointIO, CheckpointError, read_lightning_checkpoint
 from .config import Config, TrainerConfig, to_dict
 from .data.datamodule import TextDataModule
 from .loggers import build_loggers, finish_loggers
@@ -59,8 +59,24 @@ def build_trainer(cfg: Config, out: Path, loggers, callbacks) -> L.Trainer:
         enable_progress_bar=True)
 
 
+def resume_checkpoint(cfg: Config) -> str | None:
+    """The checkpoint to resume from, checked before anything starts: "last" means
+    ``<output_dir>/checkpoints/last.ckpt`` and must exist (Lightning would otherwise
+    train from scratch after a warning); a damaged file is named in one line."""
+    if cfg.ckpt_path is None:
+        return None
+    path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" \
+        else Path(cfg.ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {path}; leave "
+                              "ckpt_path out to start a fresh run")
+    read_lightning_checkpoint(path, mmap=True)  # weights_only; tensors stay on disk
+    return str(path)
+
+
 def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     """Train; returns the final validation loss (what a Hydra sweeper would minimise)."""
+    ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,9 +94,12 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     trainer = build_trainer(cfg, out, loggers, build_callbacks(cfg, datamodule, out))
     try:
         # Resuming never unpickles arbitrary objects: checkpoints hold tensors and plain data.
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException:
-        finish_loggers(loggers, exit_code=1)
+        try:  # the run's own error is the one to report, not a logger's on the way out
+            finish_loggers(loggers, exit_code=1)
+        except Exception as err:
+            log.warning("closing the loggers failed too (%s: %s)", type(err).__name__, err)
         raise
     finish_loggers(loggers)
     val_loss = trainer.callback_metrics.get("val/loss")

@@ -41,7 +41,8 @@ def lexicon_signals(paths: list[str], datamodule: TextDataModule) -> dict[str, n
     signals = {}
     for path in paths:
         scores, stats = load_lexicon(path, encode, datamodule.vocab_size)
-        log.info("lexicon %s: %s", path, stats)
+        skipped = stats["n_lines"] - stats["n_mapped"]
+        (log.warning if skipped else log.info)("lexicon %s: %s", path, stats)
         signals[f"lexicon/{Path(path).stem}"] = scores
     return signals
 

@@ -10,7 +10,8 @@ import scipy.sparse as sp
 
 from normx_track import gold as gold_mod
 from normx_track.gold import (GoldStatistics, cache_key, compute_gold, cooccurrence_kl,
-                              function_word_labels, load_lexicon, shuffle_documents)
+                              function_word_labels, load_lexicon, shuffle_documents,
+                              LexiconError)
 
 
 def brute_force_kl(documents, vocab_size, window):
@@ -218,9 +219,10 @@ def write(tmp_path, text):
 
 def test_load_lexicon_maps_single_tokens(tmp_path):
     path = write(tmp_path, "# comment\ncat\t1.5\ndog\t-2\nunbelievable\t3\n\nkitten\t0.5\n"
-                           "cat\t9\n")
+                           "cat\t9\nbig\tnan\nbig\tinf\n")
     scores, stats = load_lexicon(path, encode, 10)
-    assert stats == dict(n_lines=5, n_mapped=3, n_skipped_multitoken=1, n_skipped_duplicate=1)
+    assert stats == dict(n_lines=7, n_mapped=3, n_skipped_multitoken=1, n_skipped_duplicate=1,
+                         n_skipped_nonfinite=2)
     assert scores[7] == 1.5 and scores[3] == -2.0 and scores[8] == 0.5   # kitten: bare form
     assert np.isnan(scores[[0, 1, 2, 4, 5, 6, 9]]).all()
 
@@ -229,6 +231,17 @@ def test_load_lexicon_maps_single_tokens(tmp_path):
 def test_load_lexicon_malformed_line_names_file_and_line(tmp_path, line):
     path = write(tmp_path, f"dog\t1\n{line}\n")
     with pytest.raises(ValueError, match=rf"lex\.tsv:2"):
+        load_lexicon(path, encode, 10)
+
+
+@pytest.mark.parametrize("content", [None, "dir", b"", b"unbelievable\t1\n", b"\xff\xfe\t1\n"])
+def test_unreadable_or_unmapped_lexicon_names_the_file(tmp_path, content):
+    path = tmp_path / "lex.tsv"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(LexiconError, match=r"lex\.tsv"):
         load_lexicon(path, encode, 10)
 
 

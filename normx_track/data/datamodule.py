@@ -100,7 +100,11 @@ class TextDataModule(L.LightningDataModule):
         tmp = self.dir.with_name(self.dir.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self._build(tmp)
+        try:
+            self._build(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
+            raise
         if (self.dir / "info.json").exists():  # another process finished first
             shutil.rmtree(tmp)
         else:

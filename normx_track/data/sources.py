@@ -9,26 +9,58 @@ from typing import Iterator
 import datasets
 
 from ..config import DataConfig
+from ..errors import InputError
 
 # File suffix -> the `datasets` packaged builder that reads it.
 _BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json",
              ".parquet": "parquet", ".csv": "csv"}
 
 
-class DataSourceError(ValueError):
+class DataSourceError(InputError):
     """A data source cannot be read; the message names the file or config key."""
 
 
+_SNIFF_BYTES = 1 << 20  # how much of a file the up-front checks read
+
+
+def check_file(name: str) -> None:
+    """Fail early, naming the file, on what `datasets` would report as a deep traceback:
+    missing, a folder, empty, whitespace only, binary (NUL bytes) or not UTF-8 text."""
+    path = Path(name)
+    if not path.exists():
+        raise DataSourceError(f"data.files: no such file: {name}")
+    if not path.is_file():
+        raise DataSourceError(f"data.files: {name} is not a file")
+    if path.stat().st_size == 0:
+        raise DataSourceError(f"data.files: {name} is empty")
+    if path.suffix.lower() == ".parquet":
+        return
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+        if b"\0" in head:
+            raise DataSourceError(f"data.files: {name} looks binary (NUL bytes), not text")
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.start < len(head) - 4:  # not just a character cut at the sniff boundary
+                raise DataSourceError(f"data.files: {name} is not UTF-8 text (byte "
+                                      f"{err.start}: {err.reason})") from None
+        blank = not head.strip()
+        while blank and (chunk := handle.read(_SNIFF_BYTES)):
+            blank = not chunk.strip()
+    if blank:
+        raise DataSourceError(f"data.files: {name} holds only whitespace")
+
+
 def builder_for(files: list[str]) -> str:
-    """The one `datasets` builder that reads all of `files` (checked to exist)."""
+    """The one `datasets` builder that reads all of `files` (checked up front)."""
     builders = set()
     for name in files:
         path = Path(name)
-        if not path.is_file():
-            raise DataSourceError(f"data.files: no such file: {name}")
         if path.suffix.lower() not in _BUILDERS:
             raise DataSourceError(f"data.files: {name} has an unsupported suffix "
                                   f"{path.suffix!r}; use one of {sorted(_BUILDERS)}")
+        check_file(name)
         builders.add(_BUILDERS[path.suffix.lower()])
     if len(builders) != 1:
         raise DataSourceError(f"data.files mixes formats ({sorted(builders)}); use one format")
@@ -37,8 +69,13 @@ def builder_for(files: list[str]) -> str:
 
 def load_local_files(files: list[str], split: str = "train") -> datasets.Dataset:
     builder = builder_for(files)
-    return datasets.load_dataset(builder, data_files={split: [str(Path(f)) for f in files]},
-                                 split=split)
+    try:
+        return datasets.load_dataset(builder, data_files={split: [str(Path(f)) for f in files]},
+                                     split=split)
+    except Exception as err:  # pyarrow/datasets raise many types: say which files failed
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataSourceError(f"data.files: {', '.join(files)} could not be read as "
+                              f"{builder} ({type(err).__name__}: {reason})") from None
 
 
 def load_hub(cfg: DataConfig):
