@@ -187,6 +187,7 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
     if not ids:
         raise ExplainError("the text has no tokens")
     vocab_rows = model.get_input_embeddings().weight.shape[0]
+    _check_vocabulary(tokenizer, vocab_rows)
     if max(ids) >= vocab_rows:
         raise ExplainError(f"the tokenizer gives token id {max(ids)} but the model has only "
                            f"{vocab_rows} embeddings: wrong tokenizer?")
@@ -194,7 +195,6 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
         model.config, "max_position_embeddings", None)
     if limit is not None and len(ids) > limit:
         raise ExplainError(f"the text is {len(ids)} tokens; the model takes at most {limit}")
-    _check_vocabulary(tokenizer, vocab_rows)
     ids, target_id, foil_id, note = _targets(tokenizer, text, ids, target, foil)
     if limit is not None and len(ids) > limit:
         raise ExplainError(f"the text and the tokens target and foil share take {len(ids)} "

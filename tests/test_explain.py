@@ -150,3 +150,51 @@ def test_hf_directory_checkpoint(run_dir, tmp_path, capsys):
                                  run_dir / "tokenizer")
     assert code == 0, err
     assert "model's prediction" in stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target", ""], "--target is empty"),
+    (["--target", "   "], "--target is empty"),
+    (["--foil", " "], "--foil is empty"),
+    (["--target", "cats", "--foil", "cats"], "tokenise alike"),
+])
+def test_bad_target_or_foil_is_one_line(run_dir, capsys, flags, message):
+    code, _, err = run_main(capsys, run_dir / "checkpoints" / "last.ckpt", TEXT, *flags,
+                            "--tokenizer", run_dir / "tokenizer")
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_multi_token_target_says_which_piece_it_explains(run_dir, capsys):
+    code, stdout, err = run_main(capsys, run_dir / "checkpoints" / "last.ckpt", TEXT,
+                                 "--target", "zyzzogeton", "--tokenizer", run_dir / "tokenizer")
+    assert code == 0, err
+    assert "'zyzzogeton' is" in stdout and "explaining its first" in stdout
+
+
+def test_target_and_foil_sharing_their_first_token_are_told_apart(run_dir):
+    """Explained where they differ, on the text plus their shared tokens: not all zero, and
+    equal to `attribute` there."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    model = load_model(run_dir / "checkpoints" / "last.ckpt")
+    good, bad = (tok(" " + w, add_special_tokens=False)["input_ids"] for w in ("cabinets", "cabinetz"))
+    n = next(i for i, (g, b) in enumerate(zip(good, bad)) if g != b)
+    assert n >= 1, "precondition: the words share their first token"
+    e = explain(model, tok, TEXT, target="cabinets", foil="cabinetz")
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"] + good[:n]
+    a = attribute(model, torch.tensor([ids]), target=good[n], foil=bad[n])
+    assert e.token_ids == ids and e.target_id == good[n] and e.foil_id == bad[n]
+    np.testing.assert_allclose(e.normxlogit, a.normxlogit[0].numpy(), atol=1e-6)
+    assert np.abs(e.normxlogit).sum() > 0 and "share their first" in e.note
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(run_dir, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    words = ["".join(rng.choice(list("abcdefghijklmnop"), size=6)) for _ in range(400)]
+    other = train_bpe([" ".join(rng.choice(words, size=12)) for _ in range(400)], 600,
+                      tmp_path / "other")
+    assert len(other) > 300, "precondition: a larger vocabulary than the model's"
+    code, _, err = run_main(capsys, run_dir / "checkpoints" / "last.ckpt", TEXT,
+                            "--tokenizer", tmp_path / "other")
+    assert code == 2 and "not this model's tokenizer" in err

@@ -1,0 +1,304 @@
+"""Bad input gets one clear line (exit 2, no traceback); runs never overwrite each other;
+a resumed run continues its record whatever its settings (issue: reliability)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, TINY, run_train, subprocess_env
+from normx_track import records
+from normx_track.callback import NormTracker, tracker_state
+from normx_track.checkpoints import AtomicCheckpointIO
+from normx_track.config import Config, ConfigError, TrackerConfig, validate
+from normx_track.gold import compute_gold
+from normx_track.records import RecordLock, RecordLockedError, RecordWriteError, read_metrics
+
+QUICK = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=1",
+                                                                     "logger=none"]
+
+
+def bad_files(tmp: Path) -> dict[str, Path]:
+    files = {"empty.txt": b"", "blank.txt": b"  \n\t\n", "binary.txt": b"ab\x00\x01cd\n",
+             "latin1.txt": "caf\xe9 cr\xe8me\n".encode("latin-1"),
+             "empty_probes.jsonl": b"\n",
+             "same_words.jsonl": json.dumps({"one_prefix_prefix": "the cat",
+                                             "one_prefix_word_good": "sleeps",
+                                             "one_prefix_word_bad": "sleeps"}).encode() + b"\n",
+             "lexicon_none.tsv": b"zzzzqqqqxxxxwwww\t1.0\n",
+             "random.ckpt": os.urandom(4096)}
+    out = {}
+    for name, content in files.items():
+        (tmp / name).write_bytes(content)
+        out[name] = tmp / name
+    (tmp / "folder").mkdir()
+    out["folder"] = tmp / "folder"
+    return out
+
+
+# (case id, overrides given the bad files, text the one line must hold)
+CASES = [
+    ("stats_tokens=0", lambda f: ["tracker.stats_tokens=0"], "tracker.stats_tokens must be > 0"),
+    ("lr=inf", lambda f: ["optim.lr=inf"], "optim.lr must be a finite number"),
+    ("devices=abc", lambda f: ["trainer.devices=abc"], "trainer.devices must be"),
+    ("precision=foo", lambda f: ["trainer.precision=foo"], "trainer.precision must be one of"),
+    ("fractions", lambda f: ["tracker.faithfulness_fractions=[0.1,1.5]"],
+     "tracker.faithfulness_fractions"),
+    ("missing data file", lambda f: ["data=text_files", "data.files=[/nowhere/a.txt]"],
+     "no such file: /nowhere/a.txt"),
+    ("empty data file", lambda f: ["data=text_files", f"data.files=[{f['empty.txt']}]"],
+     "empty.txt is empty"),
+    ("blank data file", lambda f: ["data=text_files", f"data.files=[{f['blank.txt']}]"],
+     "blank.txt holds only whitespace"),
+    ("binary data file", lambda f: ["data=text_files", f"data.files=[{f['binary.txt']}]"],
+     "binary.txt looks binary"),
+    ("latin-1 data file", lambda f: ["data=text_files", f"data.files=[{f['latin1.txt']}]"],
+     "latin1.txt is not UTF-8"),
+    ("missing probe file", lambda f: ["tracker.probe_file=/nowhere/p.jsonl"], "/nowhere/p.jsonl"),
+    ("empty probe file", lambda f: [f"tracker.probe_file={f['empty_probes.jsonl']}"],
+     "empty_probes.jsonl: the probe file holds no minimal pairs"),
+    ("good == bad", lambda f: [f"tracker.probe_file={f['same_words.jsonl']}"],
+     "same_words.jsonl:1: one_prefix_word_good and one_prefix_word_bad are the same"),
+    ("missing BLiMP folder", lambda f: ["tracker.probe_file=blimp:/nowhere/blimp"],
+     "no BLiMP folder at /nowhere/blimp"),
+    ("missing lexicon", lambda f: ["tracker.lexicons=[/nowhere/lex.tsv]"], "/nowhere/lex.tsv"),
+    ("lexicon is a folder", lambda f: [f"tracker.lexicons=[{f['folder']}]"], "cannot read lexicon"),
+    ("lexicon maps nothing", lambda f: [f"tracker.lexicons=[{f['lexicon_none.tsv']}]"],
+     "no word of the lexicon maps"),
+    ("missing function words", lambda f: ["tracker.function_words=/nowhere/fw.txt"],
+     "tracker.function_words: cannot read /nowhere/fw.txt"),
+    ("resume, no checkpoint", lambda f: ["ckpt_path=last"], "ckpt_path=last: no checkpoint at"),
+    ("resume, random bytes", lambda f: [f"ckpt_path={f['random.ckpt']}"], "random.ckpt: cannot read"),
+]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return bad_files(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_naming_it_with_exit_2(case, files, cache_dir, tmp_path):
+    _, overrides, expected = case
+    proc = run_train(cache_dir, *QUICK, *overrides(files), f"hydra.run.dir={tmp_path / 'run'}",
+                     check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, last
+    assert not list(Path(cache_dir).glob("*.tmp*")), "a failed data build left a temp folder"
+    assert "never" not in last and "weights_only=False" not in last
+
+
+def test_stats_tokens_zero_is_rejected_and_null_means_the_whole_stream():
+    with pytest.raises(ConfigError, match="tracker.stats_tokens"):
+        validate(Config(tracker=TrackerConfig(stats_tokens=0)))
+    validate(Config(tracker=TrackerConfig(stats_tokens=None)))
+
+
+def test_truncated_checkpoint_on_resume_is_named(tiny_run, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    whole = (tiny_run / "checkpoints" / "step_00000004.ckpt").read_bytes()
+    (run / "checkpoints" / "last.ckpt").write_bytes(whole[: len(whole) // 2])
+    proc = run_train(cache_dir, *QUICK, "ckpt_path=last", f"hydra.run.dir={run}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "last.ckpt: cannot read checkpoint" in proc.stderr.strip().splitlines()[-1]
+
+
+# -- resume whatever the settings ------------------------------------------------------------
+def test_resume_without_repeating_an_override_continues_the_same_record(cache_dir, tmp_path):
+    """First run snapshots every 2 steps; the resume (from step 4) forgets the override
+    (default: every 100, and at each checkpoint, every 4 here): one record, no rows lost,
+    tokens_seen continuing, the change named."""
+    run = tmp_path / "run"
+    base = [o for o in TINY if not o.startswith("tracker.every_n_steps")] + ["logger=none"]
+    run_train(cache_dir, *base, "tracker.every_n_steps=2", "tracker.log_spaced=false",
+              f"hydra.run.dir={run}")
+    first = read_metrics(run)
+    assert [r["step"] for r in first] == [0, 2, 4, 6, 8]
+    proc = run_train(cache_dir, *base, "tracker.log_spaced=false", "trainer.max_steps=12",
+                     f"ckpt_path={run / 'checkpoints' / 'step_00000004.ckpt'}",
+                     f"hydra.run.dir={run}")
+    assert not list(run.glob("normx.replaced-*")), "the record was set aside"
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [0, 2, 4, 8, 12]
+    tokens_per_step = first[1]["tokens_seen"] / 2
+    assert [r["tokens_seen"] for r in rows] == [s * tokens_per_step for s in (0, 2, 4, 8, 12)]
+    assert rows[2] == first[2]  # rows up to the checkpoint are the first run's
+    meta = json.loads((run / "normx" / "meta.json").read_text())
+    assert meta["resumed"] == [{"at_step": 4, "changed": {"every_n_steps": [2, 100]}}]
+    assert "every_n_steps: 2 -> 100" in proc.stdout + proc.stderr
+    overrides = (run / ".hydra" / "overrides.yaml").read_text()
+    assert "tracker.every_n_steps=2" in overrides, "the first run's job files were rewritten"
+    assert list((run / ".hydra").glob("resume-*/overrides.yaml"))
+
+
+def test_a_failed_resume_leaves_the_job_files_and_the_sweep_grouping_alone(tiny_run, cache_dir,
+                                                                          tmp_path):
+    from analysis.load import load_sweep
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    job = sweep / "0"
+    for part in (".hydra", "normx", "checkpoints"):
+        os.system(f"cp -r {tiny_run / part} {job / part}")
+    before = (job / ".hydra" / "overrides.yaml").read_bytes()
+    proc = run_train(cache_dir, *QUICK, "model.n_layer=3", "tracker.probe_file=/nowhere.jsonl",
+                     "ckpt_path=last", f"hydra.run.dir={job}", check=False)
+    assert proc.returncode == 2
+    assert (job / ".hydra" / "overrides.yaml").read_bytes() == before
+    (run,) = load_sweep(sweep)
+    assert run.setting("model.n_layer") == "1"  # what the record ran with
+
+
+def test_legacy_checkpoint_key_is_found():
+    state = {"last_step": 40, "tokens_seen": 5120}
+    checkpoint = {"callbacks": {"NormTracker{'every_n_steps': 100}": state}}
+    assert tracker_state(checkpoint) == state
+    gold = compute_gold([np.arange(20) % 10], 10, shuffle_correction=False)
+    tracker = NormTracker(gold)
+    tracker.on_load_checkpoint(None, None, checkpoint)
+    assert (tracker.last_step, tracker.tokens_seen) == (40, 5120)
+    tracker.load_state_dict({})  # a state without keys: defaults, no KeyError
+    assert (tracker.last_step, tracker.tokens_seen) == (-1, 0)
+    assert tracker.state_key == "NormTracker"
+
+
+# -- two runs, one folder ---------------------------------------------------------------------
+def test_the_record_lock_names_a_live_owner_and_takes_over_a_dead_ones(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "normx.lock").write_text(json.dumps(
+            {"pid": sleeper.pid, "host": socket.gethostname(), "started": "earlier"}))
+        with pytest.raises(RecordLockedError, match=rf"in use by pid {sleeper.pid}"):
+            RecordLock.acquire(tmp_path)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with pytest.warns(UserWarning, match="no longer running"):
+        lock = RecordLock.acquire(tmp_path)
+    assert json.loads((tmp_path / "normx.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / "normx.lock").exists()
+
+
+def test_two_runs_started_into_one_folder(cache_dir, tmp_path):
+    """The second stops at start-up naming the folder and the first's pid; the first's
+    record is its own, whole."""
+    run = tmp_path / "run"
+    long = [o for o in TINY if not o.startswith("trainer.max_steps")]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *long, "trainer.max_steps=60", "logger=none",
+         f"hydra.run.dir={run}"], env=subprocess_env(cache_dir), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "normx.lock").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (run / "normx.lock").exists(), "the first run never took the lock"
+    first.send_signal(signal.SIGSTOP)  # paused mid-run: it holds the folder, deterministically
+    try:
+        second = run_train(cache_dir, *QUICK, f"hydra.run.dir={run}", check=False)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"in use by pid {first.pid}" in second.stderr and str(run / "normx") in second.stderr
+    assert [r["step"] for r in read_metrics(run)][-1] == 60
+    assert not list(run.glob("normx.replaced-*")) and not (run / "normx.lock").exists()
+
+
+def test_replay_into_a_folder_holding_another_record_sets_it_aside(tiny_run, cache_dir, tmp_path):
+    out = tmp_path / "out"
+    (out / "normx").mkdir(parents=True)
+    (out / "normx" / "meta.json").write_text(json.dumps({"vocab_hash": "other"}))
+    (out / "normx" / "metrics.jsonl").write_text('{"step": 0}\n')
+    proc = subprocess.run([sys.executable, "-m", "analysis.replay",
+                           str(tiny_run / "checkpoints" / "step_00000004.ckpt"), "--like",
+                           str(tiny_run), "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, env=subprocess_env(cache_dir), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (aside,) = out.glob("normx.replaced-*")
+    assert json.loads((aside / "meta.json").read_text()) == {"vocab_hash": "other"}
+    assert [r["step"] for r in read_metrics(out)] == [4]
+    again = subprocess.run([sys.executable, "-m", "analysis.replay",
+                            str(tiny_run / "checkpoints" / "step_00000008.ckpt"), "--like",
+                            str(tiny_run), "--out", str(out)], cwd=ROOT, capture_output=True,
+                           text=True, env=subprocess_env(cache_dir), timeout=300)
+    assert again.returncode == 0 and [r["step"] for r in read_metrics(out)] == [4, 8]
+    assert len(list(out.glob("normx.replaced-*"))) == 1  # the same replay continues
+
+
+# -- writes -----------------------------------------------------------------------------------
+def test_record_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        records.atomic_write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        records.atomic_write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+
+
+def test_a_checkpoint_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"x": torch.zeros(3)}, path)
+    before = path.read_bytes()
+
+    def full_disk(obj, handle, *a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(RecordWriteError, match=r"could not write .*last\.ckpt"):
+        AtomicCheckpointIO().save_checkpoint({"x": torch.ones(3)}, path)
+    assert path.read_bytes() == before and not list(path.parent.glob(".*.tmp"))
+
+
+# -- DDP ----------------------------------------------------------------------------------------
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, torch, lightning as L
+    sys.path.insert(0, {tests!r})
+    from test_tracker import PlainLM, plain_data
+    from normx_track import NormTracker, compute_gold
+    _, ids = plain_data(50)
+    gold = compute_gold([d.numpy() for d in ids], 50, shuffle_correction=False)
+    model = PlainLM(50, tie=True)
+    with torch.no_grad():
+        model.lm.transformer.wte.weight[7] = float("nan")
+    loader, _ = plain_data(50)
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", devices=2, strategy="ddp",
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir={out!r},
+                        use_distributed_sampler=False,
+                        callbacks=[NormTracker(gold, every_n_steps=100, min_count=1,
+                                               stop_on_nonfinite=True)])
+    trainer.fit(model, loader)
+    print("rank", trainer.global_rank, "stopped at", trainer.global_step, flush=True)
+""")
+
+
+@pytest.mark.timeout(300)
+def test_stop_on_nonfinite_stops_every_ddp_rank(tmp_path):
+    script = tmp_path / "ddp_nan.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests"), out=str(tmp_path / "run")))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240, env=subprocess_env(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stops = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    assert len(stops) == 2, proc.stdout
+    assert all(int(line.split()[-1]) < 6 for line in stops), stops
+    assert read_metrics(tmp_path / "run")[0]["normx/norm/n_nonfinite"] >= 1
