@@ -27,8 +27,8 @@ from normx_track.metrics import correlations as _correlations
 from . import figures as F
 from .load import NoRecordError, Run, cli_warnings, load_run
 
-FIGURES = ("correlations", "frequency_control", "frequency_deciles", "function_content", "evidence_by_layer",
-           "evidence", "faithfulness")
+FIGURES = ("correlations", "frequency_control", "frequency_deciles", "function_content",
+           "evidence_by_layer", "evidence", "faithfulness")
 
 
 def build_figures(run: Run, log_steps: bool = False) -> dict[str, Figure | str]:

@@ -16,19 +16,25 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from normx_track import evidence as ev  # noqa: E402
+from normx_track import faithfulness as fa  # noqa: E402
 from normx_track.metrics import norm_statistics  # noqa: E402
+from normx_track.snapshot import (OUTPUT_PREFIX, PREFIX, auroc_key,  # noqa: E402
+                                  correlation_key)
 
 STATS = {"spearman": "Spearman", "pearson": "Pearson",
          "partial_spearman": "partial Spearman (| log freq)"}
-EVIDENCE = {"pair_accuracy": "minimal-pair accuracy (whole-word log-probability)",
-            "pair_accuracy_by_uid": "minimal-pair accuracy by paradigm (UID)",
-            "blimp_accuracy": "BLiMP accuracy (whole sentence)",
-            "blimp_accuracy_by_uid": "BLiMP accuracy by paradigm (UID)",
-            "evidence_ap": "evidence AP", "evidence_dp": "evidence DP"}
-FAITHFULNESS = {"comprehensiveness": "comprehensiveness (higher = more faithful)",
-                "sufficiency": "sufficiency (lower = more faithful)",
-                "loo_spearman": "Spearman with leave-one-out"}
-_BY_LAYER = re.compile(r"^normx/evidence_ap_by_layer/(.+)/layer_(\d+)$")
+# Probe keys (templates with {method}/{uid} for families of keys), as the probes define them.
+EVIDENCE = {ev.PAIR_ACCURACY: "minimal-pair accuracy (whole-word log-probability)",
+            ev.PAIR_ACCURACY_BY_UID: "minimal-pair accuracy by paradigm (UID)",
+            ev.BLIMP_ACCURACY: "BLiMP accuracy (whole sentence)",
+            ev.BLIMP_ACCURACY_BY_UID: "BLiMP accuracy by paradigm (UID)",
+            ev.EVIDENCE_AP: "evidence AP", ev.EVIDENCE_DP: "evidence DP"}
+FAITHFULNESS = {fa.COMPREHENSIVENESS: "comprehensiveness (higher = more faithful)",
+                fa.SUFFICIENCY: "sufficiency (lower = more faithful)",
+                fa.LOO_SPEARMAN: "Spearman with leave-one-out"}
+_BY_LAYER = re.compile("^" + re.escape(ev.EVIDENCE_AP_BY_LAYER.split("{")[0])
+                       + r"(.+)/layer_(\d+)$")
 
 
 class Skipped(Exception):
@@ -36,22 +42,26 @@ class Skipped(Exception):
 
 
 # -- what the record holds ---------------------------------------------------------------
-def signals(frame: pd.DataFrame, prefix: str = "normx/") -> list[str]:
+def signals(frame: pd.DataFrame, prefix: str = PREFIX) -> list[str]:
     """Gold signals with a correlation column (any statistic) under `prefix`."""
     found: dict[str, None] = {}
     for column in frame.columns:
         for stat in STATS:
-            head = f"{prefix}{stat}/"
+            head = correlation_key(stat, "", prefix)
             if column.startswith(head):
                 found[column[len(head):]] = None
     return list(found)
 
 
-def methods(frame: pd.DataFrame, family: str) -> list[str]:
-    head = f"normx/{family}/"
+def family_keys(frame: pd.DataFrame, template: str) -> list[str]:
+    """The recorded keys of a probe key template: the key itself when it is a plain key,
+    else one per method/UID (``normx/evidence_ap/{method}``), the random baselines last."""
+    if "{" not in template:
+        return [template] if template in frame else []
+    head = template.split("{")[0]
     names = [c[len(head):] for c in frame.columns
              if c.startswith(head) and "/" not in c[len(head):]]
-    return sorted(names, key=lambda m: (m.startswith("random"), m))
+    return [head + m for m in sorted(names, key=lambda m: (m.startswith("random"), m))]
 
 
 def layer_matrix(frame: pd.DataFrame) -> dict[str, tuple[list[int], np.ndarray]]:
@@ -128,11 +138,10 @@ def correlations(frame: pd.DataFrame, log_steps: bool = False, title: str = "") 
     """Correlation of the norms with each gold signal against step: a panel per statistic,
     a line per signal (input norms solid, output norms dashed when untied), and the
     function-word AUROC when recorded."""
-    inputs, outputs = signals(frame), signals(frame, "normx/output/")
-    stats = [s for s in STATS if any(f"normx/{s}/{g}" in frame for g in inputs)
-             or any(f"normx/output/{s}/{g}" in frame for g in outputs)]
-    aurocs = [k for k in ("normx/auroc/function_word", "normx/output/auroc/function_word")
-              if k in frame]
+    inputs, outputs = signals(frame), signals(frame, OUTPUT_PREFIX)
+    stats = [s for s in STATS if any(correlation_key(s, g) in frame for g in inputs)
+             or any(correlation_key(s, g, OUTPUT_PREFIX) in frame for g in outputs)]
+    aurocs = [k for k in (auroc_key(), auroc_key(OUTPUT_PREFIX)) if k in frame]
     if not stats and not aurocs:
         raise Skipped("no normx/<statistic>/<signal> correlation columns in metrics.jsonl")
     fig, axes = _axes(len(stats) + bool(aurocs), ncols=4)
@@ -140,10 +149,10 @@ def correlations(frame: pd.DataFrame, log_steps: bool = False, title: str = "") 
     color = dict(zip(names, _colors(len(names))))
     steps = _column(frame, "step")
     for ax, stat in zip(axes, stats):
-        for prefix, style, tag, sigs in (("normx/", "-", "", inputs),
-                                         ("normx/output/", "--", "output: ", outputs)):
+        for prefix, style, tag, sigs in ((PREFIX, "-", "", inputs),
+                                         (OUTPUT_PREFIX, "--", "output: ", outputs)):
             for sig in sigs:
-                key = f"{prefix}{stat}/{sig}"
+                key = correlation_key(stat, sig, prefix)
                 if key in frame:
                     ax.plot(steps, _column(frame, key), style, marker=".", color=color[sig],
                             label=f"{tag}{sig}", gid=key)
@@ -154,8 +163,9 @@ def correlations(frame: pd.DataFrame, log_steps: bool = False, title: str = "") 
     if aurocs:
         ax = axes[-1]
         for key in aurocs:
-            ax.plot(steps, _column(frame, key), "--" if "/output/" in key else "-", marker=".",
-                    color="k", label="output norm" if "/output/" in key else "input norm",
+            output = key.startswith(OUTPUT_PREFIX)
+            ax.plot(steps, _column(frame, key), "--" if output else "-", marker=".",
+                    color="k", label="output norm" if output else "input norm",
                     gid=key)
         ax.axhline(0.5, color="0.6", lw=0.8)
         ax.set_title("AUROC: content vs function words")
@@ -174,8 +184,8 @@ def frequency_control(frame: pd.DataFrame, confound: dict[str, float] | None = N
     each signal with the token counts (from gold.npz), shown in the panel title: near +-1,
     the plain Spearman mostly measures frequency and the partial one is what the norm
     knows beyond it."""
-    pairs = [s for s in signals(frame) if f"normx/spearman/{s}" in frame
-             and f"normx/partial_spearman/{s}" in frame]
+    pairs = [s for s in signals(frame) if correlation_key("spearman", s) in frame
+             and correlation_key("partial_spearman", s) in frame]
     if not pairs:
         raise Skipped("no normx/spearman/<signal> with normx/partial_spearman/<signal> "
                       "columns in metrics.jsonl")
@@ -184,10 +194,10 @@ def frequency_control(frame: pd.DataFrame, confound: dict[str, float] | None = N
     for ax, sig, color in zip(axes, pairs, _colors(len(pairs))):
         for stat, style, label in (("spearman", "-", "Spearman"),
                                    ("partial_spearman", "--", "partial | log freq")):
-            key = f"normx/{stat}/{sig}"
+            key = correlation_key(stat, sig)
             ax.plot(steps, _column(frame, key), style, marker=".", color=color, label=label,
                     gid=key)
-        if not np.isfinite(_column(frame, f"normx/partial_spearman/{sig}")).any():
+        if not np.isfinite(_column(frame, correlation_key("partial_spearman", sig))).any():
             ax.text(0.5, 0.5, "partial undefined: the signal is\na function of frequency",
                     ha="center", va="center", transform=ax.transAxes, color="0.4",
                     fontsize="small")
@@ -245,7 +255,7 @@ def function_content(steps: Sequence[int], norms: np.ndarray, function_word: np.
                 "content words": (function_word == 0) & (counts >= min_count)}
     if not any(m.any() for m in labelled.values()):
         raise Skipped(f"no labelled function/content words with count >= {min_count}")
-    auroc = frame is not None and "normx/auroc/function_word" in frame
+    auroc = frame is not None and auroc_key() in frame
     fig, axes = _axes(1 + auroc, ncols=2, width=5.5)
     ax = axes[0]
     for (label, mask), color in zip(labelled.items(), ("tab:red", "tab:blue")):
@@ -264,8 +274,8 @@ def function_content(steps: Sequence[int], norms: np.ndarray, function_word: np.
     ax.legend(fontsize="small")
     if auroc:
         ax = axes[1]
-        ax.plot(_column(frame, "step"), _column(frame, "normx/auroc/function_word"), marker=".",
-                color="k", gid="normx/auroc/function_word")
+        ax.plot(_column(frame, "step"), _column(frame, auroc_key()), marker=".",
+                color="k", gid=auroc_key())
         ax.axhline(0.5, color="0.6", lw=0.8)
         ax.set_ylabel("AUROC")
         ax.set_title("AUROC of the norm (content > function)")
@@ -306,17 +316,13 @@ def evidence_by_layer(frame: pd.DataFrame, title: str = "") -> Figure:
 
 def probe_curves(frame: pd.DataFrame, families: dict[str, str], log_steps: bool = False,
                  title: str = "") -> Figure:
-    """A panel per probe family present (e.g. pair_accuracy, evidence_ap/<method>), a line
-    per method; the random baseline grey and dashed."""
-    panels = []
-    for family, label in families.items():
-        keys = ([f"normx/{family}"] if f"normx/{family}" in frame else
-                [f"normx/{family}/{m}" for m in methods(frame, family)])
-        if keys:
-            panels.append((label, keys))
+    """A panel per probe key family present (e.g. pair_accuracy, evidence_ap/<method>), a
+    line per method; the random baselines grey and dashed."""
+    panels = [(label, keys) for template, label in families.items()
+              if (keys := family_keys(frame, template))]
     if not panels:
-        raise Skipped("none of " + ", ".join(f"normx/{f}" for f in families) +
-                      " in metrics.jsonl")
+        raise Skipped("none of " + ", ".join(t.split("{")[0].rstrip("/") for t in families)
+                      + " in metrics.jsonl")
     fig, axes = _axes(len(panels), ncols=3)
     steps = _column(frame, "step")
     names = list(dict.fromkeys(k.rsplit("/", 1)[-1] for _, keys in panels for k in keys))

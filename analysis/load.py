@@ -21,6 +21,7 @@ import pandas as pd
 
 from normx_track.records import (list_snapshots, load_snapshot, read_json, read_metrics,
                                  record_dir, snapshot_path)
+from normx_track.snapshot import PREFIX
 
 T = TypeVar("T")
 MAX_JOB_DEPTH = 3  # how deep below a multirun dir job dirs are looked for
@@ -280,7 +281,7 @@ def sweep_frame(runs: list[Run], group_by: list[str]) -> tuple[pd.DataFrame, lis
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("normx/")]
+    return [c for c in frame.columns if c.startswith(PREFIX)]
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -17,12 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-from normx_track.callback import run_probes, vocab_hash
+from normx_track.callback import vocab_hash
+from normx_track.probes import run_probes
 from normx_track.checkpoints import CheckpointError, LoadedModel, load_model
 from normx_track.gold import GoldStatistics
 from normx_track.records import (RecordLock, RecordLockedError, RecordWriter, read_json,
                                  record_dir, set_aside)
-from normx_track.snapshot import NormMetrics, embedding_norms
+from normx_track.snapshot import NormMetrics, norm_arrays
 from normx_track.tracking import probes_for_record
 
 
@@ -63,7 +64,7 @@ def _measure(loaded: list[LoadedModel], gold: GoldStatistics, out: Path, min_cou
     for item in sorted(loaded, key=lambda m: m.step):
         if item.step in done:
             continue
-        arrays = embedding_norms(item.model)
+        arrays = norm_arrays(item.model)
         row = {"step": item.step, "tokens_seen": item.tokens_seen}
         row.update(metrics(arrays))
         row.update(run_probes(probes, item.model))

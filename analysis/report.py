@@ -23,10 +23,18 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from normx_track import evidence as ev
+from normx_track.snapshot import auroc_key, correlation_key
+
 from .curves import build_figures
 from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, load_run,
                    load_sweep, no_record_message)
-from .sweep import build_sweep
+from .sweep import build_sweep, emergence_summary
+
+# The summary's metrics: plain and frequency-controlled Spearman side by side, the AUROC,
+# accuracy and evidence AP (key prefixes, as the tracker and probes define them).
+HEADLINE = (correlation_key("spearman", ""), correlation_key("partial_spearman", ""),
+            auroc_key(), ev.PAIR_ACCURACY, ev.BLIMP_ACCURACY, ev.EVIDENCE_AP.split("{")[0])
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
@@ -134,6 +142,27 @@ def tokens_html(run: Run, steps: Sequence[int] | None, top_k: int) -> str:
             "norm.</p>" + "\n".join(parts))
 
 
+def emergence_html(run: Run, top_k: int) -> str:
+    """Per-token emergence (analysis.emergence): when each type settles, in what order, and
+    the norm dynamics by frequency bin."""
+    from . import emergence
+
+    tables, figures = emergence.build(run)
+    parts = [figures_html(figures)]
+    if "emergence" in tables:
+        first, last = emergence.first_and_last(tables["emergence"], top_k)
+        band = f"±{emergence.E.DEFAULT_BAND:g}"
+        parts += [f"<p>A type settles at the first snapshot after which its norm percentile "
+                  f"stays within {band} points of its final one.</p>",
+                  "<h3>Emergence order (Spearman of the settling step; 95 % bootstrap CI)</h3>",
+                  table_html(tables["emergence_order"], text_columns=["statistic", "against"]),
+                  "<h3>Settle first</h3>", table_html(first, text_columns=["token"]),
+                  "<h3>Settle last</h3>", table_html(last, text_columns=["token"])]
+    parts += ["<h3>Correlation curves: peak and decay</h3>",
+              table_html(tables["emergence_curves"], text_columns=["signal", "statistic"])]
+    return "".join(parts)
+
+
 def information_gain_html(run: Run, steps: Sequence[int] | None) -> str:
     """Each chosen snapshot's input norms against information gain (colour: log count),
     over the token types the tracker correlates; the caption gives each panel's Spearman,
@@ -195,9 +224,7 @@ def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
     last = ""
     if not frame.empty:
         final = frame.iloc[-1]
-        keys = [k for k in frame.columns if k.startswith(
-            ("normx/spearman/", "normx/partial_spearman/", "normx/auroc/",
-             "normx/pair_accuracy", "normx/blimp_accuracy", "normx/evidence_ap/"))]
+        keys = [k for k in frame.columns if k.startswith(HEADLINE)]
         last = (f"<p>Last recorded step {int(final['step'])} "
                 f"({len(frame)} snapshots recorded).</p>" +
                 table_html(pd.DataFrame({"metric": keys, "value": [final[k] for k in keys]}),
@@ -206,6 +233,7 @@ def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
             + f"<p>Record: <code>{html.escape(str(run.record))}</code></p>"
             + f"<h2>Summary</h2>{last}<h2>Figures</h2>{figures}"
             + f"<h2>Norm against information gain</h2>{information_gain_html(run, steps)}"
+            + f"<h2>Emergence: when each token becomes important</h2>{emergence_html(run, top_k)}"
             + f"<h2>Top and bottom norm tokens</h2>{tokens}"
             + f"<h2>Config</h2>{_json_block(run.config)}"
             + "<details><summary>Full meta.json</summary>"
@@ -217,8 +245,8 @@ def sweep_report(runs: list[Run], root: Path, steps: Sequence[int] | None = None
                  top_k: int = 15, log_steps: bool = False, group_by: list[str] | None = None,
                  band: str = "std") -> str:
     figures, table, frame, labels = build_sweep(runs, group_by, band, log_steps)
-    headline = table[table["metric"].str.match(
-        r"normx/(spearman/|partial_spearman/|auroc/|pair_accuracy|blimp_accuracy|evidence_ap/)")]
+    curves = emergence_summary(runs, frame)
+    headline = table[table["metric"].str.startswith(HEADLINE)]
     text = [c for c in table.columns if c not in
             ("n_runs", "final_mean", "final_std", "peak_mean", "peak_std", "peak_step_mean",
              "peak_step_std")]
@@ -240,6 +268,8 @@ def sweep_report(runs: list[Run], root: Path, steps: Sequence[int] | None = None
             + table_html(headline, text_columns=text)
             + "<details><summary>All metrics</summary>" + table_html(table, text_columns=text)
             + "</details>"
+            + "<h2>Emergence: peak and decay of each correlation (mean, 95 % CI over runs)"
+            + "</h2>" + table_html(curves, text_columns=["group", "signal", "statistic"])
             + "<h2>Runs</h2>" + table_html(overrides, text_columns=["run", "group", "overrides"])
             + "<h2>Top and bottom norm tokens</h2>" + per_run
             + "<h2>Config (first run)</h2>" + _json_block(runs[0].config))

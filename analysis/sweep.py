@@ -12,6 +12,9 @@ by default by every override key except `seed`. Writes, by default into MULTIRUN
   summary.csv                    per group and metric: the final value, the peak value and the
                                  step of the peak, each the mean (and std) over the group's
                                  runs, with n_runs
+  emergence_summary.csv          per group, gold signal and statistic (Spearman, partial):
+                                 peak, its step, steps to half the peak; mean and 95 % CI
+                                 over the group's runs (which emerges earlier, by how much)
 Per run, "final" is the metric's last finite value, "peak" its maximum over steps, and the
 peak step the first step reaching it; runs where the metric is never finite are not counted.
 """
@@ -25,9 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from matplotlib.figure import Figure
 
+from normx_track.snapshot import OUTPUT_PREFIX, PREFIX, auroc_key, correlation_key
+
 from . import figures as F
+from .emergence import curve_table
 from .load import (NoRecordError, RecordWarning, Run, cli_warnings, default_group_keys,
                    load_sweep, metric_columns, sweep_frame, varying_keys)
 
@@ -88,20 +95,56 @@ def summary_table(frame: pd.DataFrame, group_by: list[str], metrics: list[str]) 
 
 def _correlation_panels(frame: pd.DataFrame, prefix: str) -> tuple[list[tuple[str, str]], int]:
     sigs = F.signals(frame, prefix)
-    stats = [s for s in F.STATS if any(f"{prefix}{s}/{g}" in frame for g in sigs)]
-    panels = [(f"{F.STATS[s]}: {g}", f"{prefix}{s}/{g}") for g in sigs for s in stats]
-    if f"{prefix}auroc/function_word" in frame:
-        panels.append(("AUROC: content vs function words", f"{prefix}auroc/function_word"))
+    stats = [s for s in F.STATS if any(correlation_key(s, g, prefix) in frame for g in sigs)]
+    panels = [(f"{F.STATS[s]}: {g}", correlation_key(s, g, prefix)) for g in sigs for s in stats]
+    if auroc_key(prefix) in frame:
+        panels.append(("AUROC: content vs function words", auroc_key(prefix)))
     return panels, max(len(stats), 1)
 
 
 def _probe_panels(frame: pd.DataFrame, families: dict[str, str]) -> list[tuple[str, str]]:
     panels = []
-    for family, label in families.items():
-        if f"normx/{family}" in frame:
-            panels.append((label, f"normx/{family}"))
-        panels += [(f"{label}: {m}", f"normx/{family}/{m}") for m in F.methods(frame, family)]
+    for template, label in families.items():
+        keys = F.family_keys(frame, template)
+        panels += [(label if "{" not in template else f"{label}: {k.rsplit('/', 1)[-1]}", k)
+                   for k in keys]
     return panels
+
+
+def emergence_summary(runs: list[Run], frame: pd.DataFrame) -> pd.DataFrame:
+    """Per group, gold signal and statistic (Spearman, partial Spearman): the peak, its step
+    and the steps to half the peak (`normx_track.emergence.curve_summary`), each as the
+    mean over the group's runs with a 95 % t-interval; n counts the runs where it is finite."""
+    group_of = frame.groupby("run", sort=False)["group"].first()
+    rows = []
+    for run in runs:
+        for row in curve_table(run).to_dict("records"):
+            rows.append({"group": group_of.get(run.name, "all runs"), **row})
+    per_run = pd.DataFrame(rows, columns=["group", "signal", "statistic", *CURVE_STATS])
+    out = []
+    for (group, signal, stat), part in per_run.groupby(["group", "signal", "statistic"],
+                                                       sort=False):
+        row = {"group": group, "signal": signal, "statistic": stat}
+        for name in CURVE_STATS:
+            row.update({f"{name}_{k}": v for k, v in _mean_ci(part[name]).items()})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+CURVE_STATS = ("peak", "peak_step", "half_life_steps")
+
+
+def _mean_ci(values: pd.Series) -> dict[str, float]:
+    """Mean, 95 % t-interval and n over the finite values (the interval needs n >= 2)."""
+    x = values.to_numpy(np.float64)
+    x = x[np.isfinite(x)]
+    out = dict(mean=np.nan, ci_low=np.nan, ci_high=np.nan, n=len(x))
+    if len(x):
+        out["mean"] = float(x.mean())
+    if len(x) >= 2:
+        half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+        out.update(ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+    return out
 
 
 def build_sweep(runs: list[Run], group_by: list[str] | None = None, band: str = "std",
@@ -121,8 +164,8 @@ def build_sweep(runs: list[Run], group_by: list[str] | None = None, band: str = 
     # The table names the keys asked for, or by default those that differ between groups.
     table = summary_table(frame, group_by if explicit else varying_keys(runs, group_by), chosen)
 
-    plans = {"correlations": _correlation_panels(frame, "normx/"),
-             "output_correlations": _correlation_panels(frame, "normx/output/"),
+    plans = {"correlations": _correlation_panels(frame, PREFIX),
+             "output_correlations": _correlation_panels(frame, OUTPUT_PREFIX),
              "evidence": (_probe_panels(frame, F.EVIDENCE), 3),
              "faithfulness": (_probe_panels(frame, F.FAITHFULNESS), 3)}
     titles = {"correlations": "Embedding norm vs gold importance",
@@ -171,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         except NoRecordError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        figures, table, _, labels = build_sweep(runs, args.group_by, args.band,
+        figures, table, frame, labels = build_sweep(runs, args.group_by, args.band,
                                                 args.log_steps, args.metrics)
         out = args.out or args.multirun_dir / "analysis"
         out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         F.write_all(figures, out, args.formats)
         table.to_csv(out / "summary.csv", index=False)
         print(f"wrote {out / 'summary.csv'} ({len(table)} rows)")
+        curves = emergence_summary(runs, frame)
+        curves.to_csv(out / "emergence_summary.csv", index=False)
+        print(f"wrote {out / 'emergence_summary.csv'} ({len(curves)} rows)")
         problems = sum(len(run.problems) for run in runs)
         if problems:
             print(f"{problems} record problem(s); see the warnings above", file=sys.stderr)

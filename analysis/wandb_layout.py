@@ -14,35 +14,42 @@ import argparse
 import os
 import sys
 
+from normx_track import evidence as ev
+from normx_track import faithfulness as fa
 from normx_track.loggers import wandb_logged_in
+from normx_track.snapshot import auroc_key, correlation_key, norm_key
 
 STEP = "trainer/global_step"
 SIGNALS = ("self_information", "information_gain", "information_gain_corrected")
 METHODS = ("normxlogit", "logat", "norm", "random")
+GRADIENT_METHODS = fa.CAPTUM_METHODS
+
+
+def _each(template: str, methods) -> list[str]:
+    return [template.format(method=m) for m in methods]
+
 
 # section title -> [(panel title, metric keys)]
 LAYOUT: dict[str, list[tuple[str, list[str]]]] = {
     "normx: norms vs gold importance": [
-        ("Spearman", [f"normx/spearman/{s}" for s in SIGNALS]),
-        ("partial Spearman | log frequency", [f"normx/partial_spearman/{s}" for s in SIGNALS]),
-        ("AUROC content vs function words", ["normx/auroc/function_word"]),
-        ("mean norm by frequency decile", [f"normx/norm/bucket_{b:02d}/mean" for b in range(10)]),
+        ("Spearman", [correlation_key("spearman", s) for s in SIGNALS]),
+        ("partial Spearman | log frequency",
+         [correlation_key("partial_spearman", s) for s in SIGNALS]),
+        ("AUROC content vs function words", [auroc_key()]),
+        ("mean norm by frequency decile", [norm_key(f"bucket_{b:02d}/mean") for b in range(10)]),
     ],
     "normx: evidence alignment": [
-        ("minimal-pair accuracy", ["normx/pair_accuracy", "normx/blimp_accuracy"]),
-        ("evidence AP", [f"normx/evidence_ap/{m}" for m in METHODS]),
-        ("evidence DP", [f"normx/evidence_dp/{m}" for m in METHODS]),
-        ("contrastive evidence AP", [f"normx/evidence_ap/{m}_contrastive"
-                                     for m in ("normxlogit", "logat", "random")]),
+        ("minimal-pair accuracy", [ev.PAIR_ACCURACY, ev.BLIMP_ACCURACY]),
+        ("evidence AP", _each(ev.EVIDENCE_AP, METHODS)),
+        ("evidence DP", _each(ev.EVIDENCE_DP, METHODS)),
+        ("contrastive evidence AP", _each(ev.EVIDENCE_AP, ev.CONTRASTIVE_METHODS)),
     ],
     "normx: faithfulness": [
-        ("comprehensiveness", [f"normx/comprehensiveness/{m}" for m in METHODS]),
-        ("sufficiency", [f"normx/sufficiency/{m}" for m in METHODS]),
-        ("agreement with leave-one-out", [f"normx/loo_spearman/{m}" for m in METHODS]),
-        ("gradient baselines: comprehensiveness",
-         [f"normx/comprehensiveness/{m}" for m in ("saliency", "input_x_gradient",
-                                                    "integrated_gradients")]),
-        ("IG completeness error", ["normx/ig_completeness_error"]),
+        ("comprehensiveness", _each(fa.COMPREHENSIVENESS, METHODS)),
+        ("sufficiency", _each(fa.SUFFICIENCY, METHODS)),
+        ("agreement with leave-one-out", _each(fa.LOO_SPEARMAN, METHODS)),
+        ("gradient baselines: comprehensiveness", _each(fa.COMPREHENSIVENESS, GRADIENT_METHODS)),
+        ("IG completeness error", [fa.IG_COMPLETENESS_ERROR]),
     ],
     "training": [("loss", ["train/loss", "val/loss", "data/unigram_entropy"])],
 }

@@ -33,7 +33,7 @@ from normx_track.data.datamodule import TextDataModule
 from normx_track.gold import compute_gold
 from normx_track.model import LanguageModel
 from normx_track.probes import EvidenceProbe
-from normx_track.snapshot import NormMetrics, embedding_norms
+from normx_track.snapshot import NormMetrics, norm_arrays
 from normx_track.tracking import build_tracker
 from summary import emit  # benchmarks/ is on sys.path when run as a script
 
@@ -136,7 +136,7 @@ def bench_snapshot(repeats: int = 20) -> None:
     norm_ms, metric_ms = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        arrays = embedding_norms(model)
+        arrays = norm_arrays(model)
         t1 = time.perf_counter()
         metrics(arrays)
         t2 = time.perf_counter()
@@ -174,7 +174,7 @@ def bench_gpt2_small(batch: int = 8, block: int = 256, steps: int = 4) -> None:
     probe = EvidenceProbe(datamodule.probe_file, datamodule.tokenizer, max_pairs=100)
     hf = module.model
     probe(hf)  # warm-up
-    norms_s = _median_seconds(lambda: metrics(embedding_norms(hf)), 5, device)
+    norms_s = _median_seconds(lambda: metrics(norm_arrays(hf)), 5, device)
     probe_s = _median_seconds(lambda: probe(hf), 3, device)
     snapshot_s = norms_s + probe_s
     print(f"GPT-2 small (124 M) on {device}, training step of {batch}x{block} tokens: "

@@ -16,7 +16,7 @@ import json
 import logging
 import platform
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -25,19 +25,13 @@ from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
 from . import __version__
-from .attribution import eval_mode
 from .gold import GoldStatistics
+from .probes import Probe, run_probes
 from .records import RecordLock, RecordWriter, read_json, set_aside
-from .snapshot import (NormMetrics, embedding_norms, extreme_tokens, find_language_model,
+from .snapshot import (NormMetrics, extreme_tokens, find_language_model, norm_arrays,
                        full_params, is_sharded)
 
 log = logging.getLogger(__name__)
-
-
-class Probe(Protocol):
-    """Extra measurements at each snapshot (e.g. evidence alignment); recorded by rank zero."""
-
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]: ...
 
 
 def snapshot_schedule(step: int, every_n_steps: int, log_spaced: bool) -> bool:
@@ -172,7 +166,8 @@ class NormTracker(L.Callback):
         if changed:
             log.warning("%s: resumed at step %d with changed tracker settings %s; the record "
                         "continues (both settings are in meta.json)", self.writer.dir,
-                        self.last_step, ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+                        self.last_step,
+                        ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
         history = list(before.get("resumed", []))
         history.append({"at_step": self.last_step, "changed": changed})
         return {**meta, "resumed": history}
@@ -232,7 +227,7 @@ class NormTracker(L.Callback):
         model = self._language_model(pl_module)
         sharded = is_sharded(root)
         with full_params(root):  # FSDP: every rank gathers the whole model, collectively
-            arrays = embedding_norms(model)
+            arrays = norm_arrays(model)
             # Under FSDP all ranks run the probes in step, so any collective inside matches.
             probe_row = run_probes(self.probes, model) if sharded or trainer.is_global_zero else {}
         self.last_step = step
@@ -324,14 +319,6 @@ def tracker_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
         if str(key).startswith(NormTracker.__qualname__ + "{") and isinstance(state, dict):
             return state
     return None
-
-
-def run_probes(probes: Sequence[Probe], model: torch.nn.Module) -> dict[str, float]:
-    """All probes' metrics, with the model in eval mode for the duration."""
-    if not probes:
-        return {}
-    with eval_mode(model):
-        return {k: v for probe in probes for k, v in probe(model).items()}
 
 
 def _token_table_html(rows: Sequence[Mapping[str, Any]], step: int) -> str:

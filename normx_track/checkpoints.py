@@ -1,10 +1,8 @@
-"""Checkpoints: written atomically (a kill mid-save leaves the previous file intact), and
-loaded without unpickling arbitrary objects — Lightning .ckpt files written by
+"""Checkpoints loaded without unpickling arbitrary objects — Lightning .ckpt files written by
 `normx_track.model.LanguageModel` (weights_only=True), Hugging Face model directories, or
 hub revisions (e.g. Pythia's `stepN` branches)."""
 from __future__ import annotations
 
-import errno
 import pickle
 import re
 import zipfile
@@ -13,24 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .errors import InputError
-from .records import RecordWriteError, atomic_open
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch.save to a temp file beside the target, then one rename."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with atomic_open(path) as handle:
-                torch.save(checkpoint, handle)
-        except RuntimeError as err:  # torch's writer reports a full disk without the file
-            raise RecordWriteError(errno.EIO, f"could not write {path} ({first_line(err)}); "
-                                              "the previous version is intact") from None
 
 
 class CheckpointError(InputError):

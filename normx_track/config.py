@@ -106,7 +106,8 @@ class TrackerConfig:
     log_spaced: bool = True  # also snapshot at 1, 2, 4, 8, ... below every_n_steps
     on_checkpoint: bool = True
     on_train_end: bool = True
-    stats_tokens: Optional[int] = 2_000_000  # gold statistics over the first N training tokens (null: all)
+    # Gold statistics over the first N training tokens (null: the whole stream).
+    stats_tokens: Optional[int] = 2_000_000
     window: int = 5
     shuffle_correction: bool = True
     min_count: int = 10

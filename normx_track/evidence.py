@@ -41,7 +41,8 @@ from .metrics import (
     random_average_precision,
     random_dot_product,
 )
-from .probe_files import EncodedPairs, MinimalPair, encode_pairs, encode_text, load_probe_file, pad_id
+from .probe_files import (EncodedPairs, MinimalPair, encode_pairs, encode_text,
+                          load_probe_file, pad_id)
 
 __all__ = ["EvidenceProbe", "seeded_subset"]
 

@@ -40,14 +40,15 @@ import torch
 
 from . import checkpoints
 from .attribution import attribute
+from .errors import InputError
 from .records import read_json
 from .probe_files import continuation_tokens
 
-__all__ = ["ExplainError", "Explanation", "explain", "format_table", "load_model",
-           "load_tokenizer", "main", "render_html"]
+__all__ = ["ExplainError", "Explanation", "explain", "format_table", "load_tokenizer", "main",
+           "render_html"]
 
 
-class ExplainError(Exception):
+class ExplainError(InputError):
     """A user-facing failure: the CLI prints it and exits with status 2."""
 
 
@@ -56,16 +57,6 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-
-
-def load_model(path: str | Path) -> torch.nn.Module:
-    """The HF causal LM of a LanguageModel ``.ckpt`` or an HF model directory, in eval mode."""
-    if not Path(path).exists():
-        raise ExplainError(f"{path}: no such checkpoint file or model directory")
-    try:
-        return checkpoints.load_model(path).model
-    except checkpoints.CheckpointError as err:
-        raise ExplainError(str(err)) from None
 
 
 def _tokenizer_from(location: Path):
@@ -158,11 +149,13 @@ def _word(flag: str, word: str | None) -> str | None:
 
 def _targets(tokenizer, text: str, ids: list[int], target: str | None, foil: str | None):
     """(input ids, target id, foil id, note). A target of several tokens is explained on
-    its first (and says so); a target and foil that share their first tokens are explained where their
-    tokenisations first differ, the shared tokens appended to the text (DESIGN.md)."""
+    its first (and says so); a target and foil that share their first tokens are explained
+    where their tokenisations first differ, the shared tokens appended to the text
+    (DESIGN.md)."""
     target, foil = _word("--target", target), _word("--foil", foil)
     if target is None:  # the model's argmax, against the foil's first token if given
-        return ids, None, None if foil is None else continuation_tokens(tokenizer, foil, text)[0], ""
+        foil_id = None if foil is None else continuation_tokens(tokenizer, foil, text)[0]
+        return ids, None, foil_id, ""
     good = continuation_tokens(tokenizer, target, text)
     if foil is None:
         note = (f"{target!r} is {len(good)} tokens; explaining its first, "
@@ -332,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_transformers()
     try:
-        model = load_model(args.checkpoint)
+        model = checkpoints.load_model(args.checkpoint).model
         tokenizer = load_tokenizer(args.checkpoint, args.tokenizer)
         e = explain(model, tokenizer, args.text, args.target, args.foil, args.layer,
                     args.norm_factor)
@@ -347,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ExplainError(f"{args.html}: cannot write the HTML view "
                                    f"({err.strerror or err})") from None
             print(f"HTML view: {args.html}")
-    except ExplainError as err:
+    except InputError as err:  # ExplainError, CheckpointError: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

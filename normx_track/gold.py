@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import InputError
-from .records import atomic_open
+from .atomic import atomic_open
 
 SIGNALS = ("counts", "self_information", "information_gain",
            "information_gain_corrected", "function_word")
@@ -76,8 +76,17 @@ def shuffle_documents(documents: Sequence[np.ndarray], seed: int) -> list[np.nda
     lengths, so window truncation at document edges is the same as in the real stream.
     """
     flat, lengths = _flatten(documents)
-    flat = np.random.default_rng(seed).permutation(flat)
+    flat = _shuffled(flat, seed)
     return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def _shuffled(flat: np.ndarray, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(flat)
+
+
+def _check_window(window: int) -> None:
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
 
 
 def _padded_positions(lengths: np.ndarray, window: int) -> np.ndarray:
@@ -277,8 +286,7 @@ def cooccurrence_kl(documents: Sequence[np.ndarray], vocab_size: int, window: in
     many tokens, and longer streams merge the per-chunk distinct pair counts (slower per
     token, and the distinct pairs of the whole stream are held, ~12 bytes each).
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+    _check_window(window)
     flat, lengths = _flatten(documents)
     return _kl(flat, lengths, vocab_size, window, chunk_tokens)
 
@@ -339,8 +347,7 @@ def compute_gold(documents: Iterable[np.ndarray], vocab_size: int, window: int =
     may be cut). ``information_gain_corrected`` uses :func:`shuffle_documents` with
     ``seed``. See :func:`cooccurrence_kl` for ``chunk_tokens``.
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+    _check_window(window)
     docs = _as_documents(documents, vocab_size, max_tokens)
     flat, lengths = _flatten(docs)
     counts = np.bincount(flat, minlength=vocab_size).astype(np.int64)
@@ -350,8 +357,7 @@ def compute_gold(documents: Iterable[np.ndarray], vocab_size: int, window: int =
     ig = _kl(flat, lengths, vocab_size, window, chunk_tokens)
     corrected = None
     if shuffle_correction:
-        shuffled = np.random.default_rng(seed).permutation(flat)   # as shuffle_documents
-        corrected = ig - _kl(shuffled, lengths, vocab_size, window, chunk_tokens)
+        corrected = ig - _kl(_shuffled(flat, seed), lengths, vocab_size, window, chunk_tokens)
     return GoldStatistics(counts=counts, self_information=self_info, information_gain=ig,
                           information_gain_corrected=corrected, window=window,
                           n_tokens=n_tokens, seed=seed)

@@ -12,9 +12,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from .config import ModelConfig, OptimConfig
 
-_ARCH_TO_MODEL_TYPE = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "llama": "llama"}
-
-
 def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> PretrainedConfig:
     """Translate our GPT-2-style size names into the chosen architecture's config."""
     inner = cfg.n_inner or 4 * cfg.n_embd
@@ -30,7 +27,7 @@ def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> Pre
                      max_position_embeddings=cfg.n_positions)
         if cfg.arch == "llama":
             sizes["num_key_value_heads"] = cfg.n_head
-    return AutoConfig.for_model(_ARCH_TO_MODEL_TYPE[cfg.arch], **sizes, **common)
+    return AutoConfig.for_model(cfg.arch, **sizes, **common)  # our arch names are HF model types
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -71,7 +68,6 @@ class LanguageModel(L.LightningModule):
         loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/perplexity", torch.exp(loss.detach()))
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

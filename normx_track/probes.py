@@ -8,7 +8,29 @@ behind) and are deterministic for a given ``seed``.
         FaithfulnessProbe(held_out_texts, tokenizer, captum=True),   # normx_track.faithfulness
     ])
 """
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+
+from .attribution import eval_mode
 from .evidence import EvidenceProbe
 from .faithfulness import FaithfulnessProbe
 
-__all__ = ["EvidenceProbe", "FaithfulnessProbe"]
+__all__ = ["EvidenceProbe", "FaithfulnessProbe", "Probe", "run_probes"]
+
+
+class Probe(Protocol):
+    """Extra measurements at each snapshot (e.g. evidence alignment); recorded by rank zero."""
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]: ...
+
+
+def run_probes(probes: Sequence[Probe], model: torch.nn.Module) -> dict[str, float]:
+    """All probes' metrics, with the model in eval mode for the duration (also what replay
+    runs on a saved checkpoint)."""
+    if not probes:
+        return {}
+    with eval_mode(model):
+        return {k: v for probe in probes for k, v in probe(model).items()}

@@ -2,8 +2,8 @@
 
     <run_dir>/normx/meta.json, vocab.json, gold.npz, metrics.jsonl, snapshots/step_XXXXXXXX.npz
 
-Every file is replaced atomically (temp file in the same folder, fsync, rename), so a crash
-or a full disk mid-write leaves the previous version intact. Non-finite metric values are
+Every file is replaced atomically (`normx_track.atomic`: temp file in the same folder,
+fsync, rename), so a crash or a full disk mid-write leaves the previous version intact. Non-finite metric values are
 written as JSON `null` (strict JSON for other tools) and read back as NaN.
 """
 from __future__ import annotations
@@ -13,59 +13,22 @@ import math
 import os
 import re
 import socket
-import tempfile
 import time
 import warnings
 import zipfile
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from .atomic import RecordWriteError, atomic_open, atomic_save_npz, atomic_write_json
+
+__all__ = ["RecordLock", "RecordLockedError", "RecordWriteError", "RecordWriter", "list_snapshots",
+           "load_snapshot", "read_json", "read_metrics", "record_dir", "set_aside"]
+
 RECORD_DIR = "normx"
 _SNAPSHOT = re.compile(r"step_(\d{8,})\.npz$")
-
-
-class RecordWriteError(OSError):
-    """A record file could not be written; the previous version is intact."""
-
-
-@contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """Open a temp file beside `path`; on clean exit it replaces `path` in one rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise RecordWriteError(err.errno, f"could not write {path} ({err.strerror or err}); "
-                                              "the previous version is intact") from err
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    with atomic_open(path) as handle:
-        np.savez(handle, **arrays)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    with atomic_open(path, "w") as handle:
-        json.dump(obj, handle, indent=1)
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -9,10 +9,11 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
-from .checkpoints import AtomicCheckpointIO, CheckpointError, read_lightning_checkpoint
+from .checkpoint_io import AtomicCheckpointIO
+from .checkpoints import CheckpointError, read_lightning_checkpoint
 from .config import Config, TrainerConfig, to_dict
 from .data.datamodule import TextDataModule
-from .loggers import build_loggers, finish_loggers
+from .loggers import ResilientWandbLogger, build_loggers, finish_loggers
 from .model import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,28 @@ def resume_checkpoint(cfg: Config) -> str | None:
     return str(path)
 
 
+def save_emergence(loggers, out: Path) -> None:
+    """Once, after training: the per-token emergence table and figures (analysis.emergence)
+    go to <out>/figures and, as files, to the W&B run. Never mid-run, and never fatal: the
+    record is complete whatever happens here."""
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, ResilientWandbLogger)
+                     and not lg.failed]
+    if not wandb_loggers or not (out / "normx" / "metrics.jsonl").exists():
+        return
+    try:
+        from analysis import emergence
+        from analysis.load import load_run
+
+        tables, figures = emergence.build(load_run(out))
+        paths = emergence.write(tables, figures, out / "figures", formats=("png",))
+        for logger in wandb_loggers:
+            for path in paths:
+                logger.experiment.save(str(path), base_path=str(out), policy="now")
+    except Exception as err:  # noqa: BLE001 - an extra at the end must not fail the run
+        log.warning("emergence summary not saved to W&B (%s: %s); run "
+                    "`python -m analysis.emergence %s`", type(err).__name__, err, out)
+
+
 def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     """Train; returns the final validation loss (what a Hydra sweeper would minimise)."""
     ckpt_path = resume_checkpoint(cfg)
@@ -101,6 +124,8 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
         except Exception as err:
             log.warning("closing the loggers failed too (%s: %s)", type(err).__name__, err)
         raise
+    if trainer.is_global_zero:
+        save_emergence(loggers, out)
     finish_loggers(loggers)
     val_loss = trainer.callback_metrics.get("val/loss")
     return float(val_loss) if val_loss is not None else None

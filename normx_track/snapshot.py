@@ -15,6 +15,29 @@ from . import attribution, metrics
 # Signals that are correlated with the norms (counts is the control, not a target).
 _NOT_CORRELATED = {"counts", "function_word"}
 
+# Metric keys (analysis and the W&B layout import these): PREFIX for the input embedding,
+# OUTPUT_PREFIX for an untied output head.
+PREFIX, OUTPUT_PREFIX = "normx/", "normx/output/"
+CORRELATION_STATS = ("spearman", "pearson", "partial_spearman")
+
+
+def correlation_key(stat: str, signal: str, prefix: str = PREFIX) -> str:
+    """e.g. normx/partial_spearman/information_gain"""
+    return f"{prefix}{stat}/{signal}"
+
+
+def n_types_key(signal: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}n_types/{signal}"
+
+
+def auroc_key(prefix: str = PREFIX) -> str:
+    return f"{prefix}auroc/function_word"
+
+
+def norm_key(stat: str, prefix: str = PREFIX) -> str:
+    """e.g. normx/norm/mean, normx/norm/n_nonfinite, normx/norm/bucket_00/mean"""
+    return f"{prefix}norm/{stat}"
+
 
 def find_language_model(module: torch.nn.Module) -> torch.nn.Module:
     """`module` itself if it exposes `get_input_embeddings`, else its first submodule that
@@ -43,7 +66,7 @@ def full_params(root: torch.nn.Module):
     return nullcontext()
 
 
-def embedding_norms(language_model: torch.nn.Module) -> dict[str, np.ndarray]:
+def norm_arrays(language_model: torch.nn.Module) -> dict[str, np.ndarray]:
     """`input_norm` ||E[w]|| and, when the head is untied, `output_norm` ||U[w]||, as numpy.
     Under FSDP call it inside `full_params(root)`."""
     norms = attribution.embedding_norms(language_model)
@@ -66,21 +89,21 @@ class NormMetrics:
         """Metrics for the input norms, and for the output norms under `normx/output/`."""
         row = self.measure(arrays["input_norm"])
         if "output_norm" in arrays:
-            row.update(self.measure(arrays["output_norm"], prefix="normx/output/"))
+            row.update(self.measure(arrays["output_norm"], prefix=OUTPUT_PREFIX))
         return row
 
-    def measure(self, norms: np.ndarray, prefix: str = "normx/") -> dict[str, float]:
+    def measure(self, norms: np.ndarray, prefix: str = PREFIX) -> dict[str, float]:
         norms = norms[: len(self.counts)]  # rows past the tokenizer's vocabulary: padding
         row: dict[str, float] = {}
         for name, result in self.gold.correlations(norms).items():
-            for stat in ("spearman", "pearson", "partial_spearman"):
-                row[f"{prefix}{stat}/{name}"] = float(result[stat])
-            row[f"{prefix}n_types/{name}"] = int(result["n"])
+            for stat in CORRELATION_STATS:
+                row[correlation_key(stat, name, prefix)] = float(result[stat])
+            row[n_types_key(name, prefix)] = int(result["n"])
         if self.function_word is not None:
-            row[f"{prefix}auroc/function_word"] = float(metrics.function_word_auroc(
+            row[auroc_key(prefix)] = float(metrics.function_word_auroc(
                 norms, self.function_word, self.counts, self.min_count))
         stats = metrics.norm_statistics(norms, self.counts)
-        row.update({f"{prefix}norm/{key}": _plain(value) for key, value in stats.items()})
+        row.update({norm_key(key, prefix): _plain(value) for key, value in stats.items()})
         return row
 
 

@@ -12,17 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A few hundred synthetic documents, a 512-token BPE and a 1-layer model.
-TINY = [
-    "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positions=32",
-    "data.block_size=32", "data.batch_size=4", "data.vocab_size=512",
-    "data.synthetic.n_documents=300", "data.synthetic.content_words_per_topic=20",
-    "data.synthetic.n_topics=3", "data.synthetic.n_probes=20",
-    "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_val_batches=2",
-    "trainer.checkpoint_every_n_steps=4", "trainer.log_every_n_steps=1",
-    "tracker.every_n_steps=4", "tracker.min_count=2", "tracker.stats_tokens=20000",
-    "optim.warmup_steps=2",
-]
+# A few hundred synthetic documents, a 512-token BPE and a 1-layer model, 8 steps: the
+# `debug=tiny` preset (conf/debug/tiny.yaml). Later overrides on the command line win.
+TINY = ["debug=tiny"]
 
 
 def subprocess_env(cache_dir: Path) -> dict[str, str]:

@@ -16,7 +16,12 @@ from conftest import ROOT, subprocess_env
 from normx_track.attribution import attribute
 from normx_track.config import ModelConfig, OptimConfig
 from normx_track.data.tokenizer import train_bpe
-from normx_track.explain import explain, load_model, main
+from normx_track.checkpoints import load_model as load_checkpoint
+from normx_track.explain import explain, main
+
+
+def load_model(path):
+    return load_checkpoint(path).model
 from normx_track.model import LanguageModel
 
 hf_logging.set_verbosity_error()

@@ -37,7 +37,7 @@ def test_unreadable_lists_name_the_file_and_the_key(tmp_path, content):
     path = tmp_path / "words.txt"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(FunctionWordsError, match=rf"tracker.function_words: .*words\.txt"):
+    with pytest.raises(FunctionWordsError, match=r"tracker.function_words: .*words\.txt"):
         resolve_function_words(str(path), None)
 
 

@@ -230,7 +230,7 @@ def test_load_lexicon_maps_single_tokens(tmp_path):
 @pytest.mark.parametrize("line", ["cat 1.5", "cat\tbig", "cat\t1\t2"])
 def test_load_lexicon_malformed_line_names_file_and_line(tmp_path, line):
     path = write(tmp_path, f"dog\t1\n{line}\n")
-    with pytest.raises(ValueError, match=rf"lex\.tsv:2"):
+    with pytest.raises(ValueError, match=r"lex\.tsv:2"):
         load_lexicon(path, encode, 10)
 
 

@@ -97,7 +97,7 @@ BAD_LINES = {
 @pytest.mark.parametrize("kind", sorted(BAD_LINES))
 def test_bad_probe_line_names_file_and_line(tmp_path, kind):
     path = write_lines(tmp_path / "probes.jsonl", [GOOD_LINE, "", GOOD_LINE, BAD_LINES[kind]])
-    with pytest.raises(ProbeFileError, match=rf"probes\.jsonl:4: ") as info:
+    with pytest.raises(ProbeFileError, match=r"probes\.jsonl:4: ") as info:
         load_probe_file(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value, ValueError)

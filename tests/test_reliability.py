@@ -20,7 +20,7 @@ import torch
 from conftest import ROOT, TINY, run_train, subprocess_env
 from normx_track import records
 from normx_track.callback import NormTracker, tracker_state
-from normx_track.checkpoints import AtomicCheckpointIO
+from normx_track.checkpoint_io import AtomicCheckpointIO
 from normx_track.config import Config, ConfigError, TrackerConfig, validate
 from normx_track.gold import compute_gold
 from normx_track.records import RecordLock, RecordLockedError, RecordWriteError, read_metrics
@@ -120,8 +120,8 @@ def test_truncated_checkpoint_on_resume_is_named(tiny_run, cache_dir, tmp_path):
 # -- resume whatever the settings ------------------------------------------------------------
 def test_resume_without_repeating_an_override_continues_the_same_record(cache_dir, tmp_path):
     """First run snapshots every 2 steps; the resume (from step 4) forgets the override
-    (default: every 100, and at each checkpoint, every 4 here): one record, no rows lost,
-    tokens_seen continuing, the change named."""
+    (the preset's every 4): one record, no rows lost, tokens_seen continuing, the change
+    named."""
     run = tmp_path / "run"
     base = [o for o in TINY if not o.startswith("tracker.every_n_steps")] + ["logger=none"]
     run_train(cache_dir, *base, "tracker.every_n_steps=2", "tracker.log_spaced=false",
@@ -138,8 +138,8 @@ def test_resume_without_repeating_an_override_continues_the_same_record(cache_di
     assert [r["tokens_seen"] for r in rows] == [s * tokens_per_step for s in (0, 2, 4, 8, 12)]
     assert rows[2] == first[2]  # rows up to the checkpoint are the first run's
     meta = json.loads((run / "normx" / "meta.json").read_text())
-    assert meta["resumed"] == [{"at_step": 4, "changed": {"every_n_steps": [2, 100]}}]
-    assert "every_n_steps: 2 -> 100" in proc.stdout + proc.stderr
+    assert meta["resumed"] == [{"at_step": 4, "changed": {"every_n_steps": [2, 4]}}]
+    assert "every_n_steps: 2 -> 4" in proc.stdout + proc.stderr
     overrides = (run / ".hydra" / "overrides.yaml").read_text()
     assert "tracker.every_n_steps=2" in overrides, "the first run's job files were rewritten"
     assert list((run / ".hydra").glob("resume-*/overrides.yaml"))

@@ -145,7 +145,7 @@ def test_ddp_two_processes_in_a_sweep_give_the_single_process_rows(tiny_run, cac
     """DDP inside a Hydra multirun (as on a cluster): Lightning relaunches rank 1 with the
     job's own composed config, in the job's folder."""
     sweep = tmp_path / "sweep"
-    overrides = [o if not o.startswith("data.batch_size") else "data.batch_size=2" for o in TINY]
+    overrides = [*TINY, "data.batch_size=2"]
     run_train(cache_dir, "-m", "seed=0", *overrides, "trainer=ddp", "trainer.accelerator=cpu",
               "trainer.devices=2", "trainer.precision=32-true", "logger=none",
               f"hydra.sweep.dir={sweep}")
@@ -158,7 +158,7 @@ def test_fsdp_two_processes_give_the_single_process_rows_and_resume(tiny_run, ca
     """FSDP over gloo: the tracker gathers the sharded embedding, the probes run on the
     gathered model, checkpoints are full state dicts that resume to the same rows."""
     out = tmp_path / "fsdp"
-    overrides = [o if not o.startswith("data.batch_size") else "data.batch_size=2" for o in TINY]
+    overrides = [*TINY, "data.batch_size=2"]
     fsdp = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
             "trainer.precision=32-true", "logger=none"]
     run_train(cache_dir, *overrides, *fsdp, f"hydra.run.dir={out}")

@@ -75,7 +75,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return map(self.batch, itertools.count(self.start))
 
 
-def cache_key(cfg: DataConfig, seed: int) -> str:
+def data_cache_key(cfg: DataConfig, seed: int) -> str:
     parts = {k: v for k, v in asdict(cfg).items()
              if k not in ("block_size", "batch_size", "num_workers", "cache_dir", "streaming")}
     parts["seed"] = seed
@@ -89,7 +89,7 @@ class TextDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.seed = seed
-        self.dir = Path(cfg.cache_dir) / cache_key(cfg, seed)
+        self.dir = Path(cfg.cache_dir) / data_cache_key(cfg, seed)
         self.tokenizer = None
         self.batches_consumed = 0  # global batches; restored on resume so none is replayed
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..records import atomic_open
+from ..atomic import atomic_open
 
 FUNCTION_CLASSES: dict[str, tuple[str, ...]] = {  # each tuple in Zipf rank order
     "det": ("the", "its", "their", "my", "our", "his", "her", "your", "no", "any"),

@@ -1,0 +1,219 @@
+"""When does each token become important? Per-token emergence from one run's record.
+
+    python -m analysis.emergence RUN_DIR [--band 10] [--min-count N] [--out DIR] [--top 15]
+
+Writes, by default into RUN_DIR/figures:
+  emergence.csv         one row per token type (count >= min_count): id, token, count,
+                        gold signals, settling step, peak step, final norm
+  emergence_order.csv   Spearman of the settling step with log frequency and each gold
+                        signal, partial Spearman controlling log frequency, 95 % bootstrap CIs
+  emergence_curves.csv  per correlation curve: peak, peak step, steps to half the peak
+  emergence_scatter     settling step against frequency, function words marked
+  emergence_bins        snapshots x log-frequency bins: mean norm and mean percentile
+Definitions: `normx_track.emergence`. Reads only the record.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from normx_track import emergence as E  # noqa: E402
+from normx_track.snapshot import correlation_key  # noqa: E402
+
+from . import figures as F  # noqa: E402
+from .load import NoRecordError, Run, cli_warnings, load_run  # noqa: E402
+
+GOLD_COLUMNS = ("self_information", "information_gain", "information_gain_corrected")
+ORDER_SIGNALS = ("information_gain", "information_gain_corrected")
+
+
+def compute(run: Run, band: float = E.DEFAULT_BAND, min_count: int | None = None
+            ) -> E.Emergence:
+    counts = run.gold.get("counts")
+    if counts is None:
+        raise F.Skipped(f"{run.record / 'gold.npz'}: no token counts")
+    steps, norms = run.norms("input_norm")
+    if len(steps) < 2:
+        raise F.Skipped(f"{run.record}: {len(steps)} readable snapshot(s); emergence needs two")
+    return E.emergence(steps, norms, counts, run.min_count if min_count is None else min_count,
+                       band)
+
+
+def token_table(run: Run, em: E.Emergence) -> pd.DataFrame:
+    """One row per type: what `emergence.csv` holds."""
+    gold, vocab = run.gold, run.vocab or []
+    table = pd.DataFrame({
+        "token_id": em.types,
+        "token": [vocab[i] if i < len(vocab) else "" for i in em.types],
+        "count": gold["counts"][em.types].astype(int)})
+    for name in (*GOLD_COLUMNS, "function_word"):
+        if name in gold:
+            table[name] = np.asarray(gold[name], np.float64)[em.types]
+    table["settling_step"] = em.settling_step
+    table["peak_step"] = em.peak_step
+    table["final_norm"] = em.norms[-1]
+    return table
+
+
+def order_table(run: Run, em: E.Emergence, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    gold = run.gold
+    signals = {n: np.asarray(gold[n], np.float64)[em.types] for n in ORDER_SIGNALS if n in gold}
+    return pd.DataFrame(E.order_statistics(em.settling_step, gold["counts"][em.types], signals,
+                                           n_boot, seed))
+
+
+def curve_table(run: Run) -> pd.DataFrame:
+    """Per gold signal and statistic (Spearman, partial Spearman): peak, its step, and the
+    steps to fall to half of it."""
+    frame = run.frame
+    rows = []
+    for signal in F.signals(frame):
+        for stat in ("spearman", "partial_spearman"):
+            key = correlation_key(stat, signal)
+            if key in frame:
+                summary = E.curve_summary(frame["step"], frame[key])
+                rows.append({"signal": signal, "statistic": stat, **summary})
+    return pd.DataFrame(rows, columns=["signal", "statistic", "peak", "peak_step",
+                                       "half_life_steps"])
+
+
+# -- figures ------------------------------------------------------------------------------
+def scatter(table: pd.DataFrame, title: str = "") -> Figure:
+    """Settling step against count (log), function words marked; never-settling types on
+    a strip above."""
+    settled = table[np.isfinite(table["settling_step"])]
+    if settled.empty:
+        raise F.Skipped("no token type settles before the last snapshot")
+    fig, (ax,) = F._axes(1, width=7.0, height=4.5)
+    function = settled.get("function_word", pd.Series(np.nan, index=settled.index)) == 1
+    for mask, label, color in ((~function, "content / unlabelled", "tab:blue"),
+                               (function, "function words", "tab:red")):
+        part = settled[mask]
+        if len(part):
+            ax.scatter(part["count"], part["settling_step"], s=9, alpha=0.6, color=color,
+                       label=f"{label} ({len(part)})", gid=label)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(bottom=0)  # steps are never negative; symlog would show room below 0
+    ax.set_xlabel("count in the statistics corpus (log)")
+    ax.set_ylabel("settling step (log)")
+    never = int((~np.isfinite(table["settling_step"])).sum())
+    ax.set_title(title or f"When each token type settles ({never} never settle)")
+    ax.legend(fontsize="small")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def frequency_heatmaps(em: E.Emergence, counts: np.ndarray, n_bins: int = 8,
+                       title: str = "") -> Figure:
+    """Snapshots (columns) x log-frequency bins (rows): mean norm, and mean percentile."""
+    bin_counts = np.asarray(counts)[em.types]
+    fig, axes = F._axes(2, ncols=2, width=6.0, height=3.8)
+    for ax, (values, label) in zip(axes, ((em.norms, "mean norm"),
+                                          (em.percentiles, "mean percentile rank"))):
+        means, edges = E.frequency_bins(values, bin_counts, n_bins)
+        image = ax.imshow(means.T, aspect="auto", origin="lower", interpolation="nearest",
+                          cmap="viridis")
+        image.set_gid(label)
+        ticks = (np.arange(len(em.steps)) if len(em.steps) <= 12 else
+                 np.unique(np.linspace(0, len(em.steps) - 1, 10).round().astype(int)))
+        ax.set_xticks(ticks, [str(em.steps[t]) for t in ticks], rotation=45, fontsize="small")
+        ax.set_yticks(range(n_bins), [f"{edges[b]:.0f}–{edges[b + 1]:.0f}"
+                                      for b in range(n_bins)], fontsize="x-small")
+        ax.set_xlabel("step (one column per snapshot)")
+        ax.set_ylabel("count bin")
+        ax.set_title(label)
+        fig.colorbar(image, ax=ax)
+    fig.suptitle(title or "Norm dynamics by frequency bin")
+    return fig
+
+
+def build(run: Run, band: float = E.DEFAULT_BAND, min_count: int | None = None,
+          n_boot: int = 1000) -> tuple[dict[str, pd.DataFrame], dict[str, Figure | str]]:
+    """({csv name: table}, {figure name: Figure or skip reason})."""
+    try:
+        em = compute(run, band, min_count)
+    except F.Skipped as why:
+        return {"emergence_curves": curve_table(run)}, {
+            "emergence_scatter": str(why), "emergence_bins": str(why)}
+    table = token_table(run, em)
+    tables = {"emergence": table, "emergence_order": order_table(run, em, n_boot),
+              "emergence_curves": curve_table(run)}
+    figures: dict[str, Figure | str] = {}
+    for name, make in (("emergence_scatter", lambda: scatter(table)),
+                       ("emergence_bins", lambda: frequency_heatmaps(em, run.gold["counts"]))):
+        try:
+            figures[name] = make()
+        except F.Skipped as why:
+            figures[name] = str(why)
+    return tables, figures
+
+
+def first_and_last(table: pd.DataFrame, top: int = 15) -> tuple[pd.DataFrame, pd.DataFrame]:
+    settled = table[np.isfinite(table["settling_step"])]
+    order = settled.sort_values(["settling_step", "count"], ascending=[True, False])
+    columns = ["token", "token_id", "count", "settling_step", "peak_step"]
+    return order.head(top)[columns], order.tail(top)[::-1][columns]
+
+
+def write(tables: dict[str, pd.DataFrame], figures: dict[str, Figure | str], out: Path,
+          formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, table in tables.items():
+        table.to_csv(out / f"{name}.csv", index=False)
+        paths.append(out / f"{name}.csv")
+        print(f"wrote {out / name}.csv ({len(table)} rows)")
+    F.write_all(figures, out, formats)
+    paths += [out / f"{n}.{fmt}" for n, f in figures.items() if not isinstance(f, str)
+              for fmt in formats]
+    return paths
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.emergence",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path, help="a run's output dir (holding normx/)")
+    p.add_argument("--band", type=float, default=E.DEFAULT_BAND,
+                   help="settled = within +-BAND percentile points of the final rank (10)")
+    p.add_argument("--min-count", type=int, help="types seen at least this often (the run's)")
+    p.add_argument("--out", type=Path, help="output dir (default RUN_DIR/figures)")
+    p.add_argument("--top", type=int, default=15, help="tokens listed settling first/last")
+    p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not 0 < args.band <= 100:
+        print(f"error: --band must be in (0, 100], got {args.band}", file=sys.stderr)
+        return 2
+    with cli_warnings():
+        try:
+            run = load_run(args.run_dir)
+        except NoRecordError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        tables, figures = build(run, args.band, args.min_count)
+        write(tables, figures, args.out or args.run_dir / "figures", args.formats)
+        if "emergence" in tables:
+            first, last = first_and_last(tables["emergence"], args.top)
+            print("settle first:", ", ".join(map(repr, first["token"])))
+            print("settle last: ", ", ".join(map(repr, last["token"])))
+            print(tables["emergence_order"].to_string(index=False))
+        plt.close("all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Files replaced atomically: written to a temp file beside the target, fsynced, renamed
+over it. A crash, a kill or a full disk mid-write leaves the previous version intact. Used
+by the record, the gold cache, the synthetic corpus and checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = ["RecordWriteError", "atomic_open", "atomic_save_npz", "atomic_write_json"]
+
+
+class RecordWriteError(OSError):
+    """A record file could not be written; the previous version is intact."""
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open a temp file beside `path`; on clean exit it replaces `path` in one rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise RecordWriteError(err.errno, f"could not write {path} ({err.strerror or err}); "
+                                              "the previous version is intact") from err
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    with atomic_open(path) as handle:
+        np.savez(handle, **arrays)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    with atomic_open(path, "w") as handle:
+        json.dump(obj, handle, indent=1)

@@ -1,0 +1,210 @@
+"""Per-token emergence (normx_track.emergence, analysis.emergence) on a record built here
+with trajectories whose settling and peak steps are known by construction, the order
+statistics against a direct scipy computation, and the sweep/report/W&B outputs."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import emergence as AE
+from analysis import report, sweep
+from analysis.load import load_run, load_sweep
+from normx_track import emergence as E
+from normx_track.gold import GoldStatistics
+from normx_track.records import RecordWriter
+
+STEPS = [0, 10, 20, 30, 40, 50]
+# 7 anchors at fixed norms 10..70 and 4 movers; n = 11 types, so percentiles are 10 (r - 1).
+ANCHORS = np.tile(np.arange(10.0, 71.0, 10.0), (len(STEPS), 1))
+MOVERS = np.array([
+    # A: out of its final band (90) at step 20, within from 30: settles at 30; peak at 10
+    [5, 75, 6, 66, 67, 68],
+    # B: final 0 but 40 at the second-to-last snapshot: never settles; peak at 40
+    [3, 3, 3, 3, 44, 3],
+    # C: 45 throughout, within +-10 of its final 55 (tied with D at the end): settles at 0
+    [45, 45, 45, 45, 45, 45],
+    # D: on top until it drops to tie with C at the last snapshot: never settles
+    [90, 90, 90, 90, 90, 45],
+], dtype=float).T
+EXPECTED = {7: (30, 10), 8: (math.nan, 40), 9: (0, 0), 10: (math.nan, 0)}  # settling, peak
+RARE = 11  # a twelfth type, seen too rarely to count
+
+
+def norms_matrix() -> np.ndarray:
+    rare = np.full((len(STEPS), 1), 1000.0)  # would top every ranking if it counted
+    return np.hstack([ANCHORS, MOVERS, rare])
+
+
+def write_record(run_dir, damage: bool = False):
+    counts = np.array([100] * 11 + [3])
+    gold = GoldStatistics(counts=counts, self_information=-np.log(counts / counts.sum()),
+                          information_gain=np.linspace(0, 1, 12), window=5, n_tokens=1103,
+                          seed=0, information_gain_corrected=None)
+    gold.function_word = np.array([0.0] * 6 + [1.0] * 6)
+    writer = RecordWriter(run_dir)
+    writer.write_meta({"config": {}, "tracker": {"min_count": 10}})
+    writer.write_vocab([f"tok{i}" for i in range(12)])
+    gold.save(writer.dir / "gold.npz")
+    spearman = [0.0, 0.6, 0.5, 0.29, 0.4, 0.1]
+    for step, row, rho in zip(STEPS, norms_matrix(), spearman):
+        writer.write_snapshot(step, {"input_norm": row})
+        writer.append_metrics({"step": step, "tokens_seen": step * 64,
+                               "normx/spearman/information_gain": rho,
+                               "normx/partial_spearman/information_gain": rho / 10})
+    if damage:  # a truncated record: a corrupt snapshot and a cut-off row after the last good
+        (writer.dir / "snapshots" / "step_00000060.npz").write_bytes(b"PK\x03\x04 cut")
+        with open(writer.dir / "metrics.jsonl", "a") as f:
+            f.write('{"step": 60, "normx/spearman/informa')
+    return run_dir
+
+
+def test_percentiles_settling_and_peaks_are_the_constructed_ones():
+    em = E.emergence(STEPS, norms_matrix(), np.array([100] * 11 + [3]), min_count=10)
+    assert em.types.tolist() == list(range(11))  # the rare type is left out
+    final = em.percentiles[-1]
+    assert final[7] == 90 and final[8] == 0 and final[9] == final[10] == 55  # a tie: 5.5 * 10
+    for t, (settle, peak) in EXPECTED.items():
+        got = em.settling_step[t]
+        assert (math.isnan(got) and math.isnan(settle)) or got == settle, (t, got)
+        assert em.peak_step[t] == peak, t
+
+
+def _brute_settling(pct: np.ndarray, steps, band) -> float:
+    """The definition as a plain loop: walk back from the end while within the band."""
+    first = len(steps) - 1
+    for i in range(len(steps) - 1, -1, -1):
+        if abs(pct[i] - pct[-1]) > band:
+            break
+        first = i
+    return math.nan if first == len(steps) - 1 else steps[first]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_settling_equals_a_plain_loop_on_random_trajectories(seed):
+    rng = np.random.default_rng(seed)
+    norms = rng.random((9, 40)).round(1)  # rounding makes ties
+    steps = [0, 1, 2, 4, 8, 16, 32, 64, 100]
+    pct = np.empty_like(norms)
+    for s, row in enumerate(norms):  # brute-force percentiles: pairwise comparisons
+        below = (row[None, :] < row[:, None]).sum(1)
+        equal = (row[None, :] == row[:, None]).sum(1) - 1
+        pct[s] = 100 * (below + equal / 2) / (len(row) - 1)
+    np.testing.assert_allclose(E.percentile_ranks(norms), pct)
+    for band in (5.0, 10.0, 30.0):
+        got = E.settling_steps(pct, steps, band)
+        want = np.array([_brute_settling(pct[:, t], steps, band) for t in range(40)])
+        np.testing.assert_array_equal(got, want)
+
+
+def test_order_statistics_equal_scipy():
+    rng = np.random.default_rng(0)
+    n = 300
+    counts = rng.integers(10, 5000, n)
+    ig = rng.random(n) + 0.3 * np.log(counts)
+    settling = np.round(200 / np.log(counts) + 20 * rng.random(n))
+    settling[:17] = np.nan  # never settle: left out
+    rows = {(r["statistic"], r["against"]): r for r in
+            E.order_statistics(settling, counts, {"information_gain": ig}, n_boot=300, seed=1)}
+    ok = np.isfinite(settling)
+    x, f, y = settling[ok], np.log(counts[ok]), ig[ok]
+    r_xf, r_xy, r_yf = (stats.spearmanr(a, b).statistic for a, b in ((x, f), (x, y), (y, f)))
+    assert rows[("spearman", "log_frequency")]["value"] == pytest.approx(r_xf)
+    assert rows[("spearman", "information_gain")]["value"] == pytest.approx(r_xy)
+    partial = (r_xy - r_xf * r_yf) / math.sqrt((1 - r_xf ** 2) * (1 - r_yf ** 2))
+    assert rows[("partial_spearman", "information_gain")]["value"] == pytest.approx(partial)
+    for row in rows.values():
+        assert row["n"] == n - 17
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    assert rows[("spearman", "log_frequency")]["ci_high"] < -0.5  # frequent types settle early
+
+
+def test_curve_summary_by_hand():
+    summary = E.curve_summary([0, 10, 20, 30, 40], [0.0, 0.6, 0.5, 0.29, 0.4])
+    assert summary == {"peak": 0.6, "peak_step": 10.0, "half_life_steps": 20.0}
+    assert math.isnan(E.curve_summary([0, 10, 20], [0.1, 0.5, 0.4])["half_life_steps"])
+    assert math.isnan(E.curve_summary([0, 10], [-0.2, -0.1])["half_life_steps"])  # peak <= 0
+    assert math.isnan(E.curve_summary([0, 10], [math.nan, math.nan])["peak"])
+
+
+def test_frequency_bins_average_the_types_in_each_bin():
+    values = np.array([[1.0, 2.0, 3.0, 4.0]])
+    means, edges = E.frequency_bins(values, np.array([10, 11, 1000, 1000]), n_bins=2)
+    assert means.tolist() == [[1.5, 3.5]] and edges[0] == pytest.approx(10)
+
+
+@pytest.mark.parametrize("damage", [False, True])
+def test_the_cli_writes_the_table_and_figures(tmp_path, damage, capsys):
+    run_dir = write_record(tmp_path / "run", damage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert AE.main([str(run_dir), "--formats", "png"]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(run_dir / "figures" / "emergence.csv")
+    assert table["token_id"].tolist() == list(range(11))
+    for t, (settle, peak) in EXPECTED.items():
+        row = table.set_index("token_id").loc[t]
+        assert (math.isnan(row["settling_step"]) and math.isnan(settle)) or \
+            row["settling_step"] == settle
+        assert row["peak_step"] == peak and row["final_norm"] == norms_matrix()[-1, t]
+    assert {"count", "self_information", "information_gain", "function_word"} <= set(table)
+    curves = pd.read_csv(run_dir / "figures" / "emergence_curves.csv")
+    row = curves[curves["statistic"] == "spearman"].iloc[0]
+    assert (row["peak"], row["peak_step"], row["half_life_steps"]) == (0.6, 10, 20)
+    for name in ("emergence_scatter.png", "emergence_bins.png", "emergence_order.csv"):
+        assert (run_dir / "figures" / name).exists(), name
+    assert "settle first:" in out
+
+
+def test_the_sweep_aggregates_peaks_and_decay_with_intervals(tiny_sweep, tmp_path):
+    assert sweep.main([str(tiny_sweep), "--out", str(tmp_path / "out"), "--formats", "png"]) == 0
+    summary = pd.read_csv(tmp_path / "out" / "emergence_summary.csv")
+    runs = load_sweep(tiny_sweep)
+    frame, _ = sweep.sweep_frame(runs, sweep.default_group_keys(runs))
+    groups = frame.groupby("run")["group"].first()
+    for (group, signal, stat), part in summary.groupby(["group", "signal", "statistic"]):
+        peaks = [AE.curve_table(r).set_index(["signal", "statistic"]).loc[(signal, stat), "peak"]
+                 for r in runs if groups[r.name] == group]
+        peaks = np.array([p for p in peaks if np.isfinite(p)])
+        row = part.iloc[0]
+        assert row["peak_n"] == len(peaks) and row["peak_mean"] == pytest.approx(peaks.mean())
+        if len(peaks) >= 2:
+            half = stats.t.ppf(0.975, len(peaks) - 1) * peaks.std(ddof=1) / np.sqrt(len(peaks))
+            assert row["peak_ci_high"] - row["peak_mean"] == pytest.approx(half)
+
+
+def test_the_run_report_holds_the_emergence_section(tmp_path):
+    from test_analysis import render
+
+    run_dir = write_record(tmp_path / "run")
+    out = tmp_path / "report.html"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert report.main([str(run_dir), "--out", str(out)]) == 0
+    text = out.read_text()
+    section = text.split("Emergence: when each token becomes important")[1]
+    assert "Emergence order" in section and "Settle first" in section
+    assert section.count("<img ") == 2
+    first = re.search(r"Settle first</h3>.*?<td>(tok\d+)</td>", section, re.S).group(1)
+    em = E.emergence(STEPS, norms_matrix(), np.array([100] * 11 + [3]), min_count=10)
+    at_zero = {f"tok{t}" for t in em.types[em.settling_step == 0]}
+    assert 9 in em.types[em.settling_step == 0] and first in at_zero
+    loaded, dom = render(out)
+    n = len(re.findall(r"<img ", text))
+    assert loaded == f"{n}/{n}" and "Settle last" in dom
+
+
+def test_a_wandb_run_gets_the_emergence_files_at_the_end(tiny_run):
+    (run,) = list((tiny_run / "wandb").glob("offline-run-*"))
+    saved = {p.name for p in (run / "files").rglob("*")}
+    assert {"emergence.csv", "emergence_order.csv", "emergence_scatter.png"} <= saved
+    local = pd.read_csv(tiny_run / "figures" / "emergence.csv")
+    counts = np.load(tiny_run / "normx" / "gold.npz")["counts"]
+    min_count = json.loads((tiny_run / "normx" / "meta.json").read_text())["tracker"]["min_count"]
+    assert local["token_id"].tolist() == np.flatnonzero(counts >= min_count).tolist()
