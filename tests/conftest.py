@@ -50,3 +50,12 @@ def tiny_run(tmp_path_factory, cache_dir) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     run_train(cache_dir, *TINY, f"hydra.run.dir={out}")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, cache_dir) -> Path:
+    """A 2 x 2 multirun: tied/untied embeddings x seeds 0, 1."""
+    out = tmp_path_factory.mktemp("sweeps") / "tied_untied"
+    run_train(cache_dir, "-m", *TINY, "seed=0,1", "model.tie_word_embeddings=true,false",
+              "logger=none", f"hydra.sweep.dir={out}")
+    return out

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis import curves, figures as F, report, sweep
+from analysis import curves, emergence, figures as F, report, sweep
 from analysis.load import RecordWarning, load_run, load_sweep
 from normx_track.records import read_metrics
 from conftest import ROOT, TINY, run_train
@@ -109,15 +109,6 @@ def probe_run(tmp_path_factory, tiny_run) -> Path:
     rows[1]["normx/evidence_ap/logat"] = None
     rows[2]["normx/evidence_ap_by_layer/logat/layer_01"] = None
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_sweep(tmp_path_factory, cache_dir) -> Path:
-    """A 2 x 2 multirun: tied/untied embeddings x seeds 0, 1."""
-    out = tmp_path_factory.mktemp("sweeps") / "tied_untied"
-    run_train(cache_dir, "-m", *TINY, "seed=0,1", "model.tie_word_embeddings=true,false",
-              "logger=none", f"hydra.sweep.dir={out}")
     return out
 
 
@@ -339,7 +330,11 @@ def test_run_report_is_self_contained_and_renders(tiny_run, tmp_path):
     sources = re.findall(r'<img[^>]*src="([^"]*)"', text)
     drawn = [n for n, f in curves.build_figures(load_run(tiny_run)).items()
              if not isinstance(f, str)]
-    assert len(sources) == len(drawn) + 1 >= 4  # the curves and the norm-vs-IG scatter
+    emerged = [n for n, f in emergence.build(load_run(tiny_run))[1].items()
+               if not isinstance(f, str)]
+    assert len(emerged) == 2  # the settling scatter and the frequency-bin heat maps
+    # the curves, the norm-vs-IG scatter and the emergence figures
+    assert len(sources) == len(drawn) + 1 + len(emerged) >= 6
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)
     meta = json.loads((tiny_run / "normx" / "meta.json").read_text())
@@ -360,7 +355,7 @@ def test_run_report_is_self_contained_and_renders(tiny_run, tmp_path):
                                            abs=1e-4)
     loaded, dom = render(out)
     assert loaded == f"{len(sources)}/{len(sources)}"
-    assert "Top and bottom norm tokens" in dom
+    assert "Top and bottom norm tokens" in dom and "Emergence order" in dom
 
 
 def test_report_steps_option_and_sweep_report(tiny_sweep, tmp_path, capsys):

@@ -83,22 +83,63 @@ CASES = [
 ]
 
 
+# Each case is `python train.py <overrides>` as a user would run it; all cases run in one
+# driver process (Hydra's main called once per case) so the imports are paid once.
+DRIVER = textwrap.dedent("""
+    import contextlib, io, json, runpy, sys
+    results = {{}}
+    for case, argv in json.load(open({cases!r})).items():
+        sys.argv = ["train.py", *argv]
+        err = io.StringIO()
+        code = 0
+        with contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path({root!r} + "/train.py", run_name="__main__")
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else 1
+            except BaseException as exc:  # a traceback would reach the user
+                import traceback
+                traceback.print_exc()
+                code = 1
+        results[case] = {{"code": code, "stderr": err.getvalue()}}
+    json.dump(results, open({out!r}, "w"))
+""")
+
+
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    return bad_files(tmp_path_factory.mktemp("bad"))
+def bad_runs(tmp_path_factory, cache_dir) -> dict[str, dict]:
+    tmp = tmp_path_factory.mktemp("bad")
+    files = bad_files(tmp)
+    cases = {case: [*QUICK, *overrides(files), f"hydra.run.dir={tmp / 'runs' / str(i)}"]
+             for i, (case, overrides, _) in enumerate(CASES)}
+    (tmp / "cases.json").write_text(json.dumps(cases))
+    script = tmp / "driver.py"
+    script.write_text(DRIVER.format(root=str(ROOT), cases=str(tmp / "cases.json"),
+                                    out=str(tmp / "results.json")))
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=subprocess_env(cache_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp / "results.json").read_text())
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_naming_it_with_exit_2(case, files, cache_dir, tmp_path):
-    _, overrides, expected = case
-    proc = run_train(cache_dir, *QUICK, *overrides(files), f"hydra.run.dir={tmp_path / 'run'}",
-                     check=False)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
+def test_bad_input_is_one_line_naming_it_with_exit_2(case, bad_runs, cache_dir):
+    name, _, expected = case
+    result = bad_runs[name]
+    assert result["code"] == 2, result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"], result["stderr"][-2000:]
+    last = result["stderr"].strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, last
     assert not list(Path(cache_dir).glob("*.tmp*")), "a failed data build left a temp folder"
-    assert "never" not in last and "weights_only=False" not in last
+    assert "weights_only=False" not in last
+
+
+def test_one_bad_input_through_a_real_process(cache_dir, tmp_path):
+    """The same, end to end through `python train.py` (exit status as the shell sees it)."""
+    proc = run_train(cache_dir, *QUICK, "optim.lr=inf", f"hydra.run.dir={tmp_path / 'run'}",
+                     check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: optim.lr must be a finite number, got inf"
 
 
 def test_stats_tokens_zero_is_rejected_and_null_means_the_whole_stream():
@@ -287,7 +328,8 @@ DDP_SCRIPT = textwrap.dedent("""
                         callbacks=[NormTracker(gold, every_n_steps=100, min_count=1,
                                                stop_on_nonfinite=True)])
     trainer.fit(model, loader)
-    print("rank", trainer.global_rank, "stopped at", trainer.global_step, flush=True)
+    with open({out!r} + f"/stopped_rank{{trainer.global_rank}}", "w") as f:
+        f.write(str(trainer.global_step))
 """)
 
 
@@ -298,7 +340,7 @@ def test_stop_on_nonfinite_stops_every_ddp_rank(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=240, env=subprocess_env(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    stops = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
-    assert len(stops) == 2, proc.stdout
-    assert all(int(line.split()[-1]) < 6 for line in stops), stops
+    stops = {p.name: int(p.read_text()) for p in (tmp_path / "run").glob("stopped_rank*")}
+    assert set(stops) == {"stopped_rank0", "stopped_rank1"}, proc.stdout[-2000:]
+    assert all(step < 6 for step in stops.values()), stops
     assert read_metrics(tmp_path / "run")[0]["normx/norm/n_nonfinite"] >= 1
