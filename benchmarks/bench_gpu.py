@@ -84,7 +84,7 @@ def throughput(args, vocab: int, compile_model: bool) -> tuple[float, float, Lan
     """(tokens/s, MFU) at steady state."""
     L.seed_everything(0, verbose=False)
     module = LanguageModel.from_configs(model_config(args), OptimConfig(warmup_steps=5), vocab,
-                                        0, args.steps, compile=compile_model)
+                                        0, args.steps, compile_model=compile_model)
     timer = StepTimer(skip=args.warmup)
     loader = torch.utils.data.DataLoader(random_batches(vocab, args) * args.steps,
                                          batch_size=None, pin_memory=torch.cuda.is_available())

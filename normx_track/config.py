@@ -83,6 +83,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     checkpoint_every_n_steps: int = 200
     deterministic: bool = False
+    compile: bool = False  # torch.compile the HF model for training (conf/trainer/gpu.yaml: on)
 
 
 @dataclass

@@ -30,6 +30,13 @@ def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> Pre
     return AutoConfig.for_model(cfg.arch, **sizes, **common)  # our arch names are HF model types
 
 
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N for the weights (forward and backward) plus 12 L d T for
+    the attention scores and their weighted sum over a T-token context (the PaLM paper's
+    appendix B estimate). Used for the MFU that ThroughputMonitor logs."""
+    return 6.0 * n_params + 12.0 * n_layer * n_embd * seq_len
+
+
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up to 1, then cosine down to min_ratio at `total`."""
     if step < warmup:
@@ -41,11 +48,16 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 class LanguageModel(L.LightningModule):
     """Wraps `self.model`, a `transformers` causal LM; batches are dicts with `input_ids`."""
 
-    def __init__(self, hf_config: dict[str, Any], optim: dict[str, Any], max_steps: int):
+    def __init__(self, hf_config: dict[str, Any], optim: dict[str, Any], max_steps: int,
+                 compile_model: bool = False):
         super().__init__()
-        self.save_hyperparameters()  # plain dicts: checkpoints load with weights_only=True
+        # Plain dicts: checkpoints load with weights_only=True. `compile_model` is how this
+        # process trains, not what it learned: a compiled run's checkpoint resumes uncompiled.
+        self.save_hyperparameters(ignore=["compile_model"])
         config = AutoConfig.for_model(**hf_config)
         self.model = AutoModelForCausalLM.from_config(config)
+        self.compile_model = compile_model
+        self._compiled: torch.nn.Module | None = None  # see on_fit_start
         self.optim = OptimConfig(**{**optim, "betas": tuple(optim["betas"])})
         self.max_steps = max_steps
         # Matrices (embeddings included) decay; biases and norm gains do not (nanoGPT's rule).
@@ -53,16 +65,26 @@ class LanguageModel(L.LightningModule):
 
     @classmethod
     def from_configs(cls, model: ModelConfig, optim: OptimConfig, vocab_size: int,
-                     eos_token_id: int, max_steps: int) -> "LanguageModel":
+                     eos_token_id: int, max_steps: int, compile_model: bool = False
+                     ) -> "LanguageModel":
         hf_config = build_hf_config(model, vocab_size, eos_token_id).to_dict()
         optim_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(optim).items()}
-        return cls(hf_config, optim_dict, max_steps)
+        return cls(hf_config, optim_dict, max_steps, compile_model)
+
+    def on_fit_start(self) -> None:
+        # Compiled once, after the strategy has placed (and, under FSDP, wrapped) the model.
+        # Kept out of the module tree (object.__setattr__): the tracker, the probes, explain
+        # and checkpoints see `self.model` itself, so state-dict keys never gain `_orig_mod.`.
+        if self.compile_model and self._compiled is None:
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any):
         return self.model(input_ids=input_ids, **kwargs)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+        # Training steps run the compiled model; evaluation the plain one (no recompiles).
+        model = self._compiled if self._compiled is not None and self.training else self.model
+        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
@@ -82,7 +104,10 @@ class LanguageModel(L.LightningModule):
         no_decay = [p for n, p in params if n not in self._matrix_names]
         groups = [{"params": decay, "weight_decay": self.optim.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=self.optim.betas)
+        # Fused AdamW (one kernel for all parameters) where every parameter is on a GPU.
+        fused = bool(params) and all(p.is_cuda for _, p in params)
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=self.optim.betas,
+                                      fused=fused or None)
         o = self.optim
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_cosine(s, o.warmup_steps, self.max_steps, o.min_lr_ratio))

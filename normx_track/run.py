@@ -6,7 +6,9 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+import torch
+from lightning.pytorch.callbacks import (LearningRateMonitor, ModelCheckpoint, ThroughputMonitor,
+                                         TQDMProgressBar)
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
 from .checkpoint_io import AtomicCheckpointIO
@@ -14,7 +16,7 @@ from .checkpoints import CheckpointError, read_lightning_checkpoint
 from .config import Config, TrainerConfig, to_dict
 from .data.datamodule import TextDataModule
 from .loggers import ResilientWandbLogger, build_loggers, finish_loggers
-from .model import LanguageModel
+from .model import LanguageModel, flops_per_token
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,17 @@ def build_callbacks(cfg: Config, datamodule: TextDataModule, out: Path) -> list[
     ]
     if cfg.logger.kind != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if uses_cuda(cfg.trainer):  # the bar reads the loss: a host sync at each refresh only
+        callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps))
     if cfg.tracker.enabled:
         from .tracking import build_tracker
         callbacks.append(build_tracker(cfg, datamodule, out))
     return callbacks
+
+
+def uses_cuda(t: TrainerConfig) -> bool:
+    return t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto"
+                                                 and torch.cuda.is_available())
 
 
 def build_strategy(t: TrainerConfig) -> str | Strategy:
@@ -101,16 +110,22 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     """Train; returns the final validation loss (what a Hydra sweeper would minimise)."""
     ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    on_gpu = uses_cuda(cfg.trainer)
+    if on_gpu:  # TF32 matmuls where fp32 remains (bf16-mixed keeps some)
+        torch.set_float32_matmul_precision("high")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    datamodule = TextDataModule(cfg.data, seed=cfg.seed)
+    datamodule = TextDataModule(cfg.data, seed=cfg.seed, pin_memory=on_gpu)
     datamodule.prepare_data()
     datamodule.setup()
     model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
-                                       datamodule.eos_token_id, cfg.trainer.max_steps)
-    # The usual 6 x parameters x tokens estimate: ThroughputMonitor then logs FLOP/s (MFU on GPUs).
+                                       datamodule.eos_token_id, cfg.trainer.max_steps,
+                                       compile_model=cfg.trainer.compile)
+    # ThroughputMonitor logs FLOP/s from this, and MFU against the GPU's peak.
     n_params = sum(p.numel() for p in model.parameters())
-    model.flops_per_batch = 6 * n_params * cfg.data.batch_size * cfg.data.block_size
+    model.flops_per_batch = flops_per_token(n_params, cfg.model.n_layer, cfg.model.n_embd,
+                                            cfg.data.block_size) * cfg.data.batch_size \
+        * cfg.data.block_size
     loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=list(config_files))
     for logger in loggers:  # the bar the loss must clear: a unigram model's loss
         logger.log_metrics({"data/unigram_entropy": datamodule.unigram_entropy()}, step=0)

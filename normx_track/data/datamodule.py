@@ -85,10 +85,11 @@ def data_cache_key(cfg: DataConfig, seed: int) -> str:
 
 
 class TextDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, seed: int = 0):
+    def __init__(self, cfg: DataConfig, seed: int = 0, pin_memory: bool = False):
         super().__init__()
         self.cfg = cfg
         self.seed = seed
+        self.pin_memory = pin_memory  # page-locked batches: faster, asynchronous copies to a GPU
         self.dir = Path(cfg.cache_dir) / data_cache_key(cfg, seed)
         self.tokenizer = None
         self.batches_consumed = 0  # global batches; restored on resume so none is replayed
@@ -194,7 +195,8 @@ class TextDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = ResumableBatchSampler(len(self.train_set), self.cfg.batch_size, self.seed,
                                         self.batches_consumed, rank, world)
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                          pin_memory=self.pin_memory)
 
     def state_dict(self) -> dict[str, Any]:
         # Called when a checkpoint is saved: every batch so far went into an optimizer step.
@@ -206,4 +208,4 @@ class TextDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.cfg.batch_size,
-                          num_workers=self.cfg.num_workers)
+                          num_workers=self.cfg.num_workers, pin_memory=self.pin_memory)
