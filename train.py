@@ -36,6 +36,19 @@ def fail(message: str) -> None:
     sys.exit(USAGE_ERROR)
 
 
+def user_facing(err: BaseException, kinds: tuple[type, ...]) -> BaseException | None:
+    """The first error of `kinds` in `err`'s chain: a full disk that stops a snapshot can
+    make a logger fail too while Lightning shuts down, and that later error must not bury
+    the one that names the file."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kinds):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def job_files() -> list[Path]:
     """This job's Hydra config file (for W&B), where Hydra saved one."""
     hydra_cfg = HydraConfig.get()
@@ -52,8 +65,11 @@ def main(dict_cfg: DictConfig) -> float | None:
         cfg = validate(OmegaConf.to_object(dict_cfg))
         from normx_track.run import run  # heavy imports after validation: errors come fast
         return run(cfg, config_files=job_files())
-    except (InputError, RecordLockedError, RecordWriteError) as err:
-        fail(str(err))
+    except Exception as err:
+        cause = user_facing(err, (InputError, RecordLockedError, RecordWriteError))
+        if cause is None:
+            raise
+        fail(str(cause))
 
 
 if __name__ == "__main__":

@@ -142,6 +142,23 @@ def test_one_bad_input_through_a_real_process(cache_dir, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "error: optim.lr must be a finite number, got inf"
 
 
+def test_the_error_that_names_the_file_is_the_one_reported():
+    """A full disk stops a snapshot (RecordWriteError), then the CSV logger fails as
+    Lightning shuts down: train.py reports the first, not the later traceback."""
+    import train
+
+    try:
+        try:
+            raise RecordWriteError(28, "could not write run/normx/metrics.jsonl (No space left "
+                                       "on device); the previous version is intact")
+        except RecordWriteError:
+            raise OSError(28, "No space left on device: csv/metrics.csv")
+    except OSError as err:
+        cause = train.user_facing(err, (RecordWriteError,))
+    assert isinstance(cause, RecordWriteError) and "metrics.jsonl" in str(cause)
+    assert train.user_facing(ValueError("x"), (RecordWriteError,)) is None
+
+
 def test_stats_tokens_zero_is_rejected_and_null_means_the_whole_stream():
     with pytest.raises(ConfigError, match="tracker.stats_tokens"):
         validate(Config(tracker=TrackerConfig(stats_tokens=0)))

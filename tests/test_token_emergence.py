@@ -173,7 +173,11 @@ def test_the_sweep_aggregates_peaks_and_decay_with_intervals(tiny_sweep, tmp_pat
                  for r in runs if groups[r.name] == group]
         peaks = np.array([p for p in peaks if np.isfinite(p)])
         row = part.iloc[0]
-        assert row["peak_n"] == len(peaks) and row["peak_mean"] == pytest.approx(peaks.mean())
+        assert row["peak_n"] == len(peaks)
+        if len(peaks) == 0:  # e.g. a partial Spearman undefined at every step
+            assert math.isnan(row["peak_mean"])
+            continue
+        assert row["peak_mean"] == pytest.approx(peaks.mean())
         if len(peaks) >= 2:
             half = stats.t.ppf(0.975, len(peaks) - 1) * peaks.std(ddof=1) / np.sqrt(len(peaks))
             assert row["peak_ci_high"] - row["peak_mean"] == pytest.approx(half)
