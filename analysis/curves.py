@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from normx_track.metrics import correlations as _correlations
 
 from . import figures as F
-from .load import NoRecordError, Run, cli_warnings, load_run
+from .load import Run, cli_load_run, cli_warnings
 
 FIGURES = ("correlations", "frequency_control", "frequency_deciles", "function_content",
            "evidence_by_layer", "evidence", "faithfulness")
@@ -98,10 +98,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     with cli_warnings():
-        try:
-            run = load_run(args.run_dir)
-        except NoRecordError as err:
-            print(f"error: {err}", file=sys.stderr)
+        run = cli_load_run(args.run_dir)
+        if run is None:
             return 2
         out = args.out or args.run_dir / "figures"
         F.write_all(build_figures(run, args.log_steps), out, args.formats)

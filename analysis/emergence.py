@@ -31,7 +31,7 @@ from normx_track import emergence as E  # noqa: E402
 from normx_track.snapshot import correlation_key  # noqa: E402
 
 from . import figures as F  # noqa: E402
-from .load import NoRecordError, Run, cli_warnings, load_run  # noqa: E402
+from .load import Run, cli_load_run, cli_warnings  # noqa: E402
 
 GOLD_COLUMNS = ("self_information", "information_gain", "information_gain_corrected")
 ORDER_SIGNALS = ("information_gain", "information_gain_corrected")
@@ -199,10 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --band must be in (0, 100], got {args.band}", file=sys.stderr)
         return 2
     with cli_warnings():
-        try:
-            run = load_run(args.run_dir)
-        except NoRecordError as err:
-            print(f"error: {err}", file=sys.stderr)
+        run = cli_load_run(args.run_dir)
+        if run is None:
             return 2
         tables, figures = build(run, args.band, args.min_count)
         write(tables, figures, args.out or args.run_dir / "figures", args.formats)

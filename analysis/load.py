@@ -9,6 +9,7 @@ gaps. The record readers themselves are `normx_track.records`'.
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -192,6 +193,16 @@ class Run:
 # -- sweeps ------------------------------------------------------------------------------
 def load_run(path: str | Path) -> Run:
     return Run(Path(path), overrides=read_overrides(Path(path)))
+
+
+def cli_load_run(path: str | Path) -> Run | None:
+    """`load_run` for the command lines: None after saying on stderr why there is no run
+    (the caller exits with status 2)."""
+    try:
+        return load_run(path)
+    except NoRecordError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
 
 
 def find_runs(multirun_dir: str | Path) -> list[Path]:

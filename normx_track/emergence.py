@@ -127,7 +127,8 @@ def frequency_bins(values: np.ndarray, counts: np.ndarray, n_bins: int = 8
     an empty bin gives NaN."""
     counts = np.asarray(counts, np.float64)
     logs = np.log10(counts)
-    edges = np.linspace(logs.min(), logs.max(), n_bins + 1) if logs.size else np.zeros(n_bins + 1)
+    edges = (np.linspace(logs.min(), logs.max(), n_bins + 1) if logs.size
+             else np.zeros(n_bins + 1))
     which = np.clip(np.searchsorted(edges, logs, side="right") - 1, 0, n_bins - 1)
     means = np.full((values.shape[0], n_bins), np.nan)
     for b in range(n_bins):

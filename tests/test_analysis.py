@@ -21,7 +21,7 @@ import yaml
 from analysis import curves, emergence, figures as F, report, sweep
 from analysis.load import RecordWarning, load_run, load_sweep
 from normx_track.records import read_metrics
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 METHODS = ("normxlogit", "logat", "norm", "random")

@@ -73,13 +73,15 @@ CASES = [
     ("missing BLiMP folder", lambda f: ["tracker.probe_file=blimp:/nowhere/blimp"],
      "no BLiMP folder at /nowhere/blimp"),
     ("missing lexicon", lambda f: ["tracker.lexicons=[/nowhere/lex.tsv]"], "/nowhere/lex.tsv"),
-    ("lexicon is a folder", lambda f: [f"tracker.lexicons=[{f['folder']}]"], "cannot read lexicon"),
+    ("lexicon is a folder", lambda f: [f"tracker.lexicons=[{f['folder']}]"],
+     "cannot read lexicon"),
     ("lexicon maps nothing", lambda f: [f"tracker.lexicons=[{f['lexicon_none.tsv']}]"],
      "no word of the lexicon maps"),
     ("missing function words", lambda f: ["tracker.function_words=/nowhere/fw.txt"],
      "tracker.function_words: cannot read /nowhere/fw.txt"),
     ("resume, no checkpoint", lambda f: ["ckpt_path=last"], "ckpt_path=last: no checkpoint at"),
-    ("resume, random bytes", lambda f: [f"ckpt_path={f['random.ckpt']}"], "random.ckpt: cannot read"),
+    ("resume, random bytes", lambda f: [f"ckpt_path={f['random.ckpt']}"],
+     "random.ckpt: cannot read"),
 ]
 
 
@@ -139,7 +141,8 @@ def test_one_bad_input_through_a_real_process(cache_dir, tmp_path):
     proc = run_train(cache_dir, *QUICK, "optim.lr=inf", f"hydra.run.dir={tmp_path / 'run'}",
                      check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "error: optim.lr must be a finite number, got inf"
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "error: optim.lr must be a finite number, got inf"
 
 
 def test_the_error_that_names_the_file_is_the_one_reported():

@@ -15,7 +15,7 @@ from scipy import stats
 
 from analysis import emergence as AE
 from analysis import report, sweep
-from analysis.load import load_run, load_sweep
+from analysis.load import load_sweep
 from normx_track import emergence as E
 from normx_track.gold import GoldStatistics
 from normx_track.records import RecordWriter
@@ -195,7 +195,8 @@ def test_the_run_report_holds_the_emergence_section(tmp_path):
     section = text.split("Emergence: when each token becomes important")[1]
     assert "Emergence order" in section and "Settle first" in section
     assert section.count("<img ") == 2
-    first = re.search(r'Settle first</h3>.*?<td class="t">(tok\d+)</td>', section, re.S).group(1)
+    first = re.search(r'Settle first</h3>.*?<td class="t">(tok\d+)</td>', section,
+                      re.S).group(1)
     em = E.emergence(STEPS, norms_matrix(), np.array([100] * 11 + [3]), min_count=10)
     at_zero = {f"tok{t}" for t in em.types[em.settling_step == 0]}
     assert 9 in em.types[em.settling_step == 0] and first in at_zero
