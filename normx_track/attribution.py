@@ -89,6 +89,9 @@ class Attribution:
     layers: tuple[int, ...] = ()  # layer indices of the per-layer stacks
     logat_layers: Tensor | None = None  # [len(layers), B, T]
     normxlogit_layers: Tensor | None = None  # [len(layers), B, T]
+    # f(h^(L)) at every position, as the model computed it [B, T, d] (shared by the choices
+    # of one pass): e.g. the log-probability of a continuation read from the same pass.
+    final_states: Tensor | None = None
 
 
 # --------------------------------------------------------------------------- resolvers
@@ -249,15 +252,21 @@ def _regression_scorer(head: nn.Module, y_hat: Tensor):
 # --------------------------------------------------------------------------- main entry
 
 
-def _forward(model, f, input_ids, mask, need_hidden: bool):
+def _forward(model, f, input_ids, mask, need_hidden: bool, causal: bool):
     """One backbone pass -> (f(h^(L)) as the model computed it, hidden_states or None)."""
+    padding: dict = dict(attention_mask=mask.long(),
+                         position_ids=(mask.long().cumsum(1) - 1).clamp(min=0))
+    if causal and bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        # Right-padded (or unpadded) rows of a causal LM: real positions never see the pads
+        # after them and their position ids are 0.., so the mask can go (the mask-free
+        # attention path is several times faster); pad positions are never read.
+        padding = {}
     with eval_mode(model), _capture_output(f) as captured:
         out = model.base_model(  # the backbone: never builds the full [B,T,V] head output
             input_ids=input_ids,
-            attention_mask=mask.long(),
-            position_ids=(mask.long().cumsum(1) - 1).clamp(min=0),  # padding-invariant
             output_hidden_states=need_hidden,
             use_cache=False,
+            **padding,  # else padding-invariant: position ids rebuilt from the mask
         )
     if len(captured) != 1:
         raise RuntimeError(f"final norm ran {len(captured)} times in one forward pass")
@@ -339,7 +348,7 @@ def attribute_many(
     # hidden_states are only needed for lower layers or the embedding-output norm.
     need_hidden = any(l < n_layers for l in layer_ids) or norm_factor == "embedding_output"
 
-    final, hidden = _forward(model, f, input_ids, mask, need_hidden)
+    final, hidden = _forward(model, f, input_ids, mask, need_hidden, causal=kind == "lm")
     if need_hidden and len(hidden) != n_layers + 1:
         raise RuntimeError(f"expected {n_layers + 1} hidden states, got {len(hidden)}")
     emb = E[input_ids] if norm_factor == "word_embedding" else hidden[0]
@@ -376,6 +385,7 @@ def _attribution(kind: str, head: nn.Module, final: Tensor, lens: list[tuple[int
         position=t,
         logits=logits,
         mask=valid,
+        final_states=final,
         foil=foil_ids,
         layers=tuple(l for l, _ in lens),
         logat_layers=per_layer,

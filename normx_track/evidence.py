@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .attribution import attribute_many, eval_mode
-from .likelihood import continuation_logprobs
+from .likelihood import continuation_logprobs, logprobs_from_states
 from .metrics import (
     average_precision_rows,
     dot_product_alignment_rows,
@@ -138,12 +138,13 @@ class _Alignment:
 class EvidenceProbe:
     """Evidence alignment and minimal-pair accuracy (module docstring for the choices).
 
-    One forward pass per batch explains the good word at t (and, with ``contrastive``,
-    good against bad where they first differ); prefix positions before the prediction
-    point are compared with the cue positions by average precision and dot product, for
-    NormXLogit, LogAt, the norm factor alone and the random expectation, per layer (logit
-    lens) for NormXLogit and LogAt. Accuracy takes two more batched passes (and two for
-    BLiMP's sentences). Keys::
+    One forward pass per batch over prefix + good word explains the good word at t (and,
+    with ``contrastive``, good against bad where they first differ) and gives the good
+    word's log-probability; prefix positions before the prediction point are compared with
+    the cue positions by average precision and dot product, for NormXLogit, LogAt, the norm
+    factor alone and the random expectation, per layer (logit lens) for NormXLogit and
+    LogAt. Accuracy takes one more batched pass for the bad words (and two for BLiMP's
+    sentences). Keys::
 
         normx/evidence_ap/<method>, normx/evidence_dp/<method>   normxlogit, logat, norm,
             random (+ normxlogit_contrastive, logat_contrastive, random_contrastive)
@@ -189,8 +190,9 @@ class EvidenceProbe:
         out: dict[str, float] = {}
         with eval_mode(model), torch.no_grad():
             if self.encoded is not None:
-                out.update(self._evidence(model))
-                out.update(self._pair_accuracy(model))
+                evidence, good_logp = self._evidence(model)
+                out.update(evidence)
+                out.update(self._pair_accuracy(model, good_logp))
             if self.sentences is not None:
                 out.update(self._blimp_accuracy(model))
         return out
@@ -206,11 +208,14 @@ class EvidenceProbe:
                              f"{size}: build the EvidenceProbe with max_length={size}")
 
     # ------------------------------------------------------------------ evidence
-    def _evidence(self, model: nn.Module) -> dict[str, float]:
+    def _evidence(self, model: nn.Module) -> tuple[dict[str, float], np.ndarray]:
+        """The alignment metrics, and the good words' log-probabilities (same passes)."""
         enc, main, contrast = self.encoded, _Alignment(), _Alignment()
+        good_logp = []
         for start in range(0, len(enc), self.batch_size):
             batch = enc[start: start + self.batch_size]
-            scores, stacks, layers, contrastive = self._explain(model, batch)
+            scores, stacks, layers, contrastive, logp = self._explain(model, batch)
+            good_logp.append(logp)
             positions = np.arange(batch.input_ids.shape[1])[None, :]
             cue = batch.cue_mask.numpy()
             ranked = positions < batch.last.numpy()[:, None]  # t itself is never ranked
@@ -232,7 +237,7 @@ class EvidenceProbe:
         if self.contrastive:
             out.update(contrast.metrics(CONTRASTIVE_METHODS))
             out[EVIDENCE_N_PAIRS_CONTRASTIVE] = len(contrast.ap.get("random_contrastive", []))
-        return out
+        return out, np.concatenate(good_logp)
 
     def _explain(self, model: nn.Module, batch: EncodedPairs):
         """Scores [B, T] per method (and [L, B, T] per layer) from one forward pass."""
@@ -253,15 +258,20 @@ class EvidenceProbe:
                        if a.layers else {})
         contrastive = numpy({"normxlogit_contrastive": c[0].normxlogit,
                              "logat_contrastive": c[0].logat} if c else {})
-        return scores, stacks, a.layers, contrastive
+        good_logp = logprobs_from_states(model, a.final_states, batch.input_ids,
+                                         [len(ctx) for ctx in batch.context],
+                                         [len(g) for g in batch.good_tokens])
+        return scores, stacks, a.layers, contrastive, good_logp
 
     # ------------------------------------------------------------------ accuracy
-    def _pair_accuracy(self, model: nn.Module) -> dict[str, float]:
+    def _pair_accuracy(self, model: nn.Module, good_logp: np.ndarray) -> dict[str, float]:
+        """Good wins when its whole-word log-probability (read from the evidence passes)
+        beats the bad word's (one more pass)."""
         enc = self.encoded
         n = len(enc)
-        logp = continuation_logprobs(model, enc.context * 2, enc.good_tokens + enc.bad_tokens,
-                                     self.batch_size, self.pad_id)
-        correct = logp[:n] > logp[n:]
+        bad_logp = continuation_logprobs(model, enc.context, enc.bad_tokens, self.batch_size,
+                                         self.pad_id)
+        correct = good_logp > bad_logp
         out = {PAIR_ACCURACY: float(correct.mean()), PAIR_N_PAIRS: n,
                PAIR_N_SHARED_FIRST_TOKEN: int((enc.good_ids == enc.bad_ids).sum())}
         out.update(self._by_uid(PAIR_ACCURACY_BY_UID, correct, enc.pairs))

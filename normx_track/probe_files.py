@@ -151,12 +151,13 @@ def load_probe_file(path: str | Path) -> list[MinimalPair]:
 class EncodedPairs:
     """Right-padded model inputs for the one-prefix pairs; index with a slice for a batch.
 
-    Each row is the prefix followed by the tokens the good and bad words share before
-    their tokenisations differ (none when they differ at once): the prefix alone explains
-    the good word at ``last``, the shared tokens let the contrast be explained at
-    ``contrast_position``, the first token where good and bad differ (DESIGN.md)."""
+    Each row is the prefix followed by all the good word's tokens, so one causal pass
+    explains the good word at ``last`` (positions <= last never see what follows), the
+    contrast at ``contrast_position`` (the first token where the good and bad
+    tokenisations differ, the shared tokens before it; DESIGN.md) and gives the good
+    word's log-probability."""
 
-    input_ids: Tensor  # [B, T] long: prefix + shared continuation tokens
+    input_ids: Tensor  # [B, T] long: prefix + the good word's tokens
     attention_mask: Tensor  # [B, T] long
     cue_mask: Tensor  # [B, T] bool, every piece of every cue word (prefix positions only)
     good_ids: Tensor  # [B] first token of the good word (explained at `last`)
@@ -298,18 +299,18 @@ def encode_pairs(pairs: Sequence[MinimalPair], tokenizer,
                  max_length: int | None = None) -> EncodedPairs:
     """Tokenise prefixes (no special tokens, as in training), mark every token piece of
     every cue word, take the words' continuation tokens, and lay out each row as the
-    prefix plus the tokens good and bad share (right-padded). ``max_length``: the most
+    prefix plus the good word's tokens (right-padded). ``max_length``: the most
     positions a row may use, words included (the model's context size); longer prefixes
     keep their last tokens and lose the cues cut off."""
     if not pairs:
         raise ValueError("no minimal pairs to encode")
     rows = [_encode_row(pair, tokenizer, max_length) for pair in pairs]
-    width = max(len(r.context) + r.shared for r in rows)
+    width = max(len(r.context) + len(r.good) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     cue_mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for b, r in enumerate(rows):
-        full = r.context + r.good[: r.shared]
+        full = r.context + r.good
         input_ids[b, : len(full)] = torch.tensor(full)
         attention[b, : len(full)] = 1
         cue_mask[b, : len(r.context)] = torch.tensor(r.cue)

@@ -153,7 +153,8 @@ def test_split_cue_word_marks_all_its_pieces(tok):
     assert not enc.cue_mask[2].any() and enc.has_cues.tolist() == [True, True, False]
     # right padding: the mask, the pad cue entries and the last prefix token
     assert enc.last.tolist() == [len(row0) - 1, len(row1) - 1, len(ids_of(tok, "the cat")) - 1]
-    assert enc.attention_mask.sum(1).tolist() == [len(row0), len(row1), 2]
+    words = [len(ids_of(tok, f"{p.prefix} {p.good}")) for p in pairs]  # prefix + good word
+    assert enc.attention_mask.sum(1).tolist() == words
     assert not enc.cue_mask[enc.attention_mask == 0].any()
 
 
@@ -178,7 +179,7 @@ def test_words_map_to_all_their_tokens_and_the_contrast_to_where_they_differ(tok
     assert enc.contrast_position.tolist()[:3] == [last[0], last[1], last[2] + shared]
     assert enc.contrast_good[2] == stem[shared] and enc.contrast_bad[2] == other[shared]
     assert enc.has_contrast.tolist() == [True, True, True, False]
-    row = ids_of(tok, "the cat") + stem[:shared]
+    row = ids_of(tok, "the cat") + stem  # the prefix and the whole good word
     assert enc.input_ids[2, : len(row)].tolist() == row
     assert enc.attention_mask[2].sum() == len(row) and not enc.cue_mask[2, 2:].any()
     assert enc.context[2] == ids_of(tok, "the cat")
@@ -188,8 +189,10 @@ def test_max_length_keeps_the_end_of_the_prefix(tok):
     pair = MinimalPair(f"the {RARE} near the red cat", "sleeps", "sleep", (1, 5))
     full = ids_of(tok, pair.prefix)
     enc = encode_pairs([pair], tok, max_length=4)  # 3 prefix tokens + the one-token word
-    assert enc.input_ids[0].tolist() == full[-3:]
-    assert enc.cue_mask[0].tolist() == [False, False, True]  # " cat" kept, the rare word cut
+    assert enc.context[0] == full[-3:] and enc.input_ids[0].tolist() == full[-3:] + \
+        ids_of(tok, " sleeps")
+    assert enc.cue_mask[0].tolist() == [False, False, True, False]  # " cat" kept, the rare
+    # word cut; the good word's position is never a cue
     with pytest.raises(ValueError, match="positions"):
         encode_pairs([MinimalPair("the cat", RARE, "sleeps")], tok, max_length=2)
 
@@ -659,3 +662,18 @@ def test_slow_tokenizers_are_encoded_word_by_word_to_the_same_cues(tok):
     fast, slow = encode_pairs(pairs, tok), encode_pairs(pairs, _SlowTokenizer(tok))
     for name in ("input_ids", "attention_mask", "cue_mask", "good_ids", "bad_ids", "last"):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+
+
+def test_a_prefix_longer_than_the_context_is_cut_or_named(tok):
+    """A prefix longer than the model's positions: with max_length (what the tracker passes,
+    the model's n_positions) it keeps its end and the cue; without, a one-line error."""
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2,
+                                       n_positions=12)).eval()
+    prefix = "the big cats of my " * 6 + "old dogs near the mat"
+    words = prefix.split()
+    pair = MinimalPair(prefix, "run", "runs", (len(words) - 4,), uid="long")  # "dogs"
+    assert len(ids_of(tok, prefix)) > 12, "precondition: longer than the context"
+    out = EvidenceProbe([pair], tok, max_length=12)(model)
+    assert out["normx/evidence_n_pairs"] == 1 and out["normx/pair_n_pairs"] == 1
+    with pytest.raises(ValueError, match="max_length=12"):
+        EvidenceProbe([pair], tok)(model)
