@@ -97,10 +97,10 @@ def save_emergence(loggers, out: Path) -> None:
         from analysis.load import load_run
 
         tables, figures = emergence.build(load_run(out))
-        paths = emergence.write(tables, figures, out / "figures", formats=("png",))
-        for logger in wandb_loggers:
-            for path in paths:
-                logger.experiment.save(str(path), base_path=str(out), policy="now")
+        emergence.write(tables, figures, out / "figures", formats=("png",))
+        for logger in wandb_loggers:  # one glob: the tables and figures just written
+            logger.experiment.save(str(out / "figures" / "emergence*"), base_path=str(out),
+                                   policy="now")
     except Exception as err:  # noqa: BLE001 - an extra at the end must not fail the run
         log.warning("emergence summary not saved to W&B (%s: %s); run "
                     "`python -m analysis.emergence %s`", type(err).__name__, err, out)
