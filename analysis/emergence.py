@@ -89,8 +89,8 @@ def curve_table(run: Run) -> pd.DataFrame:
 
 # -- figures ------------------------------------------------------------------------------
 def scatter(table: pd.DataFrame, title: str = "") -> Figure:
-    """Settling step against count (log), function words marked; never-settling types on
-    a strip above."""
+    """Settling step against count (log), function words marked; the types that never
+    settle are counted in the title."""
     settled = table[np.isfinite(table["settling_step"])]
     if settled.empty:
         raise F.Skipped("no token type settles before the last snapshot")

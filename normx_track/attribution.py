@@ -56,9 +56,11 @@ from torch import Tensor, nn
 __all__ = [
     "Attribution",
     "attribute",
+    "context_size",
     "embedding_norms",
     "final_norm",
     "logat",
+    "model_device",
     "normxlogit",
 ]
 
@@ -131,6 +133,18 @@ def _head(model: nn.Module) -> tuple[str, nn.Module]:
         f"{type(model).__name__} has neither output embeddings nor a "
         f"{'/'.join(_CLASSIFIER_HEADS)} head"
     )
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's input embedding (and so its inputs) lives."""
+    return model.get_input_embeddings().weight.device
+
+
+def context_size(model: nn.Module) -> int | None:
+    """The most positions the model takes (GPT-2 ``n_positions``, else
+    ``max_position_embeddings``); None when its config says neither."""
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
 
 def _num_layers(model: nn.Module) -> int:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attribution import attribute_many, eval_mode
+from .attribution import attribute_many, context_size, eval_mode, model_device
 from .likelihood import continuation_logprobs, logprobs_from_states
 from .metrics import (
     average_precision_rows,
@@ -87,15 +87,6 @@ def nanmean(values: Iterable[float]) -> float:
 def key_part(text: str) -> str:
     """A UID or name made safe for a slash-separated metric key."""
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text) or "none"
-
-
-def _device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
-def _context_size(model: nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
 
 class _Alignment:
@@ -198,7 +189,7 @@ class EvidenceProbe:
         return out
 
     def _check_fits(self, model: nn.Module) -> None:
-        size, enc = _context_size(model), self.encoded
+        size, enc = context_size(model), self.encoded
         if size is None or enc is None:
             return
         longest = max(len(c) + max(len(g), len(b))
@@ -211,7 +202,7 @@ class EvidenceProbe:
     def _evidence(self, model: nn.Module) -> tuple[dict[str, float], np.ndarray]:
         """The alignment metrics, and the good words' log-probabilities (same passes)."""
         enc, main, contrast = self.encoded, _Alignment(), _Alignment()
-        good_logp = []
+        good_logp, n_scored, n_cue_at_t = [], 0, 0
         for start in range(0, len(enc), self.batch_size):
             batch = enc[start: start + self.batch_size]
             scores, stacks, layers, contrastive, logp = self._explain(model, batch)
@@ -220,7 +211,9 @@ class EvidenceProbe:
             cue = batch.cue_mask.numpy()
             ranked = positions < batch.last.numpy()[:, None]  # t itself is never ranked
             relevant = cue & ranked
-            keep = relevant.any(axis=1)
+            keep = relevant.any(axis=1)  # a cue before t: scored
+            n_scored += int(keep.sum())
+            n_cue_at_t += int((batch.has_cues.numpy() & ~keep).sum())
             main.add(scores, relevant, ranked, keep, "random")
             main.add_layers(stacks, layers, relevant, ranked, keep)
             if contrastive:
@@ -228,12 +221,9 @@ class EvidenceProbe:
                 relevant_c = cue & ranked_c
                 keep_c = relevant_c.any(axis=1) & batch.has_contrast.numpy()
                 contrast.add(contrastive, relevant_c, ranked_c, keep_c, "random_contrastive")
-        cued = enc.has_cues.numpy()
-        ranked_all = np.arange(enc.input_ids.shape[1])[None, :] < enc.last.numpy()[:, None]
-        scored = (enc.cue_mask.numpy() & ranked_all).any(axis=1)
         out = main.metrics(METHODS)
-        out[EVIDENCE_N_PAIRS] = int(scored.sum())
-        out[EVIDENCE_N_CUE_AT_PREDICTION] = int((cued & ~scored).sum())
+        out[EVIDENCE_N_PAIRS] = n_scored
+        out[EVIDENCE_N_CUE_AT_PREDICTION] = n_cue_at_t
         if self.contrastive:
             out.update(contrast.metrics(CONTRASTIVE_METHODS))
             out[EVIDENCE_N_PAIRS_CONTRASTIVE] = len(contrast.ap.get("random_contrastive", []))
@@ -241,7 +231,7 @@ class EvidenceProbe:
 
     def _explain(self, model: nn.Module, batch: EncodedPairs):
         """Scores [B, T] per method (and [L, B, T] per layer) from one forward pass."""
-        device = _device(model)
+        device = model_device(model)
         explain = [(batch.good_ids, None, batch.last)]
         if self.contrastive:  # pairs without a differing token get a dummy foil, unscored
             explain.append((batch.contrast_good, batch.contrast_bad.clamp(min=0),

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from . import checkpoints
-from .attribution import attribute
+from .attribution import attribute, context_size
 from .errors import InputError
 from .records import read_json
 from .probe_files import continuation_tokens
@@ -184,8 +184,7 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
     if max(ids) >= vocab_rows:
         raise ExplainError(f"the tokenizer gives token id {max(ids)} but the model has only "
                            f"{vocab_rows} embeddings: wrong tokenizer?")
-    limit = getattr(model.config, "n_positions", None) or getattr(
-        model.config, "max_position_embeddings", None)
+    limit = context_size(model)
     if limit is not None and len(ids) > limit:
         raise ExplainError(f"the text is {len(ids)} tokens; the model takes at most {limit}")
     ids, target_id, foil_id, note = _targets(tokenizer, text, ids, target, foil)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attribution import attribute, eval_mode
+from .attribution import attribute, eval_mode, model_device
 from .evidence import nanmean, seeded_subset
 from .metrics import AUTHORS_FRACTIONS, comprehensiveness, spearman, sufficiency, topk_positions
 from .probe_files import encode_text
@@ -66,10 +66,6 @@ def _keep_grads(model: nn.Module) -> Iterator[None]:
     finally:
         for p, g in zip(params, saved):
             p.grad = g
-
-
-def _device(model: nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
 
 
 def _blocks(items, tokenizer, length: int) -> list[list[int]]:
@@ -148,7 +144,13 @@ def gradient_attributions(model: nn.Module, input_ids: Tensor, t: Tensor, y: Ten
             internal_batch_size=max(len(input_ids), 1), **kw)
     if reduction is None:
         return {m: a.detach() for m, a in out.items()}
-    return {m: (a.abs() if reduction == "l1" else a).sum(-1).detach() for m, a in out.items()}
+    return {m: per_position(a, reduction).detach() for m, a in out.items()}
+
+
+def per_position(attributions: Tensor, reduction: str) -> Tensor:
+    """[..., d] attributions -> one score per position: the L1 norm over the embedding
+    dimension ("l1", the authors' choice) or the signed sum ("sum")."""
+    return (attributions.abs() if reduction == "l1" else attributions).sum(-1)
 
 
 class FaithfulnessProbe:
@@ -276,7 +278,7 @@ class FaithfulnessProbe:
 
     def _intact(self, model: nn.Module) -> dict[str, Any]:
         """The intact examples on the model's device, y = argmax at t and p_full = p(y)."""
-        device = _device(model)
+        device = model_device(model)
         ids, mask = self.input_ids.to(device), self.attention_mask.to(device)
         t = self.last.to(device)
         keep = _supports_logits_to_keep(model)
@@ -308,11 +310,10 @@ class FaithfulnessProbe:
 
     def _reduce(self, per_dim: dict[str, Tensor]) -> dict[str, list[np.ndarray]]:
         """[B, T, d] attributions -> per example, one score per position 0..t."""
-        l1 = self.gradient_reduction == "l1"
         last = self.last.tolist()
         out = {}
         for m, a in per_dim.items():
-            reduced = (a.abs() if l1 else a).sum(-1).cpu().double().numpy()
+            reduced = per_position(a, self.gradient_reduction).cpu().double().numpy()
             out[m] = [reduced[b, : tt + 1] for b, tt in enumerate(last)]
         return out
 

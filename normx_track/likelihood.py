@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attribution import eval_mode
+from .attribution import eval_mode, model_device
 
 __all__ = ["continuation_logprobs", "logprobs_from_states"]
 
@@ -44,7 +44,7 @@ def continuation_logprobs(model: nn.Module, contexts: Sequence[Sequence[int]],
 
 
 def _batch(model: nn.Module, contexts, continuations, pad_id: int) -> np.ndarray:
-    device = model.get_input_embeddings().weight.device
+    device = model_device(model)
     rows = [list(c) + list(x) for c, x in zip(contexts, continuations)]
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -3,8 +3,9 @@
     <run_dir>/normx/meta.json, vocab.json, gold.npz, metrics.jsonl, snapshots/step_XXXXXXXX.npz
 
 Every file is replaced atomically (`normx_track.atomic`: temp file in the same folder,
-fsync, rename), so a crash or a full disk mid-write leaves the previous version intact. Non-finite metric values are
-written as JSON `null` (strict JSON for other tools) and read back as NaN.
+fsync, rename), so a crash or a full disk mid-write leaves the previous version intact.
+Non-finite metric values are written as JSON `null` (strict JSON for other tools) and read
+back as NaN.
 """
 from __future__ import annotations
 
