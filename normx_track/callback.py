@@ -99,7 +99,8 @@ class NormTracker(L.Callback):
         self.meta, self.model_getter = dict(meta or {}), model_getter
         self.last_step = -1  # the last step recorded (state kept in checkpoints)
         self._failed_loggers: set[int] = set()  # warned about once
-        self.tokens_seen = 0
+        self._tokens_counted = 0
+        self._tokens_on_device: torch.Tensor | None = None  # attention-mask sums, read lazily
         self.writer: RecordWriter | None = None
         self._lock: RecordLock | None = None
         self._metrics: NormMetrics | None = None  # prepared on rank zero at setup
@@ -180,7 +181,12 @@ class NormTracker(L.Callback):
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.tokens_seen += _count_tokens(batch) * trainer.world_size
+        tokens = _count_tokens(batch) * trainer.world_size
+        if isinstance(tokens, torch.Tensor):  # read when needed: a read each step would
+            pending = self._tokens_on_device    # make the host wait for the GPU
+            self._tokens_on_device = tokens if pending is None else pending + tokens
+        else:
+            self._tokens_counted += tokens
         step = trainer.global_step
         if step > self.last_step and snapshot_schedule(step, self.every_n_steps, self.log_spaced):
             self._snapshot(trainer, pl_module)
@@ -207,6 +213,18 @@ class NormTracker(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.snapshot_on_train_end and trainer.global_step > self.last_step:
             self._snapshot(trainer, pl_module)
+
+    @property
+    def tokens_seen(self) -> int:
+        """Training tokens so far, over all ranks (attention-mask sums when batches have one)."""
+        if self._tokens_on_device is not None:
+            self._tokens_counted += int(self._tokens_on_device)
+            self._tokens_on_device = None
+        return self._tokens_counted
+
+    @tokens_seen.setter
+    def tokens_seen(self, value: int) -> None:
+        self._tokens_counted, self._tokens_on_device = int(value), None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -335,11 +353,12 @@ def vocab_hash(vocab: Sequence[str] | None) -> str | None:
     return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
 
 
-def _count_tokens(batch: Any) -> int:
-    """Tokens in a batch: the attention mask's sum when given, else the input ids' size."""
+def _count_tokens(batch: Any) -> int | torch.Tensor:
+    """Tokens in a batch: the attention mask's sum (a tensor, still on the batch's device)
+    when given, else the input ids' size."""
     if isinstance(batch, Mapping):
         if "attention_mask" in batch:
-            return int(batch["attention_mask"].sum())
+            return batch["attention_mask"].sum()
         batch = batch.get("input_ids", next(iter(batch.values())))
     if isinstance(batch, (list, tuple)):
         batch = batch[0]

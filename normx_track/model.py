@@ -33,7 +33,7 @@ def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> Pre
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
     """Training FLOPs per token: 6 N for the weights (forward and backward) plus 12 L d T for
     the attention scores and their weighted sum over a T-token context (the PaLM paper's
-    appendix B estimate). Used for the MFU that ThroughputMonitor logs."""
+    appendix B estimate). Used for the FLOP/s and MFU that run.py logs."""
     return 6.0 * n_params + 12.0 * n_layer * n_embd * seq_len
 
 
@@ -88,7 +88,9 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        # Not prog_bar: Lightning would read it back from the GPU after every batch
+        # (run.py's LossProgressBar reads it when it refreshes).
+        self.log("train/loss", loss)
         self.log("train/perplexity", torch.exp(loss.detach()))
         return loss
 

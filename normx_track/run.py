@@ -7,8 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import (LearningRateMonitor, ModelCheckpoint, ThroughputMonitor,
-                                         TQDMProgressBar)
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
 from .checkpoint_io import AtomicCheckpointIO
@@ -17,22 +16,27 @@ from .config import Config, TrainerConfig, to_dict
 from .data.datamodule import TextDataModule
 from .loggers import ResilientWandbLogger, build_loggers, finish_loggers
 from .model import LanguageModel, flops_per_token
+from .monitors import LogStepThroughput, LossProgressBar
 
 log = logging.getLogger(__name__)
+_THROUGHPUT_WINDOW_STEPS = 100  # rates over about the last 100 steps, as ThroughputMonitor's
 
 
-def build_callbacks(cfg: Config, datamodule: TextDataModule, out: Path) -> list[L.Callback]:
+def build_callbacks(cfg: Config, datamodule: TextDataModule, out: Path,
+                    flops_per_batch: float | None = None) -> list[L.Callback]:
+    # Between logged steps nothing reads the GPU back (normx_track/monitors.py): the bar
+    # refreshes, and throughput is timed, only when the loggers write.
+    t = cfg.trainer
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step_{step:08d}",
-                        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+                        every_n_train_steps=t.checkpoint_every_n_steps,
                         save_top_k=-1, save_last=True, auto_insert_metric_name=False),
-        ThroughputMonitor(batch_size_fn=lambda b: b["input_ids"].size(0),
-                          length_fn=lambda b: b["input_ids"].size(1)),
+        LogStepThroughput(flops_per_batch,
+                          window=max(2, _THROUGHPUT_WINDOW_STEPS // t.log_every_n_steps)),
+        LossProgressBar(refresh_rate=t.log_every_n_steps),
     ]
     if cfg.logger.kind != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if uses_cuda(cfg.trainer):  # the bar reads the loss: a host sync at each refresh only
-        callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.log_every_n_steps))
     if cfg.tracker.enabled:
         from .tracking import build_tracker
         callbacks.append(build_tracker(cfg, datamodule, out))
@@ -121,15 +125,15 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
                                        datamodule.eos_token_id, cfg.trainer.max_steps,
                                        compile_model=cfg.trainer.compile)
-    # ThroughputMonitor logs FLOP/s from this, and MFU against the GPU's peak.
+    # FLOP/s, and MFU against the GPU's peak, are logged from this.
     n_params = sum(p.numel() for p in model.parameters())
-    model.flops_per_batch = flops_per_token(n_params, cfg.model.n_layer, cfg.model.n_embd,
-                                            cfg.data.block_size) * cfg.data.batch_size \
-        * cfg.data.block_size
+    tokens_per_batch = cfg.data.batch_size * cfg.data.block_size
+    flops_per_batch = tokens_per_batch * flops_per_token(n_params, cfg.model.n_layer,
+                                                         cfg.model.n_embd, cfg.data.block_size)
     loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=list(config_files))
     for logger in loggers:  # the bar the loss must clear: a unigram model's loss
         logger.log_metrics({"data/unigram_entropy": datamodule.unigram_entropy()}, step=0)
-    trainer = build_trainer(cfg, out, loggers, build_callbacks(cfg, datamodule, out))
+    trainer = build_trainer(cfg, out, loggers, build_callbacks(cfg, datamodule, out, flops_per_batch))
     try:
         # Resuming never unpickles arbitrary objects: checkpoints hold tensors and plain data.
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

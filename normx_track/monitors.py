@@ -1,0 +1,96 @@
+"""What the training loop shows and logs, without a host synchronisation every step.
+
+On a GPU the host queues the next step's kernels while the current ones run; anything that
+reads a device value back (`.item()`, `torch.cuda.synchronize()`) makes it wait instead.
+Lightning does that every batch in two places: it turns `prog_bar=True` values into numbers
+after each batch, and `ThroughputMonitor` synchronises to time each batch. These two read
+the device only on the steps that log (`trainer.log_every_n_steps`).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+LOSS_KEY = "train/loss"
+
+
+class LossProgressBar(TQDMProgressBar):
+    """A TQDM bar that shows the training loss, read when the bar refreshes. Log the loss
+    with `prog_bar=False`: Lightning reads prog-bar values back after every batch."""
+
+    @override
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = trainer.callback_metrics.get(LOSS_KEY)
+        if loss is not None:
+            metrics[LOSS_KEY] = f"{float(loss):.3f}"
+        return metrics
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype the matmuls run in under a Lightning precision setting (for the peak FLOP/s)."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float64 if precision.startswith("64") else torch.float32
+
+
+class LogStepThroughput(L.Callback):
+    """Training tokens/s, samples/s, FLOP/s and MFU, logged under the keys Lightning's
+    `ThroughputMonitor` uses (`train/tokens_per_sec`, `train/device/mfu`, ...).
+
+    Batches are counted from their shapes (no device read); the clock is read, after one
+    synchronisation, only on the steps that log. The rates cover the last `window` logged
+    steps. `flops_per_batch` (model FLOPs of one batch on one device) gives FLOP/s, and MFU
+    against the device's peak (Lightning's table; `available_flops` overrides it).
+    """
+
+    def __init__(self, flops_per_batch: float | None = None, window: int = 10,
+                 available_flops: float | None = None):
+        if window < 2:
+            raise ValueError(f"window must be >= 2 logged steps, got {window}")
+        self.flops_per_batch, self.window = flops_per_batch, window
+        self.available_flops = available_flops
+        self._throughput: Throughput | None = None
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        device = trainer.strategy.root_device
+        peak = self.available_flops or get_available_flops(device,
+                                                           compute_dtype(str(trainer.precision)))
+        self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size,
+                                      window_size=self.window)
+        self._synchronize = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+        self._batches = self._samples = self._tokens = self._unmeasured = 0
+        self._start = time.perf_counter()
+
+    @override
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        ids = batch["input_ids"] if isinstance(batch, dict) else batch
+        self._batches += 1
+        self._samples += ids.shape[0]
+        self._tokens += ids.numel()
+        self._unmeasured += 1
+        # Lightning's own callbacks (LearningRateMonitor, ThroughputMonitor) ask the same.
+        if trainer.fit_loop._should_accumulate() or not trainer._logger_connector.should_update_logs:
+            return
+        self._synchronize()  # the clock then covers the GPU's work, not just its queueing
+        flops = None if self.flops_per_batch is None else self.flops_per_batch * self._unmeasured
+        self._throughput.update(time=time.perf_counter() - self._start, batches=self._batches,
+                                samples=self._samples, lengths=self._tokens, flops=flops)
+        self._unmeasured = 0
+        metrics = {f"train/{k}": float(v) for k, v in self._throughput.compute().items()}
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+
+
+def _no_sync() -> None:
+    pass

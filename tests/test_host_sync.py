@@ -1,0 +1,174 @@
+"""A training step between logged steps reads nothing back from the device.
+
+On a GPU each read (`.item()`, `int(tensor)`, `torch.cuda.synchronize()`) makes the host
+wait for the GPU instead of queueing the next step. On CPU the same reads show up as
+`aten::_local_scalar_dense` calls, which these tests count.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from conftest import ROOT, TINY
+from normx_track import NormTracker, compute_gold
+from normx_track import monitors
+from normx_track.config import Config, validate
+from normx_track.records import read_metrics
+
+READ_BACK = torch.ops.aten._local_scalar_dense.default
+
+
+class DeviceReads(TorchDispatchMode):
+    """Counts reads of a tensor's value by the host, except AdamW's step counters: those
+    live on the host by design (fused AdamW on a GPU keeps them on the device instead)."""
+
+    def __init__(self, trainer: L.Trainer):
+        super().__init__()
+        self.trainer, self.count = trainer, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is READ_BACK and not any(args[0] is s.get("step") for opt in
+                                         self.trainer.optimizers for s in opt.state.values()):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class ReadsPerStep(L.Callback):
+    """reads[g]: device reads from the start of the step that ends at global step g to the
+    start of the next one (its hooks, logging, validation and checkpoint included)."""
+
+    def __init__(self):
+        self.mode: DeviceReads | None = None
+        self.reads: dict[int, int] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._close(trainer.global_step)
+        self.mode = DeviceReads(trainer)
+        self.mode.__enter__()
+
+    def on_train_end(self, trainer, pl_module):
+        self._close(trainer.global_step)
+
+    def _close(self, step: int) -> None:
+        if self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.reads[step] = self.mode.count
+            self.mode = None
+
+
+def tiny_config(out, cache_dir, *overrides: str) -> Config:
+    ConfigStore.instance().store(name="config_schema", node=Config)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, f"output_dir={out}",
+                                           f"data.cache_dir={cache_dir}", *overrides])
+    return validate(OmegaConf.to_object(cfg))
+
+
+def test_steps_between_logs_snapshots_and_checkpoints_read_nothing_back(tmp_path, cache_dir,
+                                                                       monkeypatch):
+    from normx_track import run as run_module
+
+    counter = ReadsPerStep()
+    build = run_module.build_callbacks
+    monkeypatch.setattr(run_module, "build_callbacks", lambda *a: [*build(*a), counter])
+    cfg = tiny_config(tmp_path / "run", cache_dir, "logger=csv", "trainer.max_steps=12",
+                      "trainer.log_every_n_steps=5", "tracker.log_spaced=false")
+    run_module.run(cfg)
+    # every 4 steps: validation, a checkpoint and a snapshot; every 5: the loggers write
+    quiet = [s for s in range(1, 12) if s % 4 and s % 5]
+    assert {s: counter.reads[s] for s in quiet} == dict.fromkeys(quiet, 0)
+    assert counter.reads[5] > 0 and counter.reads[4] > 0  # the count sees reads where due
+
+
+# -- the throughput monitor in a plain Lightning script --------------------------------------
+class DictBatchLM(L.LightningModule):
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.lm = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16,
+                                             vocab_size=vocab_size))
+
+    def training_step(self, batch, batch_idx):
+        return self.lm(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def dict_batches(n: int, vocab: int, masked: bool) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (4, 16), generator=g)
+        batch = {"input_ids": ids}
+        if masked:  # right padding of random length
+            lengths = torch.randint(1, 17, (4,), generator=g)
+            batch["attention_mask"] = (torch.arange(16) < lengths[:, None]).long()
+        batches.append(batch)
+    return batches
+
+
+def fit(tmp_path, callbacks, batches, steps: int, log_every: int):
+    trainer = L.Trainer(max_steps=steps, logger=CSVLogger(tmp_path, name="csv"),
+                        log_every_n_steps=log_every, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, callbacks=callbacks)
+    trainer.fit(DictBatchLM(50), torch.utils.data.DataLoader(batches, batch_size=None))
+    return trainer
+
+
+def test_throughput_is_timed_only_on_logged_steps(tmp_path, monkeypatch):
+    syncs = Counter()
+    monkeypatch.setattr(monitors, "_no_sync", lambda: syncs.update(["sync"]))
+    flops_per_batch, peak = 1e6, 1e9
+    monitor = monitors.LogStepThroughput(flops_per_batch, window=2, available_flops=peak)
+    trainer = fit(tmp_path, [monitor], dict_batches(12, 50, masked=False), steps=12, log_every=3)
+    assert syncs["sync"] == 4  # steps 3, 6, 9, 12: not one a step, as ThroughputMonitor does
+    import pandas as pd
+    logged = pd.read_csv(next((tmp_path / "csv").rglob("metrics.csv")))
+    rows = logged.dropna(subset=["train/lengths"]).set_index("step")
+    assert list(rows.index) == [2, 5, 8, 11]  # CSVLogger's step is global_step - 1
+    assert list(rows["train/lengths"]) == [3 * 64, 6 * 64, 9 * 64, 12 * 64]
+    rates = rows.dropna(subset=["train/device/mfu"])
+    assert len(rates) == 3  # from the second logged step on (a window of 2)
+    # The FLOPs of a batch, recovered from two rates the monitor computed independently.
+    np.testing.assert_allclose(rates["train/device/flops_per_sec"]
+                               / rates["train/device/batches_per_sec"], flops_per_batch)
+    np.testing.assert_allclose(rates["train/device/mfu"] * peak,
+                               rates["train/device/flops_per_sec"])
+    np.testing.assert_allclose(rates["train/device/items_per_sec"]
+                               / rates["train/device/samples_per_sec"], 16)
+    assert trainer.global_step == 12
+
+
+def test_tokens_seen_sums_attention_masks_and_reads_them_only_at_snapshots(tmp_path):
+    batches = dict_batches(8, 50, masked=True)
+    gold = compute_gold([b["input_ids"].flatten().numpy() for b in batches], 50,
+                        shuffle_correction=False)
+    tracker = NormTracker(gold, every_n_steps=3, log_spaced=False, min_count=1,
+                          out_dir=tmp_path / "rec")
+    counter = ReadsPerStep()
+    fit(tmp_path, [tracker, counter], batches, steps=8, log_every=100)
+    rows = read_metrics(tmp_path / "rec")
+    assert [r["step"] for r in rows] == [0, 3, 6, 8]
+    cumulative = np.cumsum([0] + [int(b["attention_mask"].sum()) for b in batches])
+    assert [r["tokens_seen"] for r in rows] == [cumulative[s] for s in (0, 3, 6, 8)]
+    assert cumulative[8] < 8 * 64  # the masks did cut tokens
+    assert all(counter.reads[s] == 0 for s in (1, 2, 4, 5, 7))
+    assert tracker.state_dict()["tokens_seen"] == cumulative[8]
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16),
+                                              ("16-mixed", torch.float16),
+                                              ("32-true", torch.float32), ("64-true", torch.float64)])
+def test_compute_dtype_of_precision(precision, dtype):
+    assert monitors.compute_dtype(precision) == dtype
