@@ -10,8 +10,10 @@ from collections import Counter
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, TINY
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from lightning.pytorch.loggers import CSVLogger
@@ -19,9 +21,7 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import ROOT, TINY
-from normx_track import NormTracker, compute_gold
-from normx_track import monitors
+from normx_track import NormTracker, compute_gold, monitors
 from normx_track.config import Config, validate
 from normx_track.records import read_metrics
 
@@ -133,7 +133,6 @@ def test_throughput_is_timed_only_on_logged_steps(tmp_path, monkeypatch):
     monitor = monitors.LogStepThroughput(flops_per_batch, window=2, available_flops=peak)
     trainer = fit(tmp_path, [monitor], dict_batches(12, 50, masked=False), steps=12, log_every=3)
     assert syncs["sync"] == 4  # steps 3, 6, 9, 12: not one a step, as ThroughputMonitor does
-    import pandas as pd
     logged = pd.read_csv(next((tmp_path / "csv").rglob("metrics.csv")))
     rows = logged.dropna(subset=["train/lengths"]).set_index("step")
     assert list(rows.index) == [2, 5, 8, 11]  # CSVLogger's step is global_step - 1
