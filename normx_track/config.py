@@ -84,6 +84,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 200
     deterministic: bool = False
     compile: bool = False  # torch.compile the HF model for training (conf/trainer/gpu.yaml: on)
+    # The LM head and cross-entropy in chunks of rows (torch's linear_cross_entropy): no
+    # (tokens x vocabulary) logits in memory; the same loss as the plain path.
+    chunked_loss: bool = False
 
 
 @dataclass

@@ -7,10 +7,11 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from .config import ModelConfig, OptimConfig
+from .config import ConfigError, ModelConfig, OptimConfig
 
 def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> PretrainedConfig:
     """Translate our GPT-2-style size names into the chosen architecture's config."""
@@ -37,6 +38,28 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> f
     return 6.0 * n_params + 12.0 * n_layer * n_embd * seq_len
 
 
+def next_token_loss(hidden: torch.Tensor, head: torch.nn.Linear,
+                    input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each next token under `head(hidden)`, as HF's causal-LM loss,
+    computed in chunks of rows by `torch.nn.functional.linear_cross_entropy`: the
+    (tokens x vocabulary) logits, and their fp32 copy, never exist at once."""
+    rows = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = input_ids[:, 1:].reshape(-1)
+    weight, bias = head.weight, head.bias
+    device = rows.device.type
+    if torch.is_autocast_enabled(device):  # the head's matmul in the autocast dtype, as HF's
+        dtype = torch.get_autocast_dtype(device)
+        rows, weight = rows.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    with torch.autocast(device, enabled=False):  # the op accumulates in fp32 itself
+        # Per-token losses, averaged in fp32: the op returns its mean in the input dtype,
+        # which in bf16 would round the logged loss to steps of 1/64.
+        losses = F.linear_cross_entropy(rows, weight, targets, linear_bias=bias,
+                                        reduction="none",
+                                        options=torch.nn.LinearCrossEntropyOptions())
+    return losses.float().mean()
+
+
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up to 1, then cosine down to min_ratio at `total`."""
     if step < warmup:
@@ -49,14 +72,18 @@ class LanguageModel(L.LightningModule):
     """Wraps `self.model`, a `transformers` causal LM; batches are dicts with `input_ids`."""
 
     def __init__(self, hf_config: dict[str, Any], optim: dict[str, Any], max_steps: int,
-                 compile_model: bool = False):
+                 compile_model: bool = False, chunked_loss: bool = False):
         super().__init__()
-        # Plain dicts: checkpoints load with weights_only=True. `compile_model` is how this
-        # process trains, not what it learned: a compiled run's checkpoint resumes uncompiled.
-        self.save_hyperparameters(ignore=["compile_model"])
+        # Plain dicts: checkpoints load with weights_only=True. `compile_model` and
+        # `chunked_loss` are how this process trains, not what it learned: a checkpoint
+        # resumes with either setting.
+        self.save_hyperparameters(ignore=["compile_model", "chunked_loss"])
+        if chunked_loss and not hasattr(F, "linear_cross_entropy"):
+            raise ConfigError(f"trainer.chunked_loss needs torch.nn.functional."
+                              f"linear_cross_entropy (torch >= 2.13); torch is {torch.__version__}")
         config = AutoConfig.for_model(**hf_config)
         self.model = AutoModelForCausalLM.from_config(config)
-        self.compile_model = compile_model
+        self.compile_model, self.chunked_loss = compile_model, chunked_loss
         self._compiled: torch.nn.Module | None = None  # see on_fit_start
         self.optim = OptimConfig(**{**optim, "betas": tuple(optim["betas"])})
         self.max_steps = max_steps
@@ -65,26 +92,35 @@ class LanguageModel(L.LightningModule):
 
     @classmethod
     def from_configs(cls, model: ModelConfig, optim: OptimConfig, vocab_size: int,
-                     eos_token_id: int, max_steps: int, compile_model: bool = False
-                     ) -> "LanguageModel":
+                     eos_token_id: int, max_steps: int, compile_model: bool = False,
+                     chunked_loss: bool = False) -> "LanguageModel":
         hf_config = build_hf_config(model, vocab_size, eos_token_id).to_dict()
         optim_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(optim).items()}
-        return cls(hf_config, optim_dict, max_steps, compile_model)
+        return cls(hf_config, optim_dict, max_steps, compile_model, chunked_loss)
 
     def on_fit_start(self) -> None:
         # Compiled once, after the strategy has placed (and, under FSDP, wrapped) the model.
         # Kept out of the module tree (object.__setattr__): the tracker, the probes, explain
         # and checkpoints see `self.model` itself, so state-dict keys never gain `_orig_mod.`.
+        # With the chunked loss only the transformer body is compiled: the loss op runs eager.
         if self.compile_model and self._compiled is None:
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
+            target = self.model.base_model if self.chunked_loss else self.model
+            object.__setattr__(self, "_compiled", torch.compile(target))
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any):
         return self.model(input_ids=input_ids, **kwargs)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = batch["input_ids"]
         # Training steps run the compiled model; evaluation the plain one (no recompiles).
-        model = self._compiled if self._compiled is not None and self.training else self.model
-        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+        compiled = self._compiled if self._compiled is not None and self.training else None
+        # No use_cache=False: without a cache HF checks the positions for packed sequences,
+        # a read back from the GPU at every step (tests/test_host_sync.py).
+        if not self.chunked_loss:
+            return (compiled or self.model)(input_ids=ids, labels=ids).loss
+        body = compiled or self.model.base_model
+        hidden = body(input_ids=ids).last_hidden_state
+        return next_token_loss(hidden, self.model.get_output_embeddings(), ids)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)

@@ -124,7 +124,8 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     datamodule.setup()
     model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
                                        datamodule.eos_token_id, cfg.trainer.max_steps,
-                                       compile_model=cfg.trainer.compile)
+                                       compile_model=cfg.trainer.compile,
+                                       chunked_loss=cfg.trainer.chunked_loss)
     # FLOP/s, and MFU against the GPU's peak, are logged from this.
     n_params = sum(p.numel() for p in model.parameters())
     tokens_per_batch = cfg.data.batch_size * cfg.data.block_size

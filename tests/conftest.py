@@ -39,6 +39,22 @@ def run_train(cache_dir: Path, *overrides: str, check: bool = True, cwd: Path | 
     return proc
 
 
+def tiny_config(out: Path, cache_dir: Path, *overrides: str):
+    """The `debug=tiny` run's `Config`, composed by Hydra as train.py would, for `run()` in
+    the test process (where a test needs to reach inside the run)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from normx_track.config import Config, validate
+
+    ConfigStore.instance().store(name="config_schema", node=Config)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, f"output_dir={out}",
+                                           f"data.cache_dir={cache_dir}", *overrides])
+    return validate(OmegaConf.to_object(cfg))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("normx_cache")

@@ -13,16 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, TINY
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
+from conftest import tiny_config
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from normx_track import NormTracker, compute_gold, monitors
-from normx_track.config import Config, validate
 from normx_track.records import read_metrics
 
 READ_BACK = torch.ops.aten._local_scalar_dense.default
@@ -64,14 +60,6 @@ class ReadsPerStep(L.Callback):
             self.mode.__exit__(None, None, None)
             self.reads[step] = self.mode.count
             self.mode = None
-
-
-def tiny_config(out, cache_dir, *overrides: str) -> Config:
-    ConfigStore.instance().store(name="config_schema", node=Config)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, f"output_dir={out}",
-                                           f"data.cache_dir={cache_dir}", *overrides])
-    return validate(OmegaConf.to_object(cfg))
 
 
 def test_steps_between_logs_snapshots_and_checkpoints_read_nothing_back(tmp_path, cache_dir,

@@ -1,0 +1,70 @@
+"""The training loss: the chunked LM head + cross-entropy (`trainer.chunked_loss`) is HF's
+causal-LM loss, value and gradients, and trains the same run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from normx_track.config import ModelConfig, OptimConfig
+from normx_track.model import LanguageModel, next_token_loss
+from test_tracker import assert_rows_close, rows_of
+
+ARCHS = [("gpt2", True), ("gpt2", False), ("gpt_neox", False), ("llama", True)]
+
+
+def tiny_module(arch: str, tie: bool, chunked: bool = False) -> LanguageModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, n_layer=2, n_embd=32, n_head=2, n_positions=32,
+                      tie_word_embeddings=tie)
+    return LanguageModel.from_configs(cfg, OptimConfig(), 300, 0, 10, chunked_loss=chunked)
+
+
+def hf_loss_and_chunked_loss(module: LanguageModel, ids: torch.Tensor):
+    params = list(module.parameters())
+    reference = module.model(input_ids=ids, labels=ids).loss
+    hidden = module.model.base_model(input_ids=ids).last_hidden_state
+    chunked = next_token_loss(hidden, module.model.get_output_embeddings(), ids)
+    return (reference, torch.autograd.grad(reference, params),
+            chunked, torch.autograd.grad(chunked, params))
+
+
+@pytest.mark.parametrize("arch, tie", ARCHS)
+def test_chunked_loss_is_hf_causal_lm_loss_with_its_gradients(arch, tie):
+    module = tiny_module(arch, tie)
+    ids = torch.randint(0, 300, (3, 32), generator=torch.Generator().manual_seed(1))
+    reference, ref_grads, chunked, grads = hf_loss_and_chunked_loss(module, ids)
+    torch.testing.assert_close(chunked, reference, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_loss_under_bf16_autocast_is_hf_loss_to_bf16_rounding():
+    module = tiny_module("gpt2", True)
+    ids = torch.randint(0, 300, (8, 32), generator=torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference, ref_grads, chunked, grads = hf_loss_and_chunked_loss(module, ids)
+    # The per-token losses come back in bf16 (a relative 2^-9 each); their mean is fp32,
+    # so the logged loss is not rounded to bf16's steps of 1/32 near 5.7.
+    assert chunked.dtype == torch.float32
+    assert abs(chunked.item() - reference.item()) < 2e-3
+    scale = max(g.abs().max() for g in ref_grads)
+    for got, want in zip(grads, ref_grads):
+        assert (got - want).abs().max() < 0.02 * scale
+
+
+def test_the_module_trains_on_the_same_loss_either_way():
+    ids = torch.randint(0, 300, (3, 32), generator=torch.Generator().manual_seed(3))
+    plain, chunked = tiny_module("gpt2", True), tiny_module("gpt2", True, chunked=True)
+    torch.testing.assert_close(chunked._loss({"input_ids": ids}),
+                               plain._loss({"input_ids": ids}), rtol=1e-6, atol=1e-6)
+
+
+def test_a_chunked_loss_run_records_the_plain_runs_rows(tiny_run: Path, cache_dir, tmp_path):
+    from normx_track.run import run
+
+    out = tmp_path / "chunked"
+    run(tiny_config(out, cache_dir, "logger=none", "trainer.chunked_loss=true"))
+    assert_rows_close(rows_of(out), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
