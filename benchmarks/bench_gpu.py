@@ -2,11 +2,14 @@
 
 GPT-2 small (12 x 768, vocabulary 50,257), 16 x 1024 tokens a step, bf16-mixed, our
 `LanguageModel` under a Lightning Trainer (the `trainer=gpu` path):
-1. tokens/s and MFU (model FLOPs, attention included, against the device's peak from
-   Lightning's table) with `trainer.compile` off and on;
-2. the tracker's share of training at one snapshot every 100 and every 500 steps, default
+1. tokens/s, MFU (model FLOPs, attention included, against the device's peak from
+   Lightning's table) and peak GPU memory with `trainer.compile` off, on, and on with
+   `trainer.chunked_loss` (the LM head and cross-entropy in chunks of rows);
+2. host reads per training step between logged steps, counted by the PyTorch profiler
+   (device-to-host copies and synchronisations: each one stalls the GPU's queue);
+3. the tracker's share of training at one snapshot every 100 and every 500 steps, default
    probes (norms + metrics + the evidence probe on 100 synthetic pairs);
-3. FSDP on one device against the plain strategy: the same step-0 norms.
+4. FSDP on one device against the plain strategy: the same step-0 norms.
 No network: random tokens, synthetic probes, a BPE trained here.
 
     python benchmarks/bench_gpu.py [--steps 40] [--batch 16] [--seq 1024]
@@ -39,20 +42,22 @@ from summary import emit  # benchmarks/ is on sys.path when run as a script
 GPT2_VOCAB = 50_257
 
 
-class StepTimer(L.Callback):
-    """Seconds per optimizer step after `skip` warm-up steps (compilation included there)."""
+class WindowTimer(L.Callback):
+    """Seconds per optimizer step over the steps after `skip` warm-up ones (compilation
+    happens there), timed as one window: no synchronisation between the steps, so the host
+    queues ahead as in a real run."""
 
     def __init__(self, skip: int):
-        self.skip, self.times = skip, []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        _sync()
-        self.start = time.perf_counter()
+        self.skip, self.step_s = skip, float("nan")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.skip:
+            _sync()
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
         _sync()
-        if trainer.global_step > self.skip:
-            self.times.append(time.perf_counter() - self.start)
+        self.step_s = (time.perf_counter() - self.start) / (trainer.global_step - self.skip)
 
 
 def _sync() -> None:
@@ -80,24 +85,69 @@ def trainer_kwargs(args, **extra):
                 enable_model_summary=False, **extra)
 
 
-def throughput(args, vocab: int, compile_model: bool) -> tuple[float, float, LanguageModel]:
-    """(tokens/s, MFU) at steady state."""
+def throughput(args, vocab: int, compile_model: bool, chunked_loss: bool
+               ) -> tuple[float, float, float, LanguageModel]:
+    """(tokens/s, MFU, peak GPU memory in GiB) at steady state."""
     L.seed_everything(0, verbose=False)
     module = LanguageModel.from_configs(model_config(args), OptimConfig(warmup_steps=5), vocab,
-                                        0, args.steps, compile_model=compile_model)
-    timer = StepTimer(skip=args.warmup)
-    loader = torch.utils.data.DataLoader(random_batches(vocab, args) * args.steps,
-                                         batch_size=None, pin_memory=torch.cuda.is_available())
-    trainer = L.Trainer(max_steps=args.steps, callbacks=[timer], **trainer_kwargs(args))
-    trainer.fit(module, loader)
-    step_s = float(np.median(timer.times))
+                                        0, args.steps, compile_model=compile_model,
+                                        chunked_loss=chunked_loss)
+    timer = WindowTimer(skip=args.warmup)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    L.Trainer(max_steps=args.steps, callbacks=[timer], **trainer_kwargs(args)).fit(
+        module, loader(vocab, args))
+    step_s = timer.step_s
     tokens_s = args.batch * args.seq / step_s
     mcfg = model_config(args)
     n_params = sum(p.numel() for p in module.model.parameters())
     flops = flops_per_token(n_params, mcfg.n_layer, mcfg.n_embd, args.seq) * tokens_s
     device = torch.device("cuda") if torch.cuda.is_available() and not args.smoke else None
     peak = get_available_flops(device, torch.bfloat16) if device is not None else None
-    return tokens_s, (flops / peak if peak else float("nan")), module
+    memory = torch.cuda.max_memory_allocated() / 2**30 if device is not None else float("nan")
+    return tokens_s, (flops / peak if peak else float("nan")), memory, module
+
+
+def loader(vocab: int, args) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(random_batches(vocab, args) * args.steps, batch_size=None,
+                                       pin_memory=torch.cuda.is_available())
+
+
+# A host read on a GPU: .item() / int(tensor) copy and then synchronise the stream, or an
+# explicit synchronisation. On CPU the reads themselves (which there include AdamW's step
+# counters: fused AdamW on a GPU keeps those on the device).
+_GPU_READS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+_CPU_READS = ("aten::_local_scalar_dense",)
+
+
+def host_reads_per_step(args, vocab: int) -> float:
+    """Host reads per step over steps that neither log nor snapshot, with run.py's
+    progress bar and throughput logger, counted by the PyTorch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from normx_track.monitors import LogStepThroughput, LossProgressBar
+
+    class Profiled(L.Callback):  # steps 11..19 of log_every_n_steps=10
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 10:
+                self.prof = profile(activities=activities)
+                self.prof.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 19:
+                self.prof.__exit__(None, None, None)
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                           if torch.cuda.is_available() else [])
+    module = LanguageModel.from_configs(model_config(args), OptimConfig(), vocab, 0, 21)
+    profiled = Profiled()
+    kwargs = {**trainer_kwargs(args), "enable_progress_bar": True, "log_every_n_steps": 10}
+    L.Trainer(max_steps=21, callbacks=[profiled, LossProgressBar(refresh_rate=10),
+                                       LogStepThroughput(1.0)], **kwargs).fit(
+        module, loader(vocab, args))
+    names = [e.name for e in profiled.prof.events()]
+    reads = _GPU_READS if torch.cuda.is_available() else _CPU_READS
+    return sum(names.count(n) for n in reads) / 9
 
 
 def synthetic_probe(vocab_size: int):
@@ -182,16 +232,22 @@ def main() -> None:
     print(f"{device}: GPT-2 {'(smoke sizes)' if args.smoke else 'small'}, vocabulary {vocab}, "
           f"{args.batch} x {args.seq} tokens a step, {args.steps} steps ({args.warmup} warm-up)")
     results = {}
-    for compiled in (False, True):
-        tokens_s, mfu, module = throughput(args, vocab, compiled)
-        results[compiled] = (tokens_s, mfu)
-        label = "compile on " if compiled else "compile off"
-        print(f"  {label}: {tokens_s:,.0f} tokens/s, MFU {100 * mfu:.1f} %")
+    for label, compiled, chunked in (("compile off", False, False), ("compile on", True, False),
+                                     ("compile on + chunked loss", True, True)):
+        tokens_s, mfu, memory, module = throughput(args, vocab, compiled, chunked)
+        results[label] = tokens_s
+        print(f"  {label}: {tokens_s:,.0f} tokens/s, MFU {100 * mfu:.1f} %, "
+              f"peak memory {memory:.1f} GiB")
         emit(f"GPT-2 small, {label}: tokens/s", tokens_s, "tokens/s", "", None)
         emit(f"GPT-2 small, {label}: MFU", 100 * mfu, "%", ">= 35" if compiled else "",
              bool(mfu >= 0.35) if compiled and np.isfinite(mfu) else None)
-    print(f"  compile on / off: {results[True][0] / results[False][0]:.2f}x tokens/s")
-    step_s = args.batch * args.seq / results[True][0]
+    on, off = results["compile on"], results["compile off"]
+    print(f"  compile on / off: {on / off:.2f}x tokens/s; chunked loss / plain (compiled): "
+          f"{results['compile on + chunked loss'] / on:.2f}x")
+    reads = host_reads_per_step(args, vocab)
+    print(f"  host reads per step between logged steps (profiler): {reads:.1f}")
+    emit("host reads per step between logged steps", reads, "reads/step", "0 on a GPU", None)
+    step_s = args.batch * args.seq / max(results.values())
     for every, share in tracker_share(args, vocab, step_s, module).items():
         print(f"  tracker share, a snapshot every {every} steps: {100 * share:.3f} %")
         emit(f"tracker share, snapshot every {every} steps", 100 * share, "%",

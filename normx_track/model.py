@@ -112,13 +112,14 @@ class LanguageModel(L.LightningModule):
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = batch["input_ids"]
-        # Training steps run the compiled model; evaluation the plain one (no recompiles).
-        compiled = self._compiled if self._compiled is not None and self.training else None
+        # Training steps run the compiled module; evaluation the plain one (no recompiles).
         # No use_cache=False: without a cache HF checks the positions for packed sequences,
         # a read back from the GPU at every step (tests/test_host_sync.py).
+        compiled = self._compiled is not None and self.training
         if not self.chunked_loss:
-            return (compiled or self.model)(input_ids=ids, labels=ids).loss
-        body = compiled or self.model.base_model
+            model = self._compiled if compiled else self.model
+            return model(input_ids=ids, labels=ids).loss
+        body = self._compiled if compiled else self.model.base_model
         hidden = body(input_ids=ids).last_hidden_state
         return next_token_loss(hidden, self.model.get_output_embeddings(), ids)
 

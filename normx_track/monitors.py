@@ -60,6 +60,19 @@ class LogStepThroughput(L.Callback):
         self.flops_per_batch, self.window = flops_per_batch, window
         self.available_flops = available_flops
         self._throughput: Throughput | None = None
+        # Totals since the run began; they travel in checkpoints, so a resumed run's
+        # train/batches, train/samples and train/lengths curves continue.
+        self._batches = self._samples = self._tokens = 0
+
+    @override
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self._batches, "samples": self._samples, "tokens": self._tokens}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._batches = int(state_dict.get("batches", 0))
+        self._samples = int(state_dict.get("samples", 0))
+        self._tokens = int(state_dict.get("tokens", 0))
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -69,7 +82,7 @@ class LogStepThroughput(L.Callback):
         self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size,
                                       window_size=self.window)
         self._synchronize = torch.cuda.synchronize if device.type == "cuda" else _no_sync
-        self._batches = self._samples = self._tokens = self._unmeasured = 0
+        self._unmeasured = 0
         self._start = time.perf_counter()
 
     @override

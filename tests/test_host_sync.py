@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import tiny_config
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -105,13 +106,20 @@ def dict_batches(n: int, vocab: int, masked: bool) -> list[dict[str, torch.Tenso
     return batches
 
 
-def fit(tmp_path, callbacks, batches, steps: int, log_every: int):
+def fit(tmp_path, callbacks, batches, steps: int, log_every: int, ckpt_path=None):
     trainer = L.Trainer(max_steps=steps, logger=CSVLogger(tmp_path, name="csv"),
-                        log_every_n_steps=log_every, enable_checkpointing=False,
+                        log_every_n_steps=log_every,
+                        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
                         enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path, callbacks=callbacks)
-    trainer.fit(DictBatchLM(50), torch.utils.data.DataLoader(batches, batch_size=None))
+    trainer.fit(DictBatchLM(50), torch.utils.data.DataLoader(batches, batch_size=None),
+                ckpt_path=ckpt_path)
     return trainer
+
+
+def logged(folder) -> pd.DataFrame:
+    frame = pd.read_csv(next(folder.rglob("metrics.csv")))
+    return frame.dropna(subset=["train/lengths"]).set_index("step")
 
 
 def test_throughput_is_timed_only_on_logged_steps(tmp_path, monkeypatch):
@@ -121,8 +129,7 @@ def test_throughput_is_timed_only_on_logged_steps(tmp_path, monkeypatch):
     monitor = monitors.LogStepThroughput(flops_per_batch, window=2, available_flops=peak)
     trainer = fit(tmp_path, [monitor], dict_batches(12, 50, masked=False), steps=12, log_every=3)
     assert syncs["sync"] == 4  # steps 3, 6, 9, 12: not one a step, as ThroughputMonitor does
-    logged = pd.read_csv(next((tmp_path / "csv").rglob("metrics.csv")))
-    rows = logged.dropna(subset=["train/lengths"]).set_index("step")
+    rows = logged(tmp_path / "csv")
     assert list(rows.index) == [2, 5, 8, 11]  # CSVLogger's step is global_step - 1
     assert list(rows["train/lengths"]) == [3 * 64, 6 * 64, 9 * 64, 12 * 64]
     rates = rows.dropna(subset=["train/device/mfu"])
@@ -135,6 +142,18 @@ def test_throughput_is_timed_only_on_logged_steps(tmp_path, monkeypatch):
     np.testing.assert_allclose(rates["train/device/items_per_sec"]
                                / rates["train/device/samples_per_sec"], 16)
     assert trainer.global_step == 12
+
+
+def test_a_resumed_run_continues_the_throughput_totals(tmp_path):
+    batches = dict_batches(12, 50, masked=False)
+    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=6, save_top_k=-1)
+    fit(tmp_path / "first", [monitors.LogStepThroughput(window=2), save], batches, steps=6,
+        log_every=3)
+    fit(tmp_path / "resumed", [monitors.LogStepThroughput(window=2)], batches, steps=12,
+        log_every=3, ckpt_path=next((tmp_path / "ckpt").glob("*.ckpt")))
+    rows = logged(tmp_path / "resumed")
+    assert list(rows["train/lengths"]) == [9 * 64, 12 * 64]
+    assert list(rows["train/batches"]) == [9, 12]
 
 
 def test_tokens_seen_sums_attention_masks_and_reads_them_only_at_snapshots(tmp_path):
