@@ -84,9 +84,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 200
     deterministic: bool = False
     compile: bool = False  # torch.compile the HF model for training (conf/trainer/gpu.yaml: on)
-    # The LM head and cross-entropy in chunks of rows (torch's linear_cross_entropy): no
-    # (tokens x vocabulary) logits in memory; the same loss as the plain path.
-    chunked_loss: bool = False
+    # null: HF's loss over all logits at once. N: the LM head and cross-entropy N tokens at
+    # a time (torch's linear_cross_entropy): no (tokens x vocabulary) logits in memory.
+    loss_chunk_tokens: Optional[int] = None
 
 
 @dataclass
@@ -167,6 +167,8 @@ _POSITIVE = (
     "trainer.checkpoint_every_n_steps", "tracker.every_n_steps", "tracker.window", "optim.lr",
     "tracker.faithfulness_length", "tracker.ig_steps",
 )
+_POSITIVE_OR_NULL = {"tracker.stats_tokens": "the whole training stream",
+                     "trainer.loss_chunk_tokens": "the loss over all tokens at once"}
 _NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "data.num_workers",
                  "tracker.min_count", "model.dropout", "trainer.gradient_clip_val",
                  "tracker.max_probe_pairs", "tracker.faithfulness_examples",
@@ -232,9 +234,9 @@ def validate(cfg: Config) -> Config:
     if cfg.trainer.accelerator not in _ACCELERATORS:
         raise ConfigError(f"trainer.accelerator must be one of {list(_ACCELERATORS)}, got "
                           f"{cfg.trainer.accelerator!r}")
-    if cfg.tracker.stats_tokens is not None and cfg.tracker.stats_tokens <= 0:
-        raise ConfigError(f"tracker.stats_tokens must be > 0 (or null: the whole training "
-                          f"stream), got {cfg.tracker.stats_tokens}")
+    for key, null_means in _POSITIVE_OR_NULL.items():
+        if _get(cfg, key) is not None and _get(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0 (or null: {null_means}), got {_get(cfg, key)}")
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"{key} must be one of {list(choices)}, got {_get(cfg, key)!r}")

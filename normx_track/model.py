@@ -38,11 +38,11 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> f
     return 6.0 * n_params + 12.0 * n_layer * n_embd * seq_len
 
 
-def next_token_loss(hidden: torch.Tensor, head: torch.nn.Linear,
-                    input_ids: torch.Tensor) -> torch.Tensor:
+def next_token_loss(hidden: torch.Tensor, head: torch.nn.Linear, input_ids: torch.Tensor,
+                    chunk_tokens: int) -> torch.Tensor:
     """Mean cross-entropy of each next token under `head(hidden)`, as HF's causal-LM loss,
-    computed in chunks of rows by `torch.nn.functional.linear_cross_entropy`: the
-    (tokens x vocabulary) logits, and their fp32 copy, never exist at once."""
+    computed `chunk_tokens` rows at a time by `torch.nn.functional.linear_cross_entropy`:
+    the (tokens x vocabulary) logits, and their fp32 copy, never exist at once."""
     rows = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     targets = input_ids[:, 1:].reshape(-1)
     weight, bias = head.weight, head.bias
@@ -54,9 +54,12 @@ def next_token_loss(hidden: torch.Tensor, head: torch.nn.Linear,
     with torch.autocast(device, enabled=False):  # the op accumulates in fp32 itself
         # Per-token losses, averaged in fp32: the op returns its mean in the input dtype,
         # which in bf16 would round the logged loss to steps of 1/64.
+        # Chunks of a set size: torch's default sizes them like the input, which for a 50k
+        # vocabulary means ~100 chunks, each adding into the whole weight gradient.
+        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_tokens,
+                                                     chunking_method=None)
         losses = F.linear_cross_entropy(rows, weight, targets, linear_bias=bias,
-                                        reduction="none",
-                                        options=torch.nn.LinearCrossEntropyOptions())
+                                        reduction="none", options=options)
     return losses.float().mean()
 
 
@@ -72,18 +75,18 @@ class LanguageModel(L.LightningModule):
     """Wraps `self.model`, a `transformers` causal LM; batches are dicts with `input_ids`."""
 
     def __init__(self, hf_config: dict[str, Any], optim: dict[str, Any], max_steps: int,
-                 compile_model: bool = False, chunked_loss: bool = False):
+                 compile_model: bool = False, loss_chunk_tokens: int | None = None):
         super().__init__()
         # Plain dicts: checkpoints load with weights_only=True. `compile_model` and
-        # `chunked_loss` are how this process trains, not what it learned: a checkpoint
-        # resumes with either setting.
-        self.save_hyperparameters(ignore=["compile_model", "chunked_loss"])
-        if chunked_loss and not hasattr(F, "linear_cross_entropy"):
-            raise ConfigError(f"trainer.chunked_loss needs torch.nn.functional."
+        # `loss_chunk_tokens` are how this process trains, not what it learned: a
+        # checkpoint resumes with any setting of them.
+        self.save_hyperparameters(ignore=["compile_model", "loss_chunk_tokens"])
+        if loss_chunk_tokens and not hasattr(F, "linear_cross_entropy"):
+            raise ConfigError(f"trainer.loss_chunk_tokens needs torch.nn.functional."
                               f"linear_cross_entropy (torch >= 2.13); torch is {torch.__version__}")
         config = AutoConfig.for_model(**hf_config)
         self.model = AutoModelForCausalLM.from_config(config)
-        self.compile_model, self.chunked_loss = compile_model, chunked_loss
+        self.compile_model, self.loss_chunk_tokens = compile_model, loss_chunk_tokens
         self._compiled: torch.nn.Module | None = None  # see on_fit_start
         self.optim = OptimConfig(**{**optim, "betas": tuple(optim["betas"])})
         self.max_steps = max_steps
@@ -93,10 +96,10 @@ class LanguageModel(L.LightningModule):
     @classmethod
     def from_configs(cls, model: ModelConfig, optim: OptimConfig, vocab_size: int,
                      eos_token_id: int, max_steps: int, compile_model: bool = False,
-                     chunked_loss: bool = False) -> "LanguageModel":
+                     loss_chunk_tokens: int | None = None) -> "LanguageModel":
         hf_config = build_hf_config(model, vocab_size, eos_token_id).to_dict()
         optim_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(optim).items()}
-        return cls(hf_config, optim_dict, max_steps, compile_model, chunked_loss)
+        return cls(hf_config, optim_dict, max_steps, compile_model, loss_chunk_tokens)
 
     def on_fit_start(self) -> None:
         # Compiled once, after the strategy has placed (and, under FSDP, wrapped) the model.
@@ -104,7 +107,7 @@ class LanguageModel(L.LightningModule):
         # and checkpoints see `self.model` itself, so state-dict keys never gain `_orig_mod.`.
         # With the chunked loss only the transformer body is compiled: the loss op runs eager.
         if self.compile_model and self._compiled is None:
-            target = self.model.base_model if self.chunked_loss else self.model
+            target = self.model.base_model if self.loss_chunk_tokens else self.model
             object.__setattr__(self, "_compiled", torch.compile(target))
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any):
@@ -116,12 +119,13 @@ class LanguageModel(L.LightningModule):
         # No use_cache=False: without a cache HF checks the positions for packed sequences,
         # a read back from the GPU at every step (tests/test_host_sync.py).
         compiled = self._compiled is not None and self.training
-        if not self.chunked_loss:
+        if not self.loss_chunk_tokens:
             model = self._compiled if compiled else self.model
             return model(input_ids=ids, labels=ids).loss
         body = self._compiled if compiled else self.model.base_model
         hidden = body(input_ids=ids).last_hidden_state
-        return next_token_loss(hidden, self.model.get_output_embeddings(), ids)
+        return next_token_loss(hidden, self.model.get_output_embeddings(), ids,
+                               self.loss_chunk_tokens)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)

@@ -94,7 +94,8 @@ class LogStepThroughput(L.Callback):
         self._tokens += ids.numel()
         self._unmeasured += 1
         # Lightning's own callbacks (LearningRateMonitor, ThroughputMonitor) ask the same.
-        if trainer.fit_loop._should_accumulate() or not trainer._logger_connector.should_update_logs:
+        logs = trainer._logger_connector.should_update_logs
+        if trainer.fit_loop._should_accumulate() or not logs:
             return
         self._synchronize()  # the clock then covers the GPU's work, not just its queueing
         flops = None if self.flops_per_batch is None else self.flops_per_batch * self._unmeasured

@@ -125,7 +125,7 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
                                        datamodule.eos_token_id, cfg.trainer.max_steps,
                                        compile_model=cfg.trainer.compile,
-                                       chunked_loss=cfg.trainer.chunked_loss)
+                                       loss_chunk_tokens=cfg.trainer.loss_chunk_tokens)
     # FLOP/s, and MFU against the GPU's peak, are logged from this.
     n_params = sum(p.numel() for p in model.parameters())
     tokens_per_batch = cfg.data.batch_size * cfg.data.block_size
@@ -134,7 +134,8 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=list(config_files))
     for logger in loggers:  # the bar the loss must clear: a unigram model's loss
         logger.log_metrics({"data/unigram_entropy": datamodule.unigram_entropy()}, step=0)
-    trainer = build_trainer(cfg, out, loggers, build_callbacks(cfg, datamodule, out, flops_per_batch))
+    callbacks = build_callbacks(cfg, datamodule, out, flops_per_batch)
+    trainer = build_trainer(cfg, out, loggers, callbacks)
     try:
         # Resuming never unpickles arbitrary objects: checkpoints hold tensors and plain data.
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -22,7 +22,7 @@ def test_a_compiled_run_records_the_uncompiled_rows_and_resumes_either_way(
     assert_rows_close(rows_of(compiled), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
     chunked = tmp_path / "compiled_chunked"  # the body compiled, the chunked loss eager
     run_train(cache_dir, *TINY, "logger=none", "trainer.compile=true",
-              "trainer.chunked_loss=true", f"hydra.run.dir={chunked}")
+              "trainer.loss_chunk_tokens=40", f"hydra.run.dir={chunked}")
     assert_rows_close(rows_of(chunked), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
     keys = torch.load(compiled / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     plain = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

@@ -173,8 +173,8 @@ def test_tokens_seen_sums_attention_masks_and_reads_them_only_at_snapshots(tmp_p
     assert tracker.state_dict()["tokens_seen"] == cumulative[8]
 
 
-@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16),
-                                              ("16-mixed", torch.float16),
-                                              ("32-true", torch.float32), ("64-true", torch.float64)])
+@pytest.mark.parametrize("precision, dtype", [
+    ("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16), ("32-true", torch.float32),
+    ("64-true", torch.float64)])
 def test_compute_dtype_of_precision(precision, dtype):
     assert monitors.compute_dtype(precision) == dtype

@@ -1,4 +1,4 @@
-"""The training loss: the chunked LM head + cross-entropy (`trainer.chunked_loss`) is HF's
+"""The training loss: the chunked LM head + cross-entropy (`trainer.loss_chunk_tokens`) is HF's
 causal-LM loss, value and gradients, and trains the same run."""
 from __future__ import annotations
 
@@ -15,18 +15,19 @@ from test_tracker import assert_rows_close, rows_of
 ARCHS = [("gpt2", True), ("gpt2", False), ("gpt_neox", False), ("llama", True)]
 
 
-def tiny_module(arch: str, tie: bool, chunked: bool = False) -> LanguageModel:
+def tiny_module(arch: str, tie: bool, chunk: int | None = None) -> LanguageModel:
     torch.manual_seed(0)
     cfg = ModelConfig(arch=arch, n_layer=2, n_embd=32, n_head=2, n_positions=32,
                       tie_word_embeddings=tie)
-    return LanguageModel.from_configs(cfg, OptimConfig(), 300, 0, 10, chunked_loss=chunked)
+    return LanguageModel.from_configs(cfg, OptimConfig(), 300, 0, 10, loss_chunk_tokens=chunk)
 
 
 def hf_loss_and_chunked_loss(module: LanguageModel, ids: torch.Tensor):
     params = list(module.parameters())
     reference = module.model(input_ids=ids, labels=ids).loss
     hidden = module.model.base_model(input_ids=ids).last_hidden_state
-    chunked = next_token_loss(hidden, module.model.get_output_embeddings(), ids)
+    # 25 tokens a chunk: uneven chunks, the last one short
+    chunked = next_token_loss(hidden, module.model.get_output_embeddings(), ids, 25)
     return (reference, torch.autograd.grad(reference, params),
             chunked, torch.autograd.grad(chunked, params))
 
@@ -57,7 +58,7 @@ def test_chunked_loss_under_bf16_autocast_is_hf_loss_to_bf16_rounding():
 
 def test_the_module_trains_on_the_same_loss_either_way():
     ids = torch.randint(0, 300, (3, 32), generator=torch.Generator().manual_seed(3))
-    plain, chunked = tiny_module("gpt2", True), tiny_module("gpt2", True, chunked=True)
+    plain, chunked = tiny_module("gpt2", True), tiny_module("gpt2", True, chunk=16)
     torch.testing.assert_close(chunked._loss({"input_ids": ids}),
                                plain._loss({"input_ids": ids}), rtol=1e-6, atol=1e-6)
 
@@ -66,5 +67,6 @@ def test_a_chunked_loss_run_records_the_plain_runs_rows(tiny_run: Path, cache_di
     from normx_track.run import run
 
     out = tmp_path / "chunked"
-    run(tiny_config(out, cache_dir, "logger=none", "trainer.chunked_loss=true"))
+    run(tiny_config(out, cache_dir, "logger=none",
+                    "trainer.loss_chunk_tokens=40"))
     assert_rows_close(rows_of(out), rows_of(tiny_run), rtol=1e-4, atol=1e-6)

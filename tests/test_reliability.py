@@ -50,6 +50,8 @@ def bad_files(tmp: Path) -> dict[str, Path]:
 # (case id, overrides given the bad files, text the one line must hold)
 CASES = [
     ("stats_tokens=0", lambda f: ["tracker.stats_tokens=0"], "tracker.stats_tokens must be > 0"),
+    ("loss_chunk_tokens=0", lambda f: ["trainer.loss_chunk_tokens=0"],
+     "trainer.loss_chunk_tokens must be > 0"),
     ("lr=inf", lambda f: ["optim.lr=inf"], "optim.lr must be a finite number"),
     ("devices=abc", lambda f: ["trainer.devices=abc"], "trainer.devices must be"),
     ("precision=foo", lambda f: ["trainer.precision=foo"], "trainer.precision must be one of"),
