@@ -63,7 +63,7 @@ class DataConfig:
     block_size: int = 128
     batch_size: int = 16
     val_fraction: float = 0.05
-    num_workers: int = 0
+    num_workers: Optional[int] = None  # loader processes; null: none on CPU, up to 4 a GPU
     cache_dir: str = ".cache/normx"
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
@@ -244,7 +244,7 @@ def validate(cfg: Config) -> Config:
         if not _get(cfg, key) > 0:
             raise ConfigError(f"{key} must be > 0, got {_get(cfg, key)}")
     for key in _NON_NEGATIVE:
-        if _get(cfg, key) < 0:
+        if _get(cfg, key) is not None and _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
     for key in _FRACTIONS:
         if not 0 <= _get(cfg, key) < 1:

@@ -119,7 +119,7 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
         torch.set_float32_matmul_precision("high")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    datamodule = TextDataModule(cfg.data, seed=cfg.seed, pin_memory=on_gpu)
+    datamodule = TextDataModule(cfg.data, seed=cfg.seed, on_gpu=on_gpu)
     datamodule.prepare_data()
     datamodule.setup()
     model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,

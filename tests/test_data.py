@@ -1,13 +1,16 @@
 """Tokenizer training, local files through HF datasets, packing and caching."""
 from __future__ import annotations
 
+import itertools
 import json
+import os
 
 import numpy as np
 import pytest
+import torch
 
 from normx_track.config import DataConfig, SyntheticDataConfig
-from normx_track.data.datamodule import TextDataModule
+from normx_track.data.datamodule import TextDataModule, loader_workers
 from normx_track.data.sources import DataSourceError, load_local_files, load_texts
 from normx_track.data.tokenizer import get_tokenizer, train_bpe
 
@@ -80,6 +83,30 @@ def test_datamodule_packs_blocks_and_is_deterministic(tmp_path):
     other = TextDataModule(small_synthetic(tmp_path), seed=4)
     other.prepare_data()
     assert (other.dir / "train.bin").read_bytes() != (dm.dir / "train.bin").read_bytes()
+
+
+def test_loader_workers_deliver_the_same_batches(tmp_path):
+    plain = TextDataModule(small_synthetic(tmp_path), seed=0)
+    workers = TextDataModule(small_synthetic(tmp_path, num_workers=2), seed=0)
+    for dm in (plain, workers):
+        dm.setup()
+    assert (plain.num_workers, workers.num_workers) == (0, 2)
+    loader = workers.train_dataloader()
+    assert loader.persistent_workers
+    # The sampler runs on past an epoch (its end restarts a shuffled pass): 200 batches span
+    # the first 133-batch epoch and the start of the next.
+    pairs = zip(itertools.islice(loader, 200), itertools.islice(plain.train_dataloader(), 200))
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in pairs)
+
+
+def test_loader_workers_default_to_none_on_cpu_and_up_to_four_a_gpu(monkeypatch):
+    assert loader_workers(None, on_gpu=False) == 0
+    assert loader_workers(3, on_gpu=False) == 3 and loader_workers(0, on_gpu=True) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert loader_workers(None, on_gpu=True) == 4  # 8 CPUs a GPU, one for the trainer
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert loader_workers(None, on_gpu=True) == 1  # 2 CPUs a GPU
 
 
 def test_interrupted_preparation_is_redone(tmp_path):

@@ -64,12 +64,20 @@ class ResumableBatchSampler(Sampler[list[int]]):
                              "or a smaller batch")
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
         self.start, self.rank = start, rank
+        self._epoch, self._permutation = -1, np.arange(0)  # the last epoch's order, kept
 
     def batch(self, b: int) -> list[int]:
         epoch, i = divmod(b, self.per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
         start = i * self.global_size + self.rank * self.batch_size
-        return order[start:start + self.batch_size].tolist()
+        return self._order(epoch)[start:start + self.batch_size].tolist()
+
+    def _order(self, epoch: int) -> np.ndarray:
+        # One permutation an epoch, kept: drawing it for every batch costs a pass over all
+        # blocks (milliseconds a step on a large corpus) on the process that feeds the GPU.
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
+        return self._permutation
 
     def __iter__(self) -> Iterator[list[int]]:
         return map(self.batch, itertools.count(self.start))
@@ -84,12 +92,25 @@ def data_cache_key(cfg: DataConfig, seed: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def loader_workers(configured: int | None, on_gpu: bool) -> int:
+    """Loader processes: as configured; else none on CPU (a batch is a slice of a memory-
+    mapped file, and the cores are busy training) and, on a GPU, up to 4 for each of this
+    node's GPUs from the CPUs this process may use, so batches are ready when a step ends."""
+    if configured is not None:
+        return configured
+    if not on_gpu:
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(4, (cpus or 1) // max(1, torch.cuda.device_count()) - 1))
+
+
 class TextDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, seed: int = 0, pin_memory: bool = False):
+    def __init__(self, cfg: DataConfig, seed: int = 0, on_gpu: bool = False):
         super().__init__()
         self.cfg = cfg
         self.seed = seed
-        self.pin_memory = pin_memory  # page-locked batches: faster, asynchronous copies to a GPU
+        self.pin_memory = on_gpu  # page-locked batches: faster, asynchronous copies to a GPU
+        self.num_workers = loader_workers(cfg.num_workers, on_gpu)
         self.dir = Path(cfg.cache_dir) / data_cache_key(cfg, seed)
         self.tokenizer = None
         self.batches_consumed = 0  # global batches; restored on resume so none is replayed
@@ -195,8 +216,7 @@ class TextDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = ResumableBatchSampler(len(self.train_set), self.cfg.batch_size, self.seed,
                                         self.batches_consumed, rank, world)
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                          pin_memory=self.pin_memory)
+        return DataLoader(self.train_set, batch_sampler=sampler, **self._loader_options())
 
     def state_dict(self) -> dict[str, Any]:
         # Called when a checkpoint is saved: every batch so far went into an optimizer step.
@@ -207,5 +227,9 @@ class TextDataModule(L.LightningDataModule):
         self.batches_consumed = int(state_dict["batches_consumed"])
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.cfg.batch_size,
-                          num_workers=self.cfg.num_workers, pin_memory=self.pin_memory)
+        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, **self._loader_options())
+
+    def _loader_options(self) -> dict[str, Any]:
+        # Persistent workers: validation every few hundred steps does not respawn them.
+        return dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                    persistent_workers=self.num_workers > 0)
