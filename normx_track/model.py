@@ -53,7 +53,7 @@ def next_token_loss(hidden: torch.Tensor, head: torch.nn.Linear, input_ids: torc
         bias = None if bias is None else bias.to(dtype)
     with torch.autocast(device, enabled=False):  # the op accumulates in fp32 itself
         # Per-token losses, averaged in fp32: the op returns its mean in the input dtype,
-        # which in bf16 would round the logged loss to steps of 1/64.
+        # which in bf16 would round the logged loss to 8 bits (steps of 1/64 at a loss of 3).
         # Chunks of a set size: torch's default sizes them like the input, which for a 50k
         # vocabulary means ~100 chunks, each adding into the whole weight gradient.
         options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_tokens,

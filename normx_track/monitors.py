@@ -9,6 +9,7 @@ the device only on the steps that log (`trainer.log_every_n_steps`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -47,7 +48,8 @@ class LogStepThroughput(L.Callback):
     """Training tokens/s, samples/s, FLOP/s and MFU, logged under the keys Lightning's
     `ThroughputMonitor` uses (`train/tokens_per_sec`, `train/device/mfu`, ...).
 
-    Batches are counted from their shapes (no device read); the clock is read, after one
+    Batches (dicts with `input_ids`, sequences whose first item is the ids, or the ids
+    themselves) are counted from their shapes (no device read); the clock is read, after one
     synchronisation, only on the steps that log. The rates cover the last `window` logged
     steps. `flops_per_batch` (model FLOPs of one batch on one device) gives FLOP/s, and MFU
     against the device's peak (Lightning's table; `available_flops` overrides it).
@@ -88,7 +90,7 @@ class LogStepThroughput(L.Callback):
     @override
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        ids = batch["input_ids"] if isinstance(batch, dict) else batch
+        ids = _input_ids(batch)
         self._batches += 1
         self._samples += ids.shape[0]
         self._tokens += ids.numel()
@@ -104,6 +106,12 @@ class LogStepThroughput(L.Callback):
         self._unmeasured = 0
         metrics = {f"train/{k}": float(v) for k, v in self._throughput.compute().items()}
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+
+
+def _input_ids(batch: Any) -> torch.Tensor:
+    if isinstance(batch, Mapping):
+        return batch["input_ids"]
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 def _no_sync() -> None:
