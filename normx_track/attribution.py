@@ -175,7 +175,8 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     # Restore exactly the modules that were training (model.train() would also flip
     # submodules a user had frozen in eval mode).
     training = [m for m in model.modules() if m.training]
-    model.eval()
+    if training:  # nested calls (the probes' own) find nothing to switch
+        model.eval()
     try:
         yield
     finally:

@@ -38,8 +38,7 @@ from .likelihood import continuation_logprobs, logprobs_from_states
 from .metrics import (
     average_precision_rows,
     dot_product_alignment_rows,
-    random_average_precision,
-    random_dot_product,
+    random_baselines_rows,
 )
 from .probe_files import (EncodedPairs, MinimalPair, encode_pairs, encode_text,
                           load_probe_file, pad_id)
@@ -104,10 +103,9 @@ class _Alignment:
             self.ap.setdefault(name, []).extend(average_precision_rows(s, relevant, ranked)[keep])
             self.dp.setdefault(name, []).extend(
                 dot_product_alignment_rows(s, relevant, ranked)[keep])
-        for b in np.flatnonzero(keep):
-            self.ap.setdefault(random_name, []).append(
-                random_average_precision(relevant[b][ranked[b]]))
-            self.dp.setdefault(random_name, []).append(random_dot_product(relevant[b][ranked[b]]))
+        random_ap, random_dp = random_baselines_rows(relevant, ranked)
+        self.ap.setdefault(random_name, []).extend(random_ap[keep])
+        self.dp.setdefault(random_name, []).extend(random_dp[keep])
 
     def add_layers(self, stacks: dict[str, np.ndarray], layers: Sequence[int],
                    relevant: np.ndarray, ranked: np.ndarray, keep: np.ndarray) -> None:

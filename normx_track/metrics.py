@@ -239,6 +239,22 @@ def random_average_precision(relevant_mask: np.ndarray) -> float:
     return ((n - r) * harmonic + (r - 1) * n) / (n * (n - 1))
 
 
+def random_baselines_rows(relevant: np.ndarray, valid: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """`random_average_precision` and `random_dot_product` of each [B, T] row over its
+    valid positions, vectorised (both depend on a row's n and r alone)."""
+    valid = np.asarray(valid, bool)
+    n = valid.sum(axis=1)
+    r = (np.asarray(relevant, bool) & valid).sum(axis=1)
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n.max(initial=1) + 1))])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = ((n - r) * harmonic[n] + (r - 1) * n) / (n * (n - 1))
+        dp = r / n
+    ap = np.where(n == 1, 1.0, ap)
+    ap[r == 0], dp[r == 0] = np.nan, np.nan
+    return ap, dp
+
+
 def dot_product_alignment(importance: np.ndarray, relevant_mask: np.ndarray) -> float:
     """Softmax of importance over positions, summed at the cue positions (NaN: no cue)."""
     importance, relevant = _cues(importance, relevant_mask)

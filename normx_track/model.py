@@ -38,6 +38,10 @@ def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> f
     return 6.0 * n_params + 12.0 * n_layer * n_embd * seq_len
 
 
+def chunked_loss_available() -> bool:
+    return hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions")
+
+
 def next_token_loss(hidden: torch.Tensor, head: torch.nn.Linear, input_ids: torch.Tensor,
                     chunk_tokens: int) -> torch.Tensor:
     """Mean cross-entropy of each next token under `head(hidden)`, as HF's causal-LM loss,
@@ -81,9 +85,10 @@ class LanguageModel(L.LightningModule):
         # `loss_chunk_tokens` are how this process trains, not what it learned: a
         # checkpoint resumes with any setting of them.
         self.save_hyperparameters(ignore=["compile_model", "loss_chunk_tokens"])
-        if loss_chunk_tokens and not hasattr(F, "linear_cross_entropy"):
-            raise ConfigError(f"trainer.loss_chunk_tokens needs torch.nn.functional."
-                              f"linear_cross_entropy (torch >= 2.13); torch is {torch.__version__}")
+        if loss_chunk_tokens and not chunked_loss_available():
+            raise ConfigError(f"trainer.loss_chunk_tokens needs torch's chunked "
+                              f"linear_cross_entropy (torch 2.13 has it); this torch is "
+                              f"{torch.__version__}: set trainer.loss_chunk_tokens=null")
         config = AutoConfig.for_model(**hf_config)
         self.model = AutoModelForCausalLM.from_config(config)
         self.compile_model, self.loss_chunk_tokens = compile_model, loss_chunk_tokens

@@ -148,6 +148,18 @@ def test_random_average_precision_closed_form(n):
         assert M.average_precision(np.zeros(n), mask) == pytest.approx(expected)
 
 
+def test_random_baselines_of_padded_rows_equal_the_scalar_ones():
+    rng = np.random.default_rng(0)
+    valid = np.arange(9)[None, :] < rng.integers(1, 10, size=40)[:, None]  # n = 1..9
+    relevant = rng.random((40, 9)) < 0.3
+    relevant[:3] = False  # no cue: NaN
+    ap, dp = M.random_baselines_rows(relevant, valid)
+    for b in range(40):
+        cue = relevant[b][valid[b]]
+        np.testing.assert_allclose([ap[b], dp[b]], [M.random_average_precision(cue),
+                                                    M.random_dot_product(cue)], rtol=1e-12)
+
+
 def test_dot_product_hand_example():
     # softmax([0, log 3]) = (1/4, 3/4); cue at position 1 -> 0.75; random baseline 1/2
     imp, cue = np.array([0.0, math.log(3)]), np.array([False, True])
