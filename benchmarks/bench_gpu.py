@@ -253,7 +253,8 @@ def main() -> None:
         print(f"  chunked loss / plain (compiled): "
               f"{results['compile on + chunked loss'] / on:.2f}x tokens/s")
     reads = host_reads_per_step(args, vocab)
-    print(f"  host reads per step between logged steps (profiler): {reads:.1f}")
+    note = "" if torch.cuda.is_available() else " (on CPU: AdamW's step counters, on the host)"
+    print(f"  host reads per step between logged steps (profiler): {reads:.1f}{note}")
     emit("host reads per step between logged steps", reads, "reads/step", "0 on a GPU", None)
     step_s = args.batch * args.seq / max(results.values())
     for every, share in tracker_share(args, vocab, step_s, module).items():
