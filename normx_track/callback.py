@@ -353,13 +353,18 @@ def vocab_hash(vocab: Sequence[str] | None) -> str | None:
     return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
 
 
+def batch_input_ids(batch: Any) -> Any:
+    """The token ids of a batch: a mapping's ``input_ids`` (else its first value), a
+    sequence's first item, or the batch itself."""
+    if isinstance(batch, Mapping):
+        batch = batch.get("input_ids", next(iter(batch.values())))
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
 def _count_tokens(batch: Any) -> int | torch.Tensor:
     """Tokens in a batch: the attention mask's sum (a tensor, still on the batch's device)
     when given, else the input ids' size."""
-    if isinstance(batch, Mapping):
-        if "attention_mask" in batch:
-            return batch["attention_mask"].sum()
-        batch = batch.get("input_ids", next(iter(batch.values())))
-    if isinstance(batch, (list, tuple)):
-        batch = batch[0]
-    return int(batch.numel()) if isinstance(batch, torch.Tensor) else 0
+    if isinstance(batch, Mapping) and "attention_mask" in batch:
+        return batch["attention_mask"].sum()
+    ids = batch_input_ids(batch)
+    return int(ids.numel()) if isinstance(ids, torch.Tensor) else 0

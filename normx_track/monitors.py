@@ -9,15 +9,17 @@ the device only on the steps that log (`trainer.log_every_n_steps`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
+
+from .callback import batch_input_ids
 
 LOSS_KEY = "train/loss"
 
@@ -33,15 +35,6 @@ class LossProgressBar(TQDMProgressBar):
         if loss is not None:
             metrics[LOSS_KEY] = f"{float(loss):.3f}"
         return metrics
-
-
-def compute_dtype(precision: str) -> torch.dtype:
-    """The dtype the matmuls run in under a Lightning precision setting (for the peak FLOP/s)."""
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
-    return torch.float64 if precision.startswith("64") else torch.float32
 
 
 class LogStepThroughput(L.Callback):
@@ -79,8 +72,9 @@ class LogStepThroughput(L.Callback):
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         device = trainer.strategy.root_device
-        peak = self.available_flops or get_available_flops(device,
-                                                           compute_dtype(str(trainer.precision)))
+        # ThroughputMonitor's own mapping from any precision plugin to the matmuls' dtype
+        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
+        peak = self.available_flops or get_available_flops(device, dtype)
         self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size,
                                       window_size=self.window)
         self._synchronize = torch.cuda.synchronize if device.type == "cuda" else _no_sync
@@ -90,7 +84,7 @@ class LogStepThroughput(L.Callback):
     @override
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        ids = _input_ids(batch)
+        ids = batch_input_ids(batch)
         self._batches += 1
         self._samples += ids.shape[0]
         self._tokens += ids.numel()
@@ -106,12 +100,6 @@ class LogStepThroughput(L.Callback):
         self._unmeasured = 0
         metrics = {f"train/{k}": float(v) for k, v in self._throughput.compute().items()}
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
-
-
-def _input_ids(batch: Any) -> torch.Tensor:
-    if isinstance(batch, Mapping):
-        return batch["input_ids"]
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
 def _no_sync() -> None:

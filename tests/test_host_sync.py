@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 from conftest import tiny_config
+from test_tracker import PlainLM
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from normx_track import NormTracker, compute_gold, monitors
 from normx_track.records import read_metrics
@@ -80,19 +80,6 @@ def test_steps_between_logs_snapshots_and_checkpoints_read_nothing_back(tmp_path
 
 
 # -- the throughput monitor in a plain Lightning script --------------------------------------
-class DictBatchLM(L.LightningModule):
-    def __init__(self, vocab_size: int):
-        super().__init__()
-        self.lm = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=16,
-                                             vocab_size=vocab_size))
-
-    def training_step(self, batch, batch_idx):
-        return self.lm(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def dict_batches(n: int, vocab: int, masked: bool) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     batches = []
@@ -112,7 +99,7 @@ def fit(tmp_path, callbacks, batches, steps: int, log_every: int, ckpt_path=None
                         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
                         enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp_path, callbacks=callbacks)
-    trainer.fit(DictBatchLM(50), torch.utils.data.DataLoader(batches, batch_size=None),
+    trainer.fit(PlainLM(50), torch.utils.data.DataLoader(batches, batch_size=None),
                 ckpt_path=ckpt_path)
     return trainer
 
@@ -174,7 +161,8 @@ def test_tokens_seen_sums_attention_masks_and_reads_them_only_at_snapshots(tmp_p
 
 
 @pytest.mark.parametrize("precision, dtype", [
-    ("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16), ("32-true", torch.float32),
+    ("bf16-mixed", torch.bfloat16), ("16-true", torch.float16), ("32-true", torch.float32),
     ("64-true", torch.float64)])
-def test_compute_dtype_of_precision(precision, dtype):
-    assert monitors.compute_dtype(precision) == dtype
+def test_the_peak_is_looked_up_for_the_dtype_the_matmuls_run_in(precision, dtype):
+    trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False)
+    assert monitors._plugin_to_compute_dtype(trainer.precision_plugin) == dtype

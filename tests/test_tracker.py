@@ -20,7 +20,7 @@ from conftest import TINY, run_train
 from wandb_log import history
 from normx_track import NormTracker, compute_gold
 from normx_track import records
-from normx_track.callback import snapshot_schedule
+from normx_track.callback import batch_input_ids, snapshot_schedule
 from normx_track.gold import GoldStatistics
 from normx_track.records import RecordWriteError, RecordWriter, read_metrics
 
@@ -230,8 +230,9 @@ class PlainLM(L.LightningModule):
                             vocab_size=vocab_size, tie_word_embeddings=tie)
         self.lm = GPT2LMHeadModel(config)
 
-    def training_step(self, batch, batch_idx):
-        return self.lm(input_ids=batch[0], labels=batch[0]).loss
+    def training_step(self, batch, batch_idx):  # TensorDataset lists or dicts of ids
+        ids = batch_input_ids(batch)
+        return self.lm(input_ids=ids, labels=ids).loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
