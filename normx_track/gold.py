@@ -381,26 +381,23 @@ def cache_key(*parts: str | bytes | int) -> str:
 
 
 # ------------------------------------------------------------ labels and lexicons
-def _normalise_token(token: str) -> str:
-    # "Ġ" is GPT-2's byte-level marker for a leading space; "Ċ" (newline) is not a word.
-    return token.replace("\u0120", " ").strip().lower()
-
-
-def function_word_labels(vocab: Sequence[str], function_words: set[str]) -> np.ndarray:
+def function_word_labels(surfaces: Sequence[str], function_words: set[str]) -> np.ndarray:
     """Float [V]: 1.0 function word, 0.0 content word, NaN neither.
 
-    A token is normalised by turning "Ġ" into a space, stripping whitespace and
-    lowercasing. It is labelled 1.0 if the result is in ``function_words`` (compared
-    lowercased), 0.0 if it is alphabetic (``str.isalpha``) and not in the set, and NaN
-    otherwise: punctuation, digits, mixed pieces and special tokens such as
-    ``<|endoftext|>`` say nothing about the function/content contrast. Word-internal
-    pieces without the space marker (e.g. "ing") are alphabetic and count as content;
-    labelling them is left to the caller's vocabulary choice.
+    ``surfaces`` holds each token's text as the tokenizer decodes it alone
+    (:func:`normx_track.data.tokenizer.surface_forms`), not its vocabulary string: GPT-2's
+    byte-level vocabulary spells a newline "Ċ" and a curly quote "âĢĻ", which look
+    alphabetic. A token is stripped of whitespace and lowercased, then labelled 1.0 if it
+    is in ``function_words`` (compared lowercased), 0.0 if it is alphabetic
+    (``str.isalpha``) and not in the set, and NaN otherwise: punctuation, digits,
+    whitespace, partial UTF-8 bytes and special tokens such as ``<|endoftext|>`` say
+    nothing about the function/content contrast. Word-internal pieces (e.g. "ing") are
+    alphabetic and count as content; labelling them is left to the caller's vocabulary.
     """
     lexicon = {w.lower() for w in function_words}
-    labels = np.full(len(vocab), np.nan)
-    for i, token in enumerate(vocab):
-        word = _normalise_token(token)
+    labels = np.full(len(surfaces), np.nan)
+    for i, surface in enumerate(surfaces):
+        word = surface.strip().lower()
         if word in lexicon:
             labels[i] = 1.0
         elif word.isalpha():

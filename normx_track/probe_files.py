@@ -98,7 +98,8 @@ def pair_from_record(record: Any, source: str = "") -> MinimalPair:
             raise ValueError(f"missing field {_REQUIRED[0]!r} (and no sentence_good/"
                              f"sentence_bad either)")
         return MinimalPair("", "", "", (), uid, source, *sentences)
-    prefix, good, bad = one_prefix[0], one_prefix[1].strip(), one_prefix[2].strip()
+    # Edge spaces would become tokens of their own (a bare "Ġ" read as position t).
+    prefix, good, bad = (text.strip() for text in one_prefix)
     if not prefix.split():
         raise ValueError("empty prefix (one_prefix_prefix)")
     for key, word in (("one_prefix_word_good", good), ("one_prefix_word_bad", bad)):

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from .callback import NormTracker
 from .config import Config, TrackerConfig, to_dict
 from .data.datamodule import TextDataModule
+from .data.tokenizer import surface_forms
 from .gold import GoldStatistics, cache_key, compute_gold, function_word_labels, load_lexicon
 from .blimp import is_blimp_spec, load_blimp
 from .evidence import EvidenceProbe
@@ -87,11 +88,11 @@ def probes_for_record(meta: dict) -> list:
 def build_tracker(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> NormTracker:
     t = cfg.tracker
     gold = cached_gold(datamodule, cfg)
-    vocab = datamodule.vocab()
     function_words = resolve_function_words(t.function_words, datamodule.function_words())
     if function_words:
-        gold.function_word = function_word_labels(vocab, function_words)
-    return NormTracker(gold, vocab, out_dir=out_dir, every_n_steps=t.every_n_steps,
+        gold.function_word = function_word_labels(surface_forms(datamodule.tokenizer),
+                                                  function_words)
+    return NormTracker(gold, datamodule.vocab(), out_dir=out_dir, every_n_steps=t.every_n_steps,
                        log_spaced=t.log_spaced, on_checkpoint=t.on_checkpoint,
                        on_train_end=t.on_train_end, min_count=t.min_count,
                        signals=lexicon_signals(t.lexicons, datamodule),

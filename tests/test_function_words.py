@@ -7,9 +7,13 @@ import math
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, decoders
+from tokenizers.models import WordLevel
+from transformers import PreTrainedTokenizerFast
 
 from conftest import TINY, run_train
 from normx_track.function_words import ENGLISH, FunctionWordsError, resolve_function_words
+from normx_track.data.tokenizer import surface_forms, train_bpe
 from normx_track.gold import function_word_labels
 
 
@@ -41,12 +45,27 @@ def test_unreadable_lists_name_the_file_and_the_key(tmp_path, content):
         resolve_function_words(str(path), None)
 
 
-def test_gpt2_style_tokens_are_labelled_from_the_english_list():
-    vocab = ["Ġthe", "Ġcat", "the", "Ġof", "ing", ".", "<|endoftext|>", "ĠBetween"]
-    labels = function_word_labels(vocab, ENGLISH)
-    assert labels[[0, 2, 3, 7]].tolist() == [1.0] * 4
-    assert labels[[1, 4]].tolist() == [0.0, 0.0]
-    assert np.isnan(labels[[5, 6]]).all()
+def test_byte_level_tokens_are_labelled_by_their_decoded_text(tmp_path):
+    # GPT-2's byte-level vocabulary spells a newline "Ċ" and "’" as "âĢĻ": both look
+    # alphabetic as vocabulary strings, and neither is a word.
+    text = "the cat sat on the mat\nit’s between the dog and a cat\t\u2014 ok 1990"
+    tokenizer = train_bpe([text] * 200, vocab_size=400, directory=tmp_path)
+    labels = function_word_labels(surface_forms(tokenizer), ENGLISH)
+    by_token = {t: labels[i] for t, i in tokenizer.get_vocab().items()}
+    assert [by_token[t] for t in ("Ġthe", "the", "Ġbetween", "Ġand")] == [1.0] * 4
+    assert [by_token[t] for t in ("Ġcat", "Ġmat", "Ġdog")] == [0.0] * 3
+    for token in ("Ċ", "ĉ", "âĢĻ", "âĢĶ", "Ġ1990", ".", "<|endoftext|>"):
+        if token in by_token:
+            assert np.isnan(by_token[token]), token
+    assert np.isnan(by_token["Ċ"]) and np.isnan(by_token["âĢĻ"])
+
+
+def test_sentencepiece_tokens_are_labelled_by_their_decoded_text():
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(
+        {"▁the": 0, "▁cat": 1, "▁of": 2, "<0x0A>": 3, "ing": 4, "<unk>": 5}, unk_token="<unk>")))
+    tokenizer.backend_tokenizer.decoder = decoders.Metaspace()
+    labels = function_word_labels(surface_forms(tokenizer), ENGLISH)
+    np.testing.assert_array_equal(labels, [1.0, 0.0, 1.0, np.nan, 0.0, np.nan])
 
 
 def test_a_run_on_english_text_files_gets_a_function_word_curve(cache_dir, tmp_path):

@@ -197,10 +197,11 @@ def test_cache_key_stable_and_unambiguous():
 
 # ----------------------------------------------------------- labels, lexicons
 def test_function_word_labels():
-    vocab = ["\u0120the", "The", "\u0120cat", "ing", ",", "<|endoftext|>", "\u0120", "\u01201990",
-             " Of "]
-    labels = function_word_labels(vocab, {"the", "of"})
-    np.testing.assert_array_equal(labels, [1, 1, 0, 0, np.nan, np.nan, np.nan, np.nan, 1])
+    surfaces = [" the", "The", " cat", "ing", ",", "<|endoftext|>", " ", " 1990", " Of ", "\n",
+                "\u2019", "\ufffd", "\u010a"]
+    labels = function_word_labels(surfaces, {"the", "of"})
+    np.testing.assert_array_equal(
+        labels, [1, 1, 0, 0, np.nan, np.nan, np.nan, np.nan, 1, np.nan, np.nan, np.nan, 0])
 
 
 WORDS = {" cat": [7], "cat": [7], " dog": [3], " big": [9], "big": [9], " unbelievable": [4, 5],

@@ -130,6 +130,17 @@ def test_probe_file_loads_cues_plain_blimp_lines_and_synthetic_probes(tmp_path):
     assert len(synthetic) == 10 and all(len(p.cue_word_indices) == 1 for p in synthetic)
 
 
+def test_spaces_around_a_prefix_do_not_become_positions(tmp_path, tok):
+    spaced = json.dumps({"one_prefix_prefix": "  The keys to the cabinet ",
+                         "one_prefix_word_good": "are", "one_prefix_word_bad": "is",
+                         "cue_word_indices": [1]})
+    pairs = load_probe_file(write_lines(tmp_path / "p.jsonl", [GOOD_LINE, spaced]))
+    assert pairs[1].prefix == "The keys to the cabinet"
+    enc = encode_pairs(pairs, tok)
+    assert torch.equal(enc.input_ids[0], enc.input_ids[1])
+    assert enc.last.tolist() == [len(ids_of(tok, "The keys to the cabinet")) - 1] * 2
+
+
 # --------------------------------------------------------------------------- encoding
 def test_split_cue_word_marks_all_its_pieces(tok):
     pieces = ids_of(tok, " " + RARE)
