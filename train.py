@@ -10,6 +10,7 @@ This file is the only Hydra glue: configs become the plain dataclasses of
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -20,13 +21,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from normx_track.config import Config, validate
 from normx_track.errors import InputError
+from normx_track.records import aside_name
 
 ConfigStore.instance().store(name="config_schema", node=Config)
-# A resumed run writes its Hydra job files beside the first run's, never over them, so
-# .hydra/overrides.yaml keeps saying what the run was started with.
-OmegaConf.register_new_resolver(
-    "normx_job_files", lambda ckpt_path, now: ".hydra" if ckpt_path in (None, "None", "null")
-    else f".hydra/resume-{now}", replace=True)
+
+
+@functools.lru_cache(maxsize=None)  # decided once a job: Hydra reads the key again later
+def job_files_dir(ckpt_path: str | None, now: str, run_dir: str) -> str:
+    """Where Hydra writes this job's files, relative to the run folder. A resumed run, or a
+    fresh one in a folder that already holds a run, writes them beside the first run's,
+    never over them: .hydra/overrides.yaml keeps saying what the run was started with."""
+    if ckpt_path not in (None, "None", "null"):
+        return f".hydra/resume-{now}"
+    if (Path(run_dir) / ".hydra" / "config.yaml").exists():
+        return f".hydra/rerun-{now}"
+    return ".hydra"
+
+
+OmegaConf.register_new_resolver("normx_job_files", job_files_dir, replace=True)
 
 USAGE_ERROR = 2  # bad input: one line on stderr, no traceback
 
@@ -50,21 +62,42 @@ def user_facing(err: BaseException, kinds: tuple[type, ...]) -> BaseException | 
 
 
 def job_files() -> list[Path]:
-    """This job's Hydra config file (for W&B), where Hydra saved one."""
+    """This job's Hydra config file (for W&B), where Hydra saved one. A fresh run in a
+    folder that held another (its files went to .hydra/rerun-<time>) takes over .hydra/:
+    the earlier run's files move to .hydra.replaced-<time>, as its record and checkpoints
+    do, so the folder's job files always describe the run its record holds."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.output_subdir is None:
         return []
-    return [Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml"]
+    run_dir, subdir = Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.output_subdir)
+    if subdir.parent == Path(".hydra") and subdir.name.startswith("rerun-"):
+        hydra_dir = run_dir / ".hydra"
+        aside = aside_name(hydra_dir, "replaced")
+        aside.mkdir()
+        for earlier in hydra_dir.iterdir():
+            if earlier.name != subdir.name:
+                earlier.rename(aside / earlier.name)
+        for mine in (run_dir / subdir).iterdir():
+            mine.rename(hydra_dir / mine.name)
+        (run_dir / subdir).rmdir()
+        subdir = Path(".hydra")
+    return [run_dir / subdir / "config.yaml"]
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(dict_cfg: DictConfig) -> float | None:
-    from normx_track.records import RecordLockedError, RecordWriteError
+    from normx_track.records import RecordLock, RecordLockedError, RecordWriteError
 
     try:
         cfg = validate(OmegaConf.to_object(dict_cfg))
+        from lightning.pytorch.utilities import rank_zero_only
+
+        files: list[Path] = []
+        if rank_zero_only.rank == 0:  # (other DDP ranks' job files go to .pl_hydra_rank_N)
+            RecordLock.check_free(cfg.output_dir)  # a live run's folder: refuse, touch nothing
+            files = job_files()
         from normx_track.run import run  # heavy imports after validation: errors come fast
-        return run(cfg, config_files=job_files())
+        return run(cfg, config_files=files)
     except Exception as err:
         cause = user_facing(err, (InputError, RecordLockedError, RecordWriteError))
         if cause is None:

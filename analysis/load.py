@@ -1,7 +1,7 @@
 """Runs and Hydra multiruns, read from their durable records (DESIGN.md, "The durable
 record") into pandas DataFrames: one row per (run, step).
 
-Reading is tolerant: a damaged record is read up to the damage, and every problem is both
+Reading is tolerant: damaged lines and snapshots are skipped, and every problem is both
 warned about (a `RecordWarning` naming the file) and kept in `Run.problems`, so the
 command-line tools and the HTML report can say what is missing instead of leaving silent
 gaps. The record readers themselves are `normx_track.records`'.
@@ -29,7 +29,7 @@ MAX_JOB_DEPTH = 3  # how deep below a multirun dir job dirs are looked for
 
 
 class RecordWarning(UserWarning):
-    """A record file is damaged or missing; it was read up to the damage or skipped."""
+    """A record file, or a line of one, is damaged or missing; it was skipped."""
 
 
 class NoRecordError(FileNotFoundError):

@@ -200,7 +200,7 @@ def problems_html(problems: Sequence[str]) -> str:
         return ""
     items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
     return (f"<div class='problems' id='problems'><b>{len(problems)} record problem(s)</b> — "
-            f"the record was read up to the damage:<ul>{items}</ul></div>")
+            f"damaged parts of the record were skipped:<ul>{items}</ul></div>")
 
 
 def page(title: str, body: str) -> str:

@@ -140,6 +140,17 @@ class NormTracker(L.Callback):
             self.writer.truncate_after(self.last_step)
         if trainer.global_step == 0 and self.last_step < 0:
             self._snapshot(trainer, pl_module)
+        elif trainer.strategy.broadcast(self._checkpoint_row_lost(trainer), src=0):
+            # The weights are the checkpoint's, so the row can be measured again.
+            log.warning("%s: no row for step %d, the checkpoint's (a damaged line?); "
+                        "recording it again", self.writer.metrics_path, self.last_step)
+            self._snapshot(trainer, pl_module)
+
+    def _checkpoint_row_lost(self, trainer: L.Trainer) -> bool:
+        """Resumed from a checkpoint whose own step the tracker recorded (its state says
+        so), yet the record has no row for it (rank zero knows)."""
+        return (self.writer is not None and self.last_step == trainer.global_step > 0
+                and self.last_step not in self.writer.steps())
 
     def _open_record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run_dir = Path(self.out_dir or trainer.default_root_dir)
@@ -156,14 +167,38 @@ class NormTracker(L.Callback):
         self.writer.write_meta(meta)
         if self.vocab is not None:
             self.writer.write_vocab(self.vocab)
+        if self.last_step >= 0:
+            self._keep_earlier_gold()
         self.gold.save(self.writer.dir / "gold.npz")
+
+    def _keep_earlier_gold(self) -> None:
+        """A resumed run with other gold (other statistics settings) keeps the gold its
+        earlier rows were measured against, as gold.until_step_XXXXXXXX.npz."""
+        path = self.writer.dir / "gold.npz"
+        if not path.exists():
+            return
+        try:
+            same = GoldStatistics.load(path).same_as(self.gold)
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("%s: unreadable (%s); kept beside the new one", path, err)
+            same = False
+        if not same:
+            kept = path.with_name(f"gold.until_step_{self.last_step:08d}.npz")
+            path.replace(kept)
+            log.warning("%s: the resumed run's gold statistics differ; the earlier rows' "
+                        "gold is kept as %s", path, kept.name)
 
     def _resumed_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         """The record continues: keep its history, and say which tracker settings the
         resumed run changed (the rows before and after were taken under different ones)."""
         before = read_json(self.writer.dir, "meta.json") or {}
-        changed = {k: [before.get("tracker", {}).get(k), v] for k, v in meta["tracker"].items()
-                   if k in before.get("tracker", {}) and before["tracker"][k] != v}
+        changed = {}
+        for part in ("tracker", "gold_settings"):
+            earlier = before.get(part, {})
+            changed.update({k: [earlier[k], v] for k, v in meta[part].items()
+                            if k in earlier and earlier[k] != v})
+        if "gold" in before and before["gold"] != meta["gold"]:
+            changed["gold"] = [before["gold"], meta["gold"]]
         if changed:
             log.warning("%s: resumed at step %d with changed tracker settings %s; the record "
                         "continues (both settings are in meta.json)", self.writer.dir,

@@ -313,6 +313,14 @@ class GoldStatistics:
         """Names of the signals present (``counts`` included)."""
         return [s for s in SIGNALS if getattr(self, s) is not None]
 
+    def same_as(self, other: "GoldStatistics") -> bool:
+        """The same signals, settings and values (NaN equal to NaN)."""
+        return (self.names() == other.names()
+                and (self.window, self.n_tokens, self.seed) == (other.window, other.n_tokens,
+                                                                 other.seed)
+                and all(np.array_equal(getattr(self, s), getattr(other, s), equal_nan=True)
+                        for s in self.names()))
+
     def save(self, path: str | os.PathLike) -> None:
         """Write an .npz atomically: temp file in the same directory, then os.replace."""
         arrays = {s: getattr(self, s) for s in self.names()}

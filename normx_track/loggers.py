@@ -7,6 +7,7 @@ import logging
 import netrc
 from collections import deque
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -14,6 +15,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from .atomic import atomic_open
 from .config import LoggerConfig
 
 log = logging.getLogger(__name__)
@@ -35,9 +37,10 @@ def wandb_mode(cfg: LoggerConfig) -> str:
 
 
 def build_loggers(cfg: LoggerConfig, save_dir: str | Path, config: dict[str, Any],
-                  files: list[Path] = ()) -> list[Logger]:
+                  files: list[Path] = (), resume: bool = False) -> list[Logger]:
     """The configured logger (plus its fallback); `config` is logged as hyperparameters and
-    `files` (e.g. Hydra's config.yaml) are uploaded with the W&B run."""
+    `files` (e.g. Hydra's config.yaml) are uploaded with the W&B run. `resume`: a run
+    resumed from a checkpoint continues the W&B run this folder started."""
     save_dir = str(save_dir)
     if cfg.kind == "none":
         return []
@@ -47,7 +50,7 @@ def build_loggers(cfg: LoggerConfig, save_dir: str | Path, config: dict[str, Any
         logger = TensorBoardLogger(save_dir, name="tensorboard")
     else:
         try:
-            logger = _start_wandb(cfg, save_dir, config, files)
+            logger = _start_wandb(cfg, save_dir, config, files, resume)
         except Exception as err:  # network, auth, disk: none of them should stop training
             log.warning("W&B could not start (%s); logging to CSV under %s/csv instead", err, save_dir)
             logger = CSVLogger(save_dir, name="csv")
@@ -157,14 +160,30 @@ class ResilientWandbLogger(WandbLogger):
             self.fallback.finalize(status)
 
 
+def wandb_run_id(save_dir: str | Path, resume: bool) -> str:
+    """The W&B run id of the run in `save_dir`: the one it started with when resuming (kept
+    in ``wandb/normx-run-id``), so the W&B run continues (offline, `wandb sync` uploads its
+    pieces into one run, in order); a new one for a fresh run."""
+    path = Path(save_dir) / "wandb" / "normx-run-id"
+    if resume and path.exists():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)  # W&B's own ids are 8 characters of [a-z0-9] too
+    if rank_zero_only.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "w") as handle:
+            handle.write(run_id)
+    return run_id
+
+
 def _start_wandb(cfg: LoggerConfig, save_dir: str, config: dict[str, Any],
-                 files: list[Path]) -> WandbLogger:
+                 files: list[Path], resume: bool) -> WandbLogger:
     import wandb
 
     settings = wandb.Settings(finish_timeout=cfg.finish_timeout_s, finish_timeout_raises=True)
     logger = ResilientWandbLogger(project=cfg.project, entity=cfg.entity, group=cfg.group,
                                   tags=list(cfg.tags), name=cfg.name, save_dir=save_dir,
-                                  mode=wandb_mode(cfg), settings=settings)
+                                  mode=wandb_mode(cfg), settings=settings,
+                                  id=wandb_run_id(save_dir, resume))  # resume="allow"
     run = logger.experiment  # starts the run now, so failures surface here
     for path in files:
         if Path(path).exists() and hasattr(run, "save"):

@@ -10,9 +10,11 @@ back as NaN.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
+import shutil
 import socket
 import time
 import warnings
@@ -26,8 +28,9 @@ import numpy as np
 from .atomic import RecordWriteError, atomic_open, atomic_save_npz, atomic_write_json
 
 __all__ = ["RecordLock", "RecordLockedError", "RecordWriteError", "RecordWriter", "list_snapshots",
-           "load_snapshot", "read_json", "read_metrics", "record_dir", "set_aside"]
+           "load_snapshot", "read_json", "read_metrics", "record_dir", "set_aside", "aside_name"]
 
+log = logging.getLogger(__name__)
 RECORD_DIR = "normx"
 _SNAPSHOT = re.compile(r"step_(\d{8,})\.npz$")
 
@@ -38,16 +41,29 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def set_aside(run_dir: str | Path) -> Path | None:
-    """Rename `<run_dir>/normx` to `normx.replaced-<time>` if it holds anything, so a fresh
-    run in the same folder cannot overwrite it; returns the new path (None: nothing there)."""
-    record = Path(run_dir) / RECORD_DIR
+def aside_name(path: Path, label: str) -> Path:
+    """`<path>.<label>-<time>` (with ~N added if taken)."""
+    base = f"{path.name}.{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = path.with_name(base), 1
+    while target.exists():
+        target, n = path.with_name(f"{base}~{n}"), n + 1
+    return target
+
+
+def _copy_aside(path: Path, label: str) -> Path:
+    target = aside_name(path, label)
+    shutil.copy2(path, target)
+    return target
+
+
+def set_aside(run_dir: str | Path, name: str = RECORD_DIR) -> Path | None:
+    """Rename `<run_dir>/<name>` (the record, by default) to `<name>.replaced-<time>` if it
+    holds anything, so a fresh run in the same folder cannot overwrite it, nor be mixed
+    with it; returns the new path (None: nothing there)."""
+    record = Path(run_dir) / name
     if not record.is_dir() or not any(record.iterdir()):
         return None
-    base = f"{RECORD_DIR}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-    target, n = record.with_name(base), 1
-    while target.exists():
-        target, n = record.with_name(f"{base}~{n}"), n + 1
+    target = aside_name(record, "replaced")
     record.rename(target)
     return target
 
@@ -79,11 +95,7 @@ class RecordLock:
                 if owner.get("host") == me["host"] and owner.get("pid") == me["pid"]:
                     return cls(path)  # this process already holds it (a second fit)
                 if not _stale(owner, me["host"]):
-                    raise RecordLockedError(
-                        f"{path.parent / RECORD_DIR}: the record is in use by pid "
-                        f"{owner.get('pid')} on {owner.get('host')} (since "
-                        f"{owner.get('started')}); wait for that run, or delete {path} if it "
-                        f"is gone") from None
+                    raise _locked(path, owner) from None
                 warnings.warn(f"{path}: taking over the lock of pid {owner.get('pid')}, "
                               "which is no longer running", stacklevel=2)
                 path.unlink(missing_ok=True)
@@ -95,6 +107,26 @@ class RecordLock:
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def check_free(run_dir: str | Path) -> None:
+        """Raise `RecordLockedError` if another live run holds the record, without taking
+        the lock: for a launcher to refuse before it touches anything in the folder."""
+        path = Path(run_dir) / f"{RECORD_DIR}.lock"
+        if not path.exists():
+            return
+        owner = _read_lock(path)
+        if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+            return
+        if not _stale(owner, socket.gethostname()):
+            raise _locked(path, owner)
+
+
+def _locked(path: Path, owner: dict[str, Any]) -> RecordLockedError:
+    return RecordLockedError(
+        f"{path.parent / RECORD_DIR}: the record is in use by pid {owner.get('pid')} on "
+        f"{owner.get('host')} (since {owner.get('started')}); wait for that run, or delete "
+        f"{path} if it is gone")
 
 
 def _read_lock(path: Path) -> dict[str, Any]:
@@ -134,7 +166,12 @@ class RecordWriter:
         self.dir = Path(run_dir) / RECORD_DIR
         (self.dir / "snapshots").mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
-        self._rows = [(int(r["step"]), _line(r)) for r in read_metrics(self.dir.parent)]
+        rows, skipped = _read_metrics(self.metrics_path, warn=True)
+        if skipped:  # the next append rewrites the file without them: keep it as it was
+            kept = _copy_aside(self.metrics_path, "damaged")
+            log.warning("%s: lines %s skipped; the file as found is kept as %s",
+                        self.metrics_path, skipped, kept)
+        self._rows = [(int(r["step"]), _line(r)) for r in rows]
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_json(self.dir / "meta.json", meta)
@@ -174,7 +211,7 @@ class RecordWriter:
             handle.write("".join(line + "\n" for _, line in rows))
 
 
-# -- reading (tolerant: a damaged record is read up to the damage, with a warning) ---------
+# -- reading (tolerant: damaged parts are skipped with a warning naming them) -----------
 def record_dir(run_dir: str | Path) -> Path:
     """`<run_dir>/normx`, or `run_dir` itself when it is a record (e.g. one set aside)."""
     run_dir = Path(run_dir)
@@ -184,24 +221,36 @@ def record_dir(run_dir: str | Path) -> Path:
 
 
 def read_metrics(run_dir: str | Path, warn: bool = True) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl in order, nulls as NaN; stops at the first damaged line."""
-    path = record_dir(run_dir) / "metrics.jsonl"
+    """Rows of metrics.jsonl in order, nulls as NaN. A damaged line (cut off by a kill,
+    garbled on disk) or one whose step is not after the row before is skipped with a
+    warning naming the file and line; the intact rows around it are kept."""
+    return _read_metrics(record_dir(run_dir) / "metrics.jsonl", warn)[0]
+
+
+def _read_metrics(path: Path, warn: bool) -> tuple[list[dict[str, Any]], list[int]]:
+    """The intact rows and the numbers of the lines skipped."""
     if not path.exists():
-        return []
+        return [], []
     rows: list[dict[str, Any]] = []
+    skipped: list[int] = []
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if not raw.strip():
             continue
         try:
             row = json.loads(raw)  # bytes: invalid UTF-8 is a damaged line like any other
-            int(row["step"])
+            step = int(row["step"])
         except (ValueError, KeyError, TypeError):
-            if warn:
-                warnings.warn(f"{path}:{number}: damaged line; read the {len(rows)} rows "
-                              "before it and ignored the rest", stacklevel=2)
-            break
-        rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
-    return rows
+            reason = "damaged line"
+        else:
+            if not rows or step > rows[-1]["step"]:
+                rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
+                continue
+            reason = f"step {step} is not after step {rows[-1]['step']}"
+        skipped.append(number)
+        if warn:
+            warnings.warn(f"{path}:{number}: {reason}; skipped it and kept the rows around it",
+                          stacklevel=3)
+    return rows, skipped
 
 
 def list_snapshots(run_dir: str | Path) -> dict[int, Path]:

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
+from lightning.pytorch.utilities import rank_zero_only
 
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpoints import CheckpointError, read_lightning_checkpoint
@@ -17,6 +18,7 @@ from .data.datamodule import TextDataModule
 from .loggers import ResilientWandbLogger, build_loggers, finish_loggers
 from .model import LanguageModel, flops_per_token
 from .monitors import LogStepThroughput, LossProgressBar
+from .records import set_aside
 
 log = logging.getLogger(__name__)
 _THROUGHPUT_WINDOW_STEPS = 100  # rates over about the last 100 steps, as ThroughputMonitor's
@@ -30,7 +32,10 @@ def build_callbacks(cfg: Config, datamodule: TextDataModule, out: Path,
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=out / "checkpoints", filename="step_{step:08d}",
                         every_n_train_steps=t.checkpoint_every_n_steps,
-                        save_top_k=-1, save_last=True, auto_insert_metric_name=False),
+                        save_top_k=-1, save_last=True, auto_insert_metric_name=False,
+                        # "last" is always last.ckpt (what ckpt_path=last reads), also when
+                        # the run folder was moved and Lightning no longer knows the file.
+                        enable_version_counter=False),
         LogStepThroughput(flops_per_batch,
                           window=max(2, _THROUGHPUT_WINDOW_STEPS // t.log_every_n_steps)),
         LossProgressBar(refresh_rate=t.log_every_n_steps),
@@ -119,6 +124,12 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
         torch.set_float32_matmul_precision("high")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if ckpt_path is None and rank_zero_only.rank == 0:
+        # A fresh run in a used folder: `ckpt_path=last` must never find the earlier run's
+        # checkpoint (the tracker sets the earlier record aside likewise).
+        moved = set_aside(out, "checkpoints")
+        if moved is not None:
+            log.warning("%s held another run's checkpoints; moved them to %s", out, moved)
     datamodule = TextDataModule(cfg.data, seed=cfg.seed, on_gpu=on_gpu)
     datamodule.prepare_data()
     datamodule.setup()
@@ -131,7 +142,8 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     tokens_per_batch = cfg.data.batch_size * cfg.data.block_size
     flops_per_batch = tokens_per_batch * flops_per_token(n_params, cfg.model.n_layer,
                                                          cfg.model.n_embd, cfg.data.block_size)
-    loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=list(config_files))
+    loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=list(config_files),
+                            resume=ckpt_path is not None)
     for logger in loggers:  # the bar the loss must clear: a unigram model's loss
         logger.log_metrics({"data/unigram_entropy": datamodule.unigram_entropy()}, step=0)
     callbacks = build_callbacks(cfg, datamodule, out, flops_per_batch)

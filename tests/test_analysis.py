@@ -1,6 +1,6 @@
 """The analysis tools (analysis/): figures plot the record's numbers, the sweep table equals
 an independent computation from the runs' metrics.jsonl, the HTML report renders offline in
-headless Chromium, and a damaged record is read up to the damage with a warning."""
+headless Chromium, and a damaged record is read around the damage with a warning."""
 from __future__ import annotations
 
 import json
