@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -22,7 +23,7 @@ from normx_track import records
 from normx_track.callback import NormTracker, tracker_state
 from normx_track.checkpoint_io import AtomicCheckpointIO
 from normx_track.config import Config, ConfigError, TrackerConfig, validate
-from normx_track.gold import compute_gold
+from normx_track.gold import GoldStatistics, compute_gold
 from normx_track.records import RecordLock, RecordLockedError, RecordWriteError, read_metrics
 
 QUICK = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=1",
@@ -208,6 +209,31 @@ def test_resume_without_repeating_an_override_continues_the_same_record(cache_di
     assert list((run / ".hydra").glob("resume-*/overrides.yaml"))
 
 
+def test_a_moved_run_resumes_into_one_wandb_run_and_keeps_the_earlier_gold(tiny_run, cache_dir,
+                                                                          tmp_path):
+    """The run folder was moved, then resumed (`ckpt_path=last`) with another
+    co-occurrence window: last.ckpt keeps its name, the W&B run goes on under its id, and
+    the gold the first rows were measured against is kept, the change named."""
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run, moved)
+    proc = run_train(cache_dir, *TINY, "trainer.max_steps=12", "tracker.window=3",
+                     "ckpt_path=last", f"hydra.run.dir={moved}")
+    checkpoints = moved / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 12
+    assert not list(checkpoints.glob("*-v*.ckpt"))  # Lightning's "last-v1" when it forgot
+    run_id = (moved / "wandb" / "normx-run-id").read_text()
+    pieces = sorted((moved / "wandb").glob("offline-run-*"))
+    assert len(pieces) == 2 and all(p.name.endswith(f"-{run_id}") for p in pieces)
+    meta = json.loads((moved / "normx" / "meta.json").read_text())
+    assert meta["resumed"] == [{"at_step": 8, "changed": {"window": [5, 3]}}]
+    assert "window: 5 -> 3" in proc.stdout + proc.stderr
+    earlier = GoldStatistics.load(moved / "normx" / "gold.until_step_00000008.npz")
+    assert earlier.same_as(GoldStatistics.load(tiny_run / "normx" / "gold.npz"))
+    now = GoldStatistics.load(moved / "normx" / "gold.npz")
+    assert now.window == 3 and not now.same_as(earlier)
+    assert [r["step"] for r in read_metrics(moved)] == [0, 1, 2, 4, 8, 12]
+
+
 def test_a_failed_resume_leaves_the_job_files_and_the_sweep_grouping_alone(tiny_run, cache_dir,
                                                                           tmp_path):
     from analysis.load import load_sweep
@@ -271,14 +297,18 @@ def test_two_runs_started_into_one_folder(cache_dir, tmp_path):
         time.sleep(0.2)
     assert (run / "normx.lock").exists(), "the first run never took the lock"
     first.send_signal(signal.SIGSTOP)  # paused mid-run: it holds the folder, deterministically
+    job_files = {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")}
     try:
-        second = run_train(cache_dir, *QUICK, f"hydra.run.dir={run}", check=False)
+        second = run_train(cache_dir, *QUICK, "seed=7", f"hydra.run.dir={run}", check=False)
     finally:
         first.send_signal(signal.SIGCONT)
     first.communicate(timeout=300)
     assert first.returncode == 0
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"in use by pid {first.pid}" in second.stderr and str(run / "normx") in second.stderr
+    # Refused before it changed anything: the first run's job files still describe it.
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")} == job_files
+    assert not list(run.glob("*.replaced-*"))
     assert [r["step"] for r in read_metrics(run)][-1] == 60
     assert not list(run.glob("normx.replaced-*")) and not (run / "normx.lock").exists()
 

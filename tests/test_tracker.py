@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -137,6 +138,18 @@ def test_fresh_run_in_a_used_folder_sets_the_old_record_aside(tiny_run, cache_di
     assert sorted(records.list_snapshots(aside)) == [0, 1, 2, 4, 8]
     assert_rows_close(read_metrics(aside), rows_of(tiny_run))
     assert [r["step"] for r in rows_of(used)] == [0, 1, 2]  # the new run, alone
+    # Its checkpoints and job files went aside with it: `ckpt_path=last` cannot pick up the
+    # old run's last.ckpt, and .hydra/ says what the record in normx/ ran with.
+    (old_checkpoints,) = used.glob("checkpoints.replaced-*")
+    assert sorted(p.name for p in old_checkpoints.iterdir()) == sorted(
+        p.name for p in (tiny_run / "checkpoints").iterdir())
+    assert torch.load(used / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    (old_job,) = used.glob(".hydra.replaced-*")
+    assert (old_job / "overrides.yaml").read_text() == (
+        tiny_run / ".hydra" / "overrides.yaml").read_text()
+    assert "trainer.max_steps=2" in (used / ".hydra" / "overrides.yaml").read_text()
+    assert sorted(p.name for p in (used / ".hydra").iterdir()) == [
+        "config.yaml", "hydra.yaml", "overrides.yaml"]
 
 
 @pytest.mark.timeout(300)
@@ -290,6 +303,57 @@ def test_disk_full_mid_training_stops_with_the_file_named_and_keeps_the_record(
     assert all(records.load_snapshot(path)["input_norm"].shape == (50,)
                for path in snapshots.values())
     assert not list((tmp_path / "normx").rglob("*.tmp")), "temp files were left behind"
+
+
+def test_a_resume_measures_again_the_checkpoints_row_lost_to_a_damaged_line(tmp_path):
+    """The row of the step a run resumes from is cut off (a kill mid-line, say): the weights
+    are the checkpoint's, so the resumed run records it again, equal to the lost one."""
+    _, ids = plain_data(50)
+    gold = compute_gold([d.numpy() for d in ids], 50, shuffle_correction=False)
+    loader, _ = plain_data(50)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4,
+                                  save_top_k=-1, filename="{step}")
+    trainer = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[NormTracker(gold, every_n_steps=4, min_count=1), checkpoints])
+    trainer.fit(PlainLM(50), loader)
+    whole = read_metrics(tmp_path)
+    assert [r["step"] for r in whole] == [0, 1, 2, 4]
+    metrics = tmp_path / "normx" / "metrics.jsonl"
+    cut = metrics.read_bytes()
+    cut = cut[: cut.rindex(b"\n", 0, -1) + 20]  # step 4's row, cut off
+    metrics.write_bytes(cut)
+    trainer = L.Trainer(max_steps=6, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[NormTracker(gold, every_n_steps=4, min_count=1)])
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl:4: damaged line"):
+        trainer.fit(PlainLM(50), loader, ckpt_path=str(tmp_path / "ckpt" / "step=4.ckpt"))
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2, 4, 6]
+    assert_rows_close(rows[3:4], whole[3:4])
+    (kept,) = (tmp_path / "normx").glob("metrics.jsonl.damaged-*")
+    assert kept.read_bytes() == cut
+
+
+def test_a_garbled_line_costs_that_row_alone(tmp_path):
+    writer = RecordWriter(tmp_path)
+    for step in range(5):
+        writer.append_metrics({"step": step, "normx/x": float(step)})
+    lines = writer.metrics_path.read_bytes().splitlines(keepends=True)
+    lines[2] = b'{"step": 2, "nor\xff\n'
+    lines.insert(4, b'{"step": 1, "normx/x": 9.0}\n')  # out of order: skipped as well
+    writer.metrics_path.write_bytes(b"".join(lines))
+    with pytest.warns(UserWarning) as caught:
+        assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 3, 4]
+    messages = [str(w.message) for w in caught]
+    assert any("metrics.jsonl:3: damaged line" in m for m in messages)
+    assert any("metrics.jsonl:5: step 1 is not after step 3" in m for m in messages)
+    with pytest.warns(UserWarning):
+        resumed = RecordWriter(tmp_path)
+    resumed.append_metrics({"step": 5, "normx/x": 5.0})
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 3, 4, 5]
+    (kept,) = tmp_path.glob("normx/metrics.jsonl.damaged-*")
+    assert kept.read_bytes() == b"".join(lines)  # the file as found, for whoever wants it
 
 
 class DashboardDownLogger(CSVLogger):
