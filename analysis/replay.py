@@ -92,6 +92,33 @@ def _settings(args: argparse.Namespace) -> tuple[GoldStatistics, list[str] | Non
                                                "gold": gold.names()}
 
 
+def check_vocabulary(loaded: list[LoadedModel], gold: GoldStatistics, meta: dict) -> None:
+    """Refuse models whose vocabulary is not the gold's: a model with fewer embedding rows,
+    or other rows or another tokenizer than the run given by --like (a checkpoint of one of
+    our runs says its tokenizer through its run's meta.json)."""
+    rows_expected = meta.get("embedding_rows")
+    for item in loaded:
+        rows = int(item.model.get_input_embeddings().weight.shape[0])
+        if rows < gold.vocab_size or (rows_expected is not None and rows != rows_expected):
+            sys.exit(f"replay: {item.source}: the model has {rows} embedding rows but the gold "
+                     f"statistics cover {gold.vocab_size} token types"
+                     + (f" (the --like run's model had {rows_expected})" if rows_expected
+                        else "") + ": another tokenizer's model?")
+        own = _checkpoint_run_meta(item.source)
+        if own and meta.get("vocab_hash") and own.get("vocab_hash") not in (None,
+                                                                            meta["vocab_hash"]):
+            sys.exit(f"replay: {item.source}: its run used another tokenizer than the "
+                     f"--like run (vocab_hash differs)")
+
+
+def _checkpoint_run_meta(source: str) -> dict | None:
+    path = Path(source)
+    if path.suffix != ".ckpt" or path.parent.name != "checkpoints":
+        return None
+    meta = path.parent.parent / "normx" / "meta.json"
+    return read_json(meta.parent, "meta.json") if meta.exists() else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m analysis.replay",
                                      description=__doc__.split("\n\n")[0])
@@ -103,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-count", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True, help="run dir to write normx/ into")
     args = parser.parse_args(argv)
-    gold, vocab, min_count, meta = _settings(args)
+    try:
+        gold, vocab, min_count, meta = _settings(args)
+    except (OSError, ValueError, KeyError) as err:
+        sys.exit(f"replay: cannot read the gold statistics ({err})")
     try:
         if args.revisions:
             loaded = [load_model(args.sources[0], revision=r) for r in args.revisions]
@@ -114,8 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [m.source for m in loaded if m.step is None]
     if unknown:
         sys.exit(f"replay: cannot tell the training step of {unknown}; name them with stepN")
+    check_vocabulary(loaded, gold, meta)
     meta["replay_sources"] = [m.source for m in loaded]
-    probes = probes_for_record(meta) if args.like else []
+    try:
+        probes = probes_for_record(meta) if args.like else []
+    except FileNotFoundError as err:
+        sys.exit(f"replay: {err}")
     try:
         steps = measure_checkpoints(loaded, gold, args.out, min_count, vocab, meta, probes)
     except RecordLockedError as err:

@@ -76,6 +76,10 @@ def probes_for_record(meta: dict) -> list:
     if "data_dir" not in meta or "tracker" not in meta.get("config", {}):
         return []
     data_dir = Path(meta["data_dir"])
+    if not (data_dir / "tokenizer").is_dir():
+        raise FileNotFoundError(f"{data_dir / 'tokenizer'}: the run's tokenizer (for its probes) "
+                                "is not there; run from the folder the run was started in, "
+                                "or rebuild its data cache")
     tracker = TrackerConfig(**meta["config"]["tracker"])
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     synthetic = data_dir / "synthetic" / "probes.jsonl"
@@ -100,4 +104,4 @@ def build_tracker(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> Nor
                                            datamodule.probe_file, datamodule.val_set.tokens,
                                            cfg.model.n_positions),
                        stop_on_nonfinite=t.stop_on_nonfinite, top_k_tokens=t.top_k_tokens,
-                       meta={"config": to_dict(cfg), "data_dir": str(datamodule.dir)})
+                       meta={"config": to_dict(cfg), "data_dir": str(datamodule.dir.resolve())})

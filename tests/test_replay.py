@@ -2,6 +2,8 @@
 checkpoints give a clear error naming the file."""
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +49,23 @@ def test_damaged_checkpoint_is_named(tiny_run: Path, tmp_path: Path, damage: str
     assert proc.returncode != 0 and str(bad) in proc.stderr
     assert "Traceback" not in proc.stderr
 
+
+
+def test_replay_refuses_a_model_of_another_vocabulary(tiny_run: Path, tmp_path: Path):
+    """Gold and norms indexed by different tokenizers would correlate unrelated types:
+    replay names the mismatch instead of recording numbers."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run / "normx", other / "normx")
+    meta_path = other / "normx" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    ckpt, out = str(tiny_run / "checkpoints" / "step_00000004.ckpt"), tmp_path / "out"
+    meta_path.write_text(json.dumps({**meta, "vocab_hash": "another"}))
+    with pytest.raises(SystemExit, match="another tokenizer than the --like run"):
+        replay([ckpt, "--like", str(other), "--out", str(out)])
+    rows = meta["embedding_rows"]
+    meta_path.write_text(json.dumps({**meta, "embedding_rows": rows + 1}))
+    with pytest.raises(SystemExit, match=rf"has {rows} embedding rows .* model had {rows + 1}"):
+        replay([ckpt, "--like", str(other), "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"cannot read the gold statistics .*nope\.npz"):
+        replay([ckpt, "--gold", str(tmp_path / "nope.npz"), "--out", str(out)])
+    assert not (out / "normx").exists()
