@@ -93,6 +93,24 @@ def resume_checkpoint(cfg: Config) -> str | None:
     return str(path)
 
 
+def check_resume_fits(ckpt_path: str, model: LanguageModel) -> None:
+    """The checkpoint's weights must fit the model this run's config builds; else one line
+    naming the model settings that differ (a resume composes its config afresh, so a
+    forgotten `model=...` override builds another model)."""
+    checkpoint = read_lightning_checkpoint(ckpt_path, mmap=True)
+    saved = checkpoint.get("state_dict") or {}
+    mine = model.state_dict()
+    if {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in mine.items()}:
+        return
+    then = (checkpoint.get("hyper_parameters") or {}).get("hf_config") or {}
+    now = model.hparams["hf_config"]
+    differ = [f"{k}: {then.get(k)} -> {now.get(k)}" for k in sorted(set(then) | set(now))
+              if then.get(k) != now.get(k) and not k.startswith(("_", "transformers_version"))]
+    raise CheckpointError(f"{ckpt_path}: its weights do not fit this run's model "
+                          f"({', '.join(differ[:6]) or 'other parameter shapes'}); resume with "
+                          f"the overrides the run was started with (.hydra/overrides.yaml)")
+
+
 def save_emergence(loggers, out: Path) -> None:
     """Once, after training: the per-token emergence table and figures (analysis.emergence)
     go to <out>/figures and, as files, to the W&B run. Never mid-run, and never fatal: the
@@ -137,6 +155,8 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
                                        datamodule.eos_token_id, cfg.trainer.max_steps,
                                        compile_model=cfg.trainer.compile,
                                        loss_chunk_tokens=cfg.trainer.loss_chunk_tokens)
+    if ckpt_path is not None:
+        check_resume_fits(ckpt_path, model)
     # FLOP/s, and MFU against the GPU's peak, are logged from this.
     n_params = sum(p.numel() for p in model.parameters())
     tokens_per_batch = cfg.data.batch_size * cfg.data.block_size
