@@ -220,8 +220,24 @@ def _float_fields(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
     return out
 
 
+def unknown_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Attributes of the config's dataclasses that are not their fields: keys a `+key=...`
+    override added, which no code reads."""
+    if not is_dataclass(obj):
+        return []
+    names = {f.name for f in fields(obj)}
+    extra = [prefix + k for k in vars(obj) if k not in names and not k.startswith("_")]
+    for name in sorted(names):
+        extra += unknown_keys(getattr(obj, name), f"{prefix}{name}.")
+    return extra
+
+
 def validate(cfg: Config) -> Config:
     """Range checks Hydra cannot express; returns cfg so calls can be chained."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}: nothing reads them (a '+' override "
+                          "adds a key; check its spelling)")
     for key, value in _float_fields(cfg):
         if not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value}")
@@ -249,6 +265,8 @@ def validate(cfg: Config) -> Config:
     for key in _FRACTIONS:
         if not 0 <= _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be in [0, 1), got {_get(cfg, key)}")
+    if not 0 <= cfg.seed < 2**32:  # numpy's and Lightning's seed range
+        raise ConfigError(f"seed must be in [0, 2**32), got {cfg.seed}")
     if cfg.model.n_embd % cfg.model.n_head:
         raise ConfigError(f"model.n_embd ({cfg.model.n_embd}) must be divisible by "
                           f"model.n_head ({cfg.model.n_head})")

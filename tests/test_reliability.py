@@ -38,7 +38,9 @@ def bad_files(tmp: Path) -> dict[str, Path]:
                                              "one_prefix_word_good": "sleeps",
                                              "one_prefix_word_bad": "sleeps"}).encode() + b"\n",
              "lexicon_none.tsv": b"zzzzqqqqxxxxwwww\t1.0\n",
-             "random.ckpt": os.urandom(4096)}
+             "random.ckpt": os.urandom(4096),
+             "bad_line.jsonl": b'{"text": "a cat"}\n' * 150 + b'{oops\n{"text": "a dog"}\n',
+             "numbers.jsonl": b'{"text": 5}\n{"text": 6}\n'}
     out = {}
     for name, content in files.items():
         (tmp / name).write_bytes(content)
@@ -54,6 +56,12 @@ CASES = [
     ("loss_chunk_tokens=0", lambda f: ["trainer.loss_chunk_tokens=0"],
      "trainer.loss_chunk_tokens must be > 0"),
     ("lr=inf", lambda f: ["optim.lr=inf"], "optim.lr must be a finite number"),
+    ("seed=-1", lambda f: ["seed=-1"], "seed must be in [0, 2**32), got -1"),
+    ("+key typo", lambda f: ["+trainer.max_step=5"], "unknown config key(s) ['trainer.max_step']"),
+    ("jsonl, bad line", lambda f: ["data=text_files", f"data.files=[{f['bad_line.jsonl']}]"],
+     "bad_line.jsonl:151: invalid JSON"),
+    ("jsonl, numbers", lambda f: ["data=text_files", f"data.files=[{f['numbers.jsonl']}]"],
+     "numbers.jsonl: row 1's 'text' (data.text_field) is int 5, not text"),
     ("devices=abc", lambda f: ["trainer.devices=abc"], "trainer.devices must be"),
     ("precision=foo", lambda f: ["trainer.precision=foo"], "trainer.precision must be one of"),
     ("fractions", lambda f: ["tracker.faithfulness_fractions=[0.1,1.5]"],

@@ -2,6 +2,7 @@
 local text/jsonl/parquet files, all read through HF `datasets`. One row is one document."""
 from __future__ import annotations
 
+import json
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -73,9 +74,29 @@ def load_local_files(files: list[str], split: str = "train") -> datasets.Dataset
         return datasets.load_dataset(builder, data_files={split: [str(Path(f)) for f in files]},
                                      split=split)
     except Exception as err:  # pyarrow/datasets raise many types: say which files failed
+        if builder == "json":
+            _raise_at_bad_json_line(files)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataSourceError(f"data.files: {', '.join(files)} could not be read as "
                               f"{builder} ({type(err).__name__}: {reason})") from None
+
+
+def _raise_at_bad_json_line(files: list[str]) -> None:
+    """Name the first line of JSON-lines `files` that is not a JSON object (the reader's
+    own error says only where in its buffer it stopped)."""
+    for name in (f for f in files if f.lower().endswith(".jsonl")):
+        with open(name, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataSourceError(f"data.files: {name}:{number}: invalid JSON "
+                                          f"({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataSourceError(f"data.files: {name}:{number}: expected a JSON "
+                                          f"object, got {type(row).__name__}")
 
 
 def load_hub(cfg: DataConfig):
@@ -90,11 +111,14 @@ def load_hub(cfg: DataConfig):
 
 def iter_texts(rows, text_field: str, origin: str, limit: int | None) -> Iterator[str]:
     """Non-empty texts of `rows[text_field]`, at most `limit` of them."""
-    for row in islice(rows, limit):
+    for number, row in enumerate(islice(rows, limit), start=1):
         if text_field not in row:
             raise DataSourceError(f"{origin}: rows have no field {text_field!r} (data.text_field);"
                                   f" fields are {sorted(row)}")
         text = row[text_field]
+        if text is not None and not isinstance(text, str):
+            raise DataSourceError(f"{origin}: row {number}'s {text_field!r} (data.text_field) is "
+                                  f"{type(text).__name__} {text!r:.40}, not text")
         if text and not text.isspace():
             yield text
 
