@@ -173,7 +173,8 @@ def information_gain_html(run: Run, steps: Sequence[int] | None) -> str:
     if ig is None or counts is None:
         return "<p class='skipped'>No information gain in gold.npz: scatter skipped.</p>"
     readable, _ = run.norms("input_norm")
-    chosen = [(step, run.snapshot(step)) for step in choose_steps(readable, steps)]
+    chosen = [(step, run.snapshot(step)) for step in choose_steps(readable, steps,
+                                                                 str(run.record / "snapshots"))]
     chosen = [(step, arrays["input_norm"][:len(counts)]) for step, arrays in chosen if arrays]
     if not chosen:
         return "<p class='skipped'>No readable snapshots: scatter skipped.</p>"

@@ -87,6 +87,8 @@ class NormTracker(L.Callback):
                  model_getter: Callable[[L.LightningModule], torch.nn.Module] | None = None):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if min_count < 0:
+            raise ValueError(f"min_count must be >= 0, got {min_count}")
         self.gold = gold if isinstance(gold, GoldStatistics) else GoldStatistics.load(gold)
         self.vocab = list(vocab) if vocab is not None else None
         self.signals = {**{n: getattr(self.gold, n) for n in self.gold.names()}, **(signals or {})}

@@ -284,6 +284,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("data.name must name a hub dataset when data.source is 'hub'")
     if cfg.data.source == "files" and not cfg.data.files:
         raise ConfigError("data.files must list at least one file when data.source is 'files'")
+    if cfg.data.source != "files" and cfg.data.files:
+        raise ConfigError(f"data.files is set but data.source is {cfg.data.source!r}, which "
+                          "ignores it: add data=text_files")
     return cfg
 
 

@@ -59,6 +59,8 @@ def _as_documents(documents: Iterable[np.ndarray], vocab_size: int,
             doc = doc[: max_tokens - total]
         docs.append(doc.astype(np.int64, copy=False))
         total += doc.size
+    if total == 0:
+        raise ValueError("no tokens to compute gold statistics from (empty documents)")
     return docs
 
 

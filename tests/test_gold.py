@@ -250,3 +250,15 @@ def test_load_lexicon_token_outside_vocab(tmp_path):
     path = write(tmp_path, "huge\t1\n")
     with pytest.raises(ValueError, match=r"lex\.tsv.*99.*vocab_size=10"):
         load_lexicon(path, encode, 10)
+
+
+def test_no_tokens_and_a_negative_min_count_are_refused():
+    with pytest.raises(ValueError, match="no tokens"):
+        compute_gold([], 10)
+    with pytest.raises(ValueError, match="no tokens"):
+        compute_gold([np.array([], dtype=np.int64)], 10)
+    from normx_track import NormTracker
+
+    gold = compute_gold([np.arange(20) % 10], 10, shuffle_correction=False)
+    with pytest.raises(ValueError, match="min_count must be >= 0, got -1"):
+        NormTracker(gold, min_count=-1)

@@ -58,6 +58,8 @@ CASES = [
     ("lr=inf", lambda f: ["optim.lr=inf"], "optim.lr must be a finite number"),
     ("seed=-1", lambda f: ["seed=-1"], "seed must be in [0, 2**32), got -1"),
     ("+key typo", lambda f: ["+trainer.max_step=5"], "unknown config key(s) ['trainer.max_step']"),
+    ("files, synthetic source", lambda f: [f"data.files=[{f['bad_line.jsonl']}]"],
+     "data.files is set but data.source is 'synthetic'"),
     ("jsonl, bad line", lambda f: ["data=text_files", f"data.files=[{f['bad_line.jsonl']}]"],
      "bad_line.jsonl:151: invalid JSON"),
     ("jsonl, numbers", lambda f: ["data=text_files", f"data.files=[{f['numbers.jsonl']}]"],
