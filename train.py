@@ -10,7 +10,6 @@ This file is the only Hydra glue: configs become the plain dataclasses of
 """
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -26,16 +25,23 @@ from normx_track.records import aside_name
 ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-@functools.lru_cache(maxsize=None)  # decided once a job: Hydra reads the key again later
+_JOB_FILES_DIRS: dict[tuple, str] = {}  # decided once a job: Hydra reads the key again later
+
+
 def job_files_dir(ckpt_path: str | None, now: str, run_dir: str) -> str:
     """Where Hydra writes this job's files, relative to the run folder. A resumed run, or a
     fresh one in a folder that already holds a run, writes them beside the first run's,
-    never over them: .hydra/overrides.yaml keeps saying what the run was started with."""
-    if ckpt_path not in (None, "None", "null"):
-        return f".hydra/resume-{now}"
-    if (Path(run_dir) / ".hydra" / "config.yaml").exists():
-        return f".hydra/rerun-{now}"
-    return ".hydra"
+    never over them: .hydra/overrides.yaml keeps saying what the run was started with.
+    (A plain function with a dict, not lru_cache: the joblib launcher pickles it by value.)"""
+    key = (ckpt_path, now, run_dir)
+    if key not in _JOB_FILES_DIRS:
+        if ckpt_path not in (None, "None", "null"):
+            _JOB_FILES_DIRS[key] = f".hydra/resume-{now}"
+        elif (Path(run_dir) / ".hydra" / "config.yaml").exists():
+            _JOB_FILES_DIRS[key] = f".hydra/rerun-{now}"
+        else:
+            _JOB_FILES_DIRS[key] = ".hydra"
+    return _JOB_FILES_DIRS[key]
 
 
 OmegaConf.register_new_resolver("normx_job_files", job_files_dir, replace=True)

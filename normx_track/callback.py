@@ -27,7 +27,7 @@ from typing_extensions import override
 from . import __version__
 from .gold import GoldStatistics
 from .probes import Probe, run_probes
-from .records import RecordLock, RecordWriter, read_json, set_aside
+from .records import RecordLock, RecordWriter, read_json, read_metrics, set_aside
 from .snapshot import (NormMetrics, extreme_tokens, find_language_model, norm_arrays,
                        full_params, is_sharded)
 
@@ -103,6 +103,7 @@ class NormTracker(L.Callback):
         self._failed_loggers: set[int] = set()  # warned about once
         self._tokens_counted = 0
         self._tokens_on_device: torch.Tensor | None = None  # attention-mask sums, read lazily
+        self._estimate_from: tuple[int, int] | None = None  # (step, tokens) of a mid-run attach
         self.writer: RecordWriter | None = None
         self._lock: RecordLock | None = None
         self._metrics: NormMetrics | None = None  # prepared on rank zero at setup
@@ -133,6 +134,8 @@ class NormTracker(L.Callback):
         # fresh run (last_step < 0) is told apart from a resumed one.
         if trainer.is_global_zero:
             self._open_record(trainer, pl_module)
+        if self.last_step < 0 < trainer.global_step:
+            self._attach_mid_run(trainer)
         if self.writer is not None:  # resumed: drop what was recorded after the checkpoint
             later = [s for s in self.writer.steps() if s > self.last_step]
             if later:
@@ -148,32 +151,63 @@ class NormTracker(L.Callback):
                         "recording it again", self.writer.metrics_path, self.last_step)
             self._snapshot(trainer, pl_module)
 
+    def _attach_mid_run(self, trainer: L.Trainer) -> None:
+        """Resumed from a checkpoint without the tracker's state (trained with the tracker
+        off, or attached now): the record in the folder, if any, continues from its last row
+        before this step. The tokens of the steps in between are estimated from the first
+        batch's (the same batch shape throughout), and meta.json says so."""
+        step = trainer.global_step
+        base = (0, 0)
+        if self.writer is not None:
+            self.writer.truncate_after(step - 1)
+            rows = read_metrics(self.writer.dir.parent, warn=False)
+            if rows:
+                base = (int(rows[-1]["step"]), int(rows[-1]["tokens_seen"]))
+            log.warning("%s: resumed at step %d from a checkpoint without the tracker's state; "
+                        "the record continues from step %d, tokens_seen over steps %d..%d is "
+                        "estimated from the first batch", self.writer.dir, step, base[0],
+                        base[0], step)
+        self._estimate_from = trainer.strategy.broadcast(base, src=0)
+        self.last_step = step
+
+    def _estimate_skipped_tokens(self, trainer: L.Trainer, batch_tokens: int) -> None:
+        base_step, base_tokens = self._estimate_from
+        per_step = batch_tokens * trainer.accumulate_grad_batches
+        self.tokens_seen = base_tokens + (self.last_step - base_step) * per_step
+        self._estimate_from = None
+        if self.writer is not None:
+            meta = read_json(self.writer.dir, "meta.json") or {}
+            meta["tokens_seen_estimated"] = {"from_step": base_step, "to_step": self.last_step,
+                                             "tokens_per_step": per_step}
+            self.writer.write_meta(meta)
+
     def _checkpoint_row_lost(self, trainer: L.Trainer) -> bool:
         """Resumed from a checkpoint whose own step the tracker recorded (its state says
         so), yet the record has no row for it (rank zero knows)."""
         return (self.writer is not None and self.last_step == trainer.global_step > 0
-                and self.last_step not in self.writer.steps())
+                and self.last_step not in self.writer.steps() and self._estimate_from is None)
 
     def _open_record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         run_dir = Path(self.out_dir or trainer.default_root_dir)
         self._lock = RecordLock.acquire(run_dir)  # before anything in the folder is touched
-        if self.last_step < 0:  # a fresh run never writes over an earlier run's record
-            moved = set_aside(run_dir)
+        if self.last_step < 0 and trainer.global_step == 0:  # a fresh run never writes over
+            moved = set_aside(run_dir)                             # an earlier run's record
             if moved is not None:
                 log.warning("%s already held a record from another run; moved it to %s",
                             run_dir, moved)
         self.writer = RecordWriter(run_dir)
         meta = self._meta(pl_module)
-        if self.last_step >= 0:
-            meta = self._resumed_meta(meta)
+        resumed = self.last_step >= 0 or trainer.global_step > 0
+        if resumed:
+            meta = self._resumed_meta(meta, trainer.global_step)
         self.writer.write_meta(meta)
         if self.vocab is not None:
             self.writer.write_vocab(self.vocab)
-        if self.last_step >= 0:
-            self._keep_earlier_gold()
+        if resumed:
+            self._keep_earlier_gold(trainer.global_step)
         self.gold.save(self.writer.dir / "gold.npz")
 
-    def _keep_earlier_gold(self) -> None:
+    def _keep_earlier_gold(self, step: int) -> None:
         """A resumed run with other gold (other statistics settings) keeps the gold its
         earlier rows were measured against, as gold.until_step_XXXXXXXX.npz."""
         path = self.writer.dir / "gold.npz"
@@ -185,12 +219,12 @@ class NormTracker(L.Callback):
             log.warning("%s: unreadable (%s); kept beside the new one", path, err)
             same = False
         if not same:
-            kept = path.with_name(f"gold.until_step_{self.last_step:08d}.npz")
+            kept = path.with_name(f"gold.until_step_{step:08d}.npz")
             path.replace(kept)
             log.warning("%s: the resumed run's gold statistics differ; the earlier rows' "
                         "gold is kept as %s", path, kept.name)
 
-    def _resumed_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
+    def _resumed_meta(self, meta: dict[str, Any], step: int) -> dict[str, Any]:
         """The record continues: keep its history, and say which tracker settings the
         resumed run changed (the rows before and after were taken under different ones)."""
         before = read_json(self.writer.dir, "meta.json") or {}
@@ -203,11 +237,10 @@ class NormTracker(L.Callback):
             changed["gold"] = [before["gold"], meta["gold"]]
         if changed:
             log.warning("%s: resumed at step %d with changed tracker settings %s; the record "
-                        "continues (both settings are in meta.json)", self.writer.dir,
-                        self.last_step,
+                        "continues (both settings are in meta.json)", self.writer.dir, step,
                         ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
         history = list(before.get("resumed", []))
-        history.append({"at_step": self.last_step, "changed": changed})
+        history.append({"at_step": step, "changed": changed})
         return {**meta, "resumed": history}
 
     @override
@@ -219,6 +252,8 @@ class NormTracker(L.Callback):
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         tokens = _count_tokens(batch) * trainer.world_size
+        if self._estimate_from is not None:
+            self._estimate_skipped_tokens(trainer, int(tokens))
         if isinstance(tokens, torch.Tensor):  # read when needed: a read each step would
             pending = self._tokens_on_device    # make the host wait for the GPU
             self._tokens_on_device = tokens if pending is None else pending + tokens

@@ -166,6 +166,9 @@ class RecordWriter:
         self.dir = Path(run_dir) / RECORD_DIR
         (self.dir / "snapshots").mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
+        # Temp files of writes a kill cut short (the caller holds the record's lock).
+        for stale in [*self.dir.glob(".*.tmp"), *(self.dir / "snapshots").glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)
         rows, skipped = _read_metrics(self.metrics_path, warn=True)
         if skipped:  # the next append rewrites the file without them: keep it as it was
             kept = _copy_aside(self.metrics_path, "damaged")

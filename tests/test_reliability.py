@@ -244,6 +244,28 @@ def test_a_moved_run_resumes_into_one_wandb_run_and_keeps_the_earlier_gold(tiny_
     assert [r["step"] for r in read_metrics(moved)] == [0, 1, 2, 4, 8, 12]
 
 
+def test_a_stretch_trained_with_the_tracker_off_continues_the_same_record(tiny_run, cache_dir,
+                                                                          tmp_path):
+    """Steps 8..12 ran with `tracker=off`, so the step-12 checkpoint has no tracker state:
+    the record is continued, not replaced, and tokens_seen counts the stretch (estimated from
+    a batch, as meta.json says)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    run_train(cache_dir, *TINY, "logger=none", "tracker=off", "trainer.max_steps=12",
+              "ckpt_path=last", f"hydra.run.dir={run}")
+    run_train(cache_dir, *TINY, "logger=none", "trainer.max_steps=16", "ckpt_path=last",
+              f"hydra.run.dir={run}")
+    assert not list(run.glob("normx.replaced-*"))
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [0, 1, 2, 4, 8, 16]
+    tokens_per_step = rows[1]["tokens_seen"]
+    assert [r["tokens_seen"] for r in rows] == [r["step"] * tokens_per_step for r in rows]
+    meta = json.loads((run / "normx" / "meta.json").read_text())
+    assert meta["tokens_seen_estimated"] == {"from_step": 8, "to_step": 12,
+                                             "tokens_per_step": tokens_per_step}
+    assert meta["resumed"][-1]["at_step"] == 12
+
+
 def test_a_failed_resume_leaves_the_job_files_and_the_sweep_grouping_alone(tiny_run, cache_dir,
                                                                           tmp_path):
     from analysis.load import load_sweep

@@ -339,6 +339,9 @@ def test_a_garbled_line_costs_that_row_alone(tmp_path):
     writer = RecordWriter(tmp_path)
     for step in range(5):
         writer.append_metrics({"step": step, "normx/x": float(step)})
+    left = [writer.dir / ".metrics.jsonl.abc.tmp", writer.dir / "snapshots" / ".step_1.npz.x.tmp"]
+    for path in left:  # what a kill mid-write leaves; the next writer clears them
+        path.write_bytes(b"partial")
     lines = writer.metrics_path.read_bytes().splitlines(keepends=True)
     lines[2] = b'{"step": 2, "nor\xff\n'
     lines.insert(4, b'{"step": 1, "normx/x": 9.0}\n')  # out of order: skipped as well
@@ -354,6 +357,7 @@ def test_a_garbled_line_costs_that_row_alone(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 3, 4, 5]
     (kept,) = tmp_path.glob("normx/metrics.jsonl.damaged-*")
     assert kept.read_bytes() == b"".join(lines)  # the file as found, for whoever wants it
+    assert not any(path.exists() for path in left)
 
 
 class DashboardDownLogger(CSVLogger):
