@@ -56,18 +56,26 @@ class LogStepThroughput(L.Callback):
         self.available_flops = available_flops
         self._throughput: Throughput | None = None
         # Totals since the run began; they travel in checkpoints, so a resumed run's
-        # train/batches, train/samples and train/lengths curves continue.
+        # train/batches, train/samples, train/lengths and train/time curves continue.
         self._batches = self._samples = self._tokens = 0
+        self._time_before = 0.0  # training seconds before this process (a resume)
+        self._start: float | None = None
+
+    def _elapsed(self) -> float:
+        running = 0.0 if self._start is None else time.perf_counter() - self._start
+        return self._time_before + running
 
     @override
-    def state_dict(self) -> dict[str, int]:
-        return {"batches": self._batches, "samples": self._samples, "tokens": self._tokens}
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches": self._batches, "samples": self._samples, "tokens": self._tokens,
+                "time": self._elapsed()}
 
     @override
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._batches = int(state_dict.get("batches", 0))
         self._samples = int(state_dict.get("samples", 0))
         self._tokens = int(state_dict.get("tokens", 0))
+        self._time_before = float(state_dict.get("time", 0.0))
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -95,7 +103,7 @@ class LogStepThroughput(L.Callback):
             return
         self._synchronize()  # the clock then covers the GPU's work, not just its queueing
         flops = None if self.flops_per_batch is None else self.flops_per_batch * self._unmeasured
-        self._throughput.update(time=time.perf_counter() - self._start, batches=self._batches,
+        self._throughput.update(time=self._elapsed(), batches=self._batches,
                                 samples=self._samples, lengths=self._tokens, flops=flops)
         self._unmeasured = 0
         metrics = {f"train/{k}": float(v) for k, v in self._throughput.compute().items()}

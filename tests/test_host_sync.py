@@ -141,6 +141,11 @@ def test_a_resumed_run_continues_the_throughput_totals(tmp_path):
     rows = logged(tmp_path / "resumed")
     assert list(rows["train/lengths"]) == [9 * 64, 12 * 64]
     assert list(rows["train/batches"]) == [9, 12]
+    # train/time goes on from the first part's training time, as the totals do.
+    first = logged(tmp_path / "first")
+    saved = torch.load(next((tmp_path / "ckpt").glob("*.ckpt")), weights_only=True)
+    before = saved["callbacks"]["LogStepThroughput"]["time"]
+    assert first["train/time"].iloc[-1] <= before < rows["train/time"].iloc[0]
 
 
 def test_tokens_seen_sums_attention_masks_and_reads_them_only_at_snapshots(tmp_path):
