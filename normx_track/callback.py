@@ -161,8 +161,9 @@ class NormTracker(L.Callback):
         if self.writer is not None:
             self.writer.truncate_after(step - 1)
             rows = read_metrics(self.writer.dir.parent, warn=False)
-            if rows:
-                base = (int(rows[-1]["step"]), int(rows[-1]["tokens_seen"]))
+            tokens = rows[-1].get("tokens_seen") if rows else None
+            if isinstance(tokens, (int, float)) and np.isfinite(tokens):  # else: from step 0
+                base = (int(rows[-1]["step"]), int(tokens))
             log.warning("%s: resumed at step %d from a checkpoint without the tracker's state; "
                         "the record continues from step %d, tokens_seen over steps %d..%d is "
                         "estimated from the first batch", self.writer.dir, step, base[0],

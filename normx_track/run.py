@@ -93,14 +93,16 @@ def resume_checkpoint(cfg: Config) -> str | None:
     return str(path)
 
 
+def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
 def check_resume_fits(ckpt_path: str, model: LanguageModel) -> None:
     """The checkpoint's weights must fit the model this run's config builds; else one line
     naming the model settings that differ (a resume composes its config afresh, so a
     forgotten `model=...` override builds another model)."""
     checkpoint = read_lightning_checkpoint(ckpt_path, mmap=True)
-    saved = checkpoint.get("state_dict") or {}
-    mine = model.state_dict()
-    if {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in mine.items()}:
+    if _shapes(checkpoint.get("state_dict") or {}) == _shapes(model.state_dict()):
         return
     then = (checkpoint.get("hyper_parameters") or {}).get("hf_config") or {}
     now = model.hparams["hf_config"]
