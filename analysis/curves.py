@@ -10,8 +10,8 @@ Writes, as PNG and SVG (by default into RUN_DIR/figures):
   evidence_by_layer   evidence AP per layer and step, a heatmap per method
   evidence            minimal-pair accuracy, evidence AP and DP per method
   faithfulness        comprehensiveness, sufficiency, leave-one-out Spearman per method
-A figure whose data the record lacks is skipped, saying so. A damaged record is read up to
-the damage, with a warning naming the file.
+A figure whose data the record lacks is skipped, saying so. A damaged record's damaged
+lines and snapshots are skipped, with a warning naming the file.
 """
 from __future__ import annotations
 
