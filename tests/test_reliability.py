@@ -219,51 +219,40 @@ def test_resume_without_repeating_an_override_continues_the_same_record(cache_di
     assert list((run / ".hydra").glob("resume-*/overrides.yaml"))
 
 
-def test_a_moved_run_resumes_into_one_wandb_run_and_keeps_the_earlier_gold(tiny_run, cache_dir,
-                                                                          tmp_path):
-    """The run folder was moved, then resumed (`ckpt_path=last`) with another
-    co-occurrence window: last.ckpt keeps its name, the W&B run goes on under its id, and
+def test_a_moved_run_resumed_with_the_tracker_off_then_other_gold(tiny_run, cache_dir, tmp_path):
+    """The run folder was moved, then resumed (`ckpt_path=last`) with `tracker=off` to step
+    12, then with the tracker and another co-occurrence window to 16. last.ckpt keeps its
+    name; the W&B run goes on under its id; the record is continued, not replaced, with
+    tokens_seen over the untracked stretch estimated from a batch (meta.json says so); and
     the gold the first rows were measured against is kept, the change named."""
     moved = tmp_path / "moved"
     shutil.copytree(tiny_run, moved)
-    proc = run_train(cache_dir, *TINY, "trainer.max_steps=12", "tracker.window=3",
-                     "ckpt_path=last", f"hydra.run.dir={moved}")
+    run_train(cache_dir, *TINY, "tracker=off", "trainer.max_steps=12", "ckpt_path=last",
+              f"hydra.run.dir={moved}")
     checkpoints = moved / "checkpoints"
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 12
     assert not list(checkpoints.glob("*-v*.ckpt"))  # Lightning's "last-v1" when it forgot
+    proc = run_train(cache_dir, *TINY, "trainer.max_steps=16", "tracker.window=3",
+                     "ckpt_path=last", f"hydra.run.dir={moved}")
     run_id = (moved / "wandb" / "normx-run-id").read_text()
     pieces = sorted((moved / "wandb").glob("offline-run-*"))
-    assert len(pieces) == 2 and all(p.name.endswith(f"-{run_id}") for p in pieces)
-    meta = json.loads((moved / "normx" / "meta.json").read_text())
-    assert meta["resumed"] == [{"at_step": 8, "changed": {"window": [5, 3]}}]
-    assert "window: 5 -> 3" in proc.stdout + proc.stderr
-    earlier = GoldStatistics.load(moved / "normx" / "gold.until_step_00000008.npz")
-    assert earlier.same_as(GoldStatistics.load(tiny_run / "normx" / "gold.npz"))
-    now = GoldStatistics.load(moved / "normx" / "gold.npz")
-    assert now.window == 3 and not now.same_as(earlier)
-    assert [r["step"] for r in read_metrics(moved)] == [0, 1, 2, 4, 8, 12]
+    assert len(pieces) == 3 and all(p.name.endswith(f"-{run_id}") for p in pieces)
 
-
-def test_a_stretch_trained_with_the_tracker_off_continues_the_same_record(tiny_run, cache_dir,
-                                                                          tmp_path):
-    """Steps 8..12 ran with `tracker=off`, so the step-12 checkpoint has no tracker state:
-    the record is continued, not replaced, and tokens_seen counts the stretch (estimated from
-    a batch, as meta.json says)."""
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    run_train(cache_dir, *TINY, "logger=none", "tracker=off", "trainer.max_steps=12",
-              "ckpt_path=last", f"hydra.run.dir={run}")
-    run_train(cache_dir, *TINY, "logger=none", "trainer.max_steps=16", "ckpt_path=last",
-              f"hydra.run.dir={run}")
-    assert not list(run.glob("normx.replaced-*"))
-    rows = read_metrics(run)
+    assert not list(moved.glob("normx.replaced-*"))
+    rows = read_metrics(moved)
     assert [r["step"] for r in rows] == [0, 1, 2, 4, 8, 16]
     tokens_per_step = rows[1]["tokens_seen"]
     assert [r["tokens_seen"] for r in rows] == [r["step"] * tokens_per_step for r in rows]
-    meta = json.loads((run / "normx" / "meta.json").read_text())
+    meta = json.loads((moved / "normx" / "meta.json").read_text())
     assert meta["tokens_seen_estimated"] == {"from_step": 8, "to_step": 12,
                                              "tokens_per_step": tokens_per_step}
-    assert meta["resumed"][-1]["at_step"] == 12
+
+    assert meta["resumed"] == [{"at_step": 12, "changed": {"window": [5, 3]}}]
+    assert "window: 5 -> 3" in proc.stdout + proc.stderr
+    earlier = GoldStatistics.load(moved / "normx" / "gold.until_step_00000012.npz")
+    assert earlier.same_as(GoldStatistics.load(tiny_run / "normx" / "gold.npz"))
+    now = GoldStatistics.load(moved / "normx" / "gold.npz")
+    assert now.window == 3 and not now.same_as(earlier)
 
 
 def test_a_failed_resume_leaves_the_job_files_and_the_sweep_grouping_alone(tiny_run, cache_dir,
