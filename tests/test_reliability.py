@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from analysis.replay import main as replay
 from conftest import ROOT, TINY, run_train, subprocess_env
 from normx_track import records
 from normx_track.callback import NormTracker, tracker_state
@@ -342,19 +343,14 @@ def test_replay_into_a_folder_holding_another_record_sets_it_aside(tiny_run, cac
     (out / "normx").mkdir(parents=True)
     (out / "normx" / "meta.json").write_text(json.dumps({"vocab_hash": "other"}))
     (out / "normx" / "metrics.jsonl").write_text('{"step": 0}\n')
-    proc = subprocess.run([sys.executable, "-m", "analysis.replay",
-                           str(tiny_run / "checkpoints" / "step_00000004.ckpt"), "--like",
-                           str(tiny_run), "--out", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, env=subprocess_env(cache_dir), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    replay([str(tiny_run / "checkpoints" / "step_00000004.ckpt"), "--like", str(tiny_run),
+            "--out", str(out)])
     (aside,) = out.glob("normx.replaced-*")
     assert json.loads((aside / "meta.json").read_text()) == {"vocab_hash": "other"}
     assert [r["step"] for r in read_metrics(out)] == [4]
-    again = subprocess.run([sys.executable, "-m", "analysis.replay",
-                            str(tiny_run / "checkpoints" / "step_00000008.ckpt"), "--like",
-                            str(tiny_run), "--out", str(out)], cwd=ROOT, capture_output=True,
-                           text=True, env=subprocess_env(cache_dir), timeout=300)
-    assert again.returncode == 0 and [r["step"] for r in read_metrics(out)] == [4, 8]
+    replay([str(tiny_run / "checkpoints" / "step_00000008.ckpt"), "--like", str(tiny_run),
+            "--out", str(out)])
+    assert [r["step"] for r in read_metrics(out)] == [4, 8]
     assert len(list(out.glob("normx.replaced-*"))) == 1  # the same replay continues
 
 

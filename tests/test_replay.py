@@ -43,6 +43,8 @@ def test_damaged_checkpoint_is_named(tiny_run: Path, tmp_path: Path, damage: str
         bad.write_bytes(b"\x00not a checkpoint" * 10)
     with pytest.raises(CheckpointError, match=str(bad)):
         load_model(bad)
+    if damage != "truncated":
+        return  # the command line's handling of the error, once (a process takes seconds)
     proc = subprocess.run([sys.executable, "-m", "analysis.replay", str(bad), "--like",
                            str(tiny_run), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, cwd=Path(__file__).parents[1])
