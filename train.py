@@ -98,12 +98,10 @@ def main(dict_cfg: DictConfig) -> float | None:
         cfg = validate(OmegaConf.to_object(dict_cfg))
         from lightning.pytorch.utilities import rank_zero_only
 
-        files: list[Path] = []
         if rank_zero_only.rank == 0:  # (other DDP ranks' job files go to .pl_hydra_rank_N)
             RecordLock.check_free(cfg.output_dir)  # a live run's folder: refuse, touch nothing
-            files = job_files()
         from normx_track.run import run  # heavy imports after validation: errors come fast
-        return run(cfg, config_files=files)
+        return run(cfg, job_files=job_files)
     except Exception as err:
         cause = user_facing(err, (InputError, RecordLockedError, RecordWriteError))
         if cause is None:

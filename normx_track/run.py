@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -93,6 +94,14 @@ def resume_checkpoint(cfg: Config) -> str | None:
     return str(path)
 
 
+def set_aside_checkpoints(out: Path) -> None:
+    """A fresh run in a used folder: `ckpt_path=last` must never find the earlier run's
+    checkpoint (the tracker sets the earlier record aside likewise)."""
+    moved = set_aside(out, "checkpoints")
+    if moved is not None:
+        log.warning("%s held another run's checkpoints; moved them to %s", out, moved)
+
+
 def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
@@ -135,8 +144,11 @@ def save_emergence(loggers, out: Path) -> None:
                     "`python -m analysis.emergence %s`", type(err).__name__, err, out)
 
 
-def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
-    """Train; returns the final validation loss (what a Hydra sweeper would minimise)."""
+def run(cfg: Config, job_files: Callable[[], list[Path]] | None = None) -> float | None:
+    """Train; returns the final validation loss (what a Hydra sweeper would minimise).
+    `job_files` is called (on rank zero) once the input is checked and the run is sure to
+    start, for the launcher's config files to upload with the W&B run (`train.py` moves a
+    replaced run's Hydra files aside then)."""
     ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
     on_gpu = uses_cuda(cfg.trainer)
@@ -144,12 +156,6 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
         torch.set_float32_matmul_precision("high")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if ckpt_path is None and rank_zero_only.rank == 0:
-        # A fresh run in a used folder: `ckpt_path=last` must never find the earlier run's
-        # checkpoint (the tracker sets the earlier record aside likewise).
-        moved = set_aside(out, "checkpoints")
-        if moved is not None:
-            log.warning("%s held another run's checkpoints; moved them to %s", out, moved)
     datamodule = TextDataModule(cfg.data, seed=cfg.seed, on_gpu=on_gpu)
     datamodule.prepare_data()
     datamodule.setup()
@@ -164,11 +170,16 @@ def run(cfg: Config, config_files: list[Path] = ()) -> float | None:
     tokens_per_batch = cfg.data.batch_size * cfg.data.block_size
     flops_per_batch = tokens_per_batch * flops_per_token(n_params, cfg.model.n_layer,
                                                          cfg.model.n_embd, cfg.data.block_size)
-    loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=list(config_files),
+    callbacks = build_callbacks(cfg, datamodule, out, flops_per_batch)  # probe files etc.
+    files: list[Path] = []
+    if rank_zero_only.rank == 0:  # the input is good: from here the folder is this run's
+        if ckpt_path is None:
+            set_aside_checkpoints(out)
+        files = job_files() if job_files is not None else []
+    loggers = build_loggers(cfg.logger, out, to_dict(cfg), files=files,
                             resume=ckpt_path is not None)
     for logger in loggers:  # the bar the loss must clear: a unigram model's loss
         logger.log_metrics({"data/unigram_entropy": datamodule.unigram_entropy()}, step=0)
-    callbacks = build_callbacks(cfg, datamodule, out, flops_per_batch)
     trainer = build_trainer(cfg, out, loggers, callbacks)
     try:
         # Resuming never unpickles arbitrary objects: checkpoints hold tensors and plain data.

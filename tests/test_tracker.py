@@ -132,6 +132,13 @@ def test_fresh_run_in_a_used_folder_sets_the_old_record_aside(tiny_run, cache_di
     used = tmp_path / "used"
     shutil.copytree(tiny_run, used, ignore=shutil.ignore_patterns("wandb"))
     short = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=2"]
+    # A fresh run that stops on bad input has not started: it moves nothing.
+    failed = run_train(cache_dir, *short, "tracker.probe_file=/nowhere.jsonl",
+                       f"hydra.run.dir={used}", check=False)
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert not list(used.glob("*.replaced-*")) and not (used / "wandb").exists()
+    assert (used / ".hydra" / "overrides.yaml").read_text() == (
+        tiny_run / ".hydra" / "overrides.yaml").read_text()
     run_train(cache_dir, *short, "logger=none", f"hydra.run.dir={used}")  # no ckpt_path
     (aside,) = used.glob("normx.replaced-*")
     assert [r["step"] for r in read_metrics(aside)] == [0, 1, 2, 4, 8]  # the old run, whole
@@ -149,7 +156,7 @@ def test_fresh_run_in_a_used_folder_sets_the_old_record_aside(tiny_run, cache_di
         tiny_run / ".hydra" / "overrides.yaml").read_text()
     assert "trainer.max_steps=2" in (used / ".hydra" / "overrides.yaml").read_text()
     assert sorted(p.name for p in (used / ".hydra").iterdir()) == [
-        "config.yaml", "hydra.yaml", "overrides.yaml"]
+        "config.yaml", "hydra.yaml", "overrides.yaml"]  # the failed run's rerun-* went aside
 
 
 @pytest.mark.timeout(300)
