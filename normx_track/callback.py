@@ -27,7 +27,7 @@ from typing_extensions import override
 from . import __version__
 from .gold import GoldStatistics
 from .probes import Probe, run_probes
-from .records import RecordLock, RecordWriter, read_json, read_metrics, set_aside
+from .records import RecordLock, RecordWriter, read_json, set_aside
 from .snapshot import (NormMetrics, extreme_tokens, find_language_model, norm_arrays,
                        full_params, is_sharded)
 
@@ -160,10 +160,10 @@ class NormTracker(L.Callback):
         base = (0, 0)
         if self.writer is not None:
             self.writer.truncate_after(step - 1)
-            rows = read_metrics(self.writer.dir.parent, warn=False)
-            tokens = rows[-1].get("tokens_seen") if rows else None
+            last = self.writer.last_row()
+            tokens = last.get("tokens_seen") if last else None
             if isinstance(tokens, (int, float)) and np.isfinite(tokens):  # else: from step 0
-                base = (int(rows[-1]["step"]), int(tokens))
+                base = (int(last["step"]), int(tokens))
             log.warning("%s: resumed at step %d from a checkpoint without the tracker's state; "
                         "the record continues from step %d, tokens_seen over steps %d..%d is "
                         "estimated from the first batch", self.writer.dir, step, base[0],

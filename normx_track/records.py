@@ -185,6 +185,10 @@ class RecordWriter:
     def steps(self) -> list[int]:
         return [step for step, _ in self._rows]
 
+    def last_row(self) -> dict[str, Any] | None:
+        """The last recorded row as written (non-finite values as None)."""
+        return json.loads(self._rows[-1][1]) if self._rows else None
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         if self._rows and row["step"] <= self._rows[-1][0]:
             raise ValueError(f"{self.metrics_path}: step {row['step']} is not after the last "
