@@ -6,7 +6,7 @@
     python train.py hydra.run.dir=outputs/my_run ckpt_path=last   # resume
 
 This file is the only Hydra glue: configs become the plain dataclasses of
-`normx_track.config`, so the library (and the tracker callback) work in any Lightning script.
+`normx_track.training.config`, so the library (and the tracker callback) work in any Lightning script.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from normx_track.config import Config, validate
+from normx_track.training.config import Config, validate
 from normx_track.errors import InputError
-from normx_track.records import aside_name
+from normx_track.record.store import aside_name
 
 ConfigStore.instance().store(name="config_schema", node=Config)
 
@@ -92,7 +92,7 @@ def job_files() -> list[Path]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(dict_cfg: DictConfig) -> float | None:
-    from normx_track.records import RecordLock, RecordLockedError, RecordWriteError
+    from normx_track.record.store import RecordLock, RecordLockedError, RecordWriteError
 
     try:
         cfg = validate(OmegaConf.to_object(dict_cfg))
@@ -100,7 +100,7 @@ def main(dict_cfg: DictConfig) -> float | None:
 
         if rank_zero_only.rank == 0:  # (other DDP ranks' job files go to .pl_hydra_rank_N)
             RecordLock.check_free(cfg.output_dir)  # a live run's folder: refuse, touch nothing
-        from normx_track.run import run  # heavy imports after validation: errors come fast
+        from normx_track.training.run import run  # heavy imports after validation: errors come fast
         return run(cfg, job_files=job_files)
     except Exception as err:
         cause = user_facing(err, (InputError, RecordLockedError, RecordWriteError))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from normx_track.metrics import correlations as _correlations
+from normx_track.gold.metrics import correlations as _correlations
 
 from . import figures as F
 from .load import Run, cli_load_run, cli_warnings

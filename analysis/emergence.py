@@ -10,7 +10,7 @@ Writes, by default into RUN_DIR/figures:
   emergence_curves.csv  per correlation curve: peak, peak step, steps to half the peak
   emergence_scatter     settling step against frequency, function words marked
   emergence_bins        snapshots x log-frequency bins: mean norm and mean percentile
-Definitions: `normx_track.emergence`. Reads only the record.
+Definitions: `normx_track.gold.emergence`. Reads only the record.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from normx_track import emergence as E  # noqa: E402
-from normx_track.snapshot import correlation_key  # noqa: E402
+from normx_track.gold import emergence as E  # noqa: E402
+from normx_track.keys import correlation_key  # noqa: E402
 
 from . import figures as F  # noqa: E402
 from .load import Run, cli_load_run, cli_warnings  # noqa: E402

@@ -16,24 +16,23 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from normx_track import evidence as ev  # noqa: E402
-from normx_track import faithfulness as fa  # noqa: E402
-from normx_track.metrics import norm_statistics  # noqa: E402
-from normx_track.snapshot import (OUTPUT_PREFIX, PREFIX, auroc_key,  # noqa: E402
+from normx_track import keys as K  # noqa: E402
+from normx_track.gold.metrics import norm_statistics  # noqa: E402
+from normx_track.keys import (OUTPUT_PREFIX, PREFIX, auroc_key,  # noqa: E402
                                   correlation_key)
 
 STATS = {"spearman": "Spearman", "pearson": "Pearson",
          "partial_spearman": "partial Spearman (| log freq)"}
 # Probe keys (templates with {method}/{uid} for families of keys), as the probes define them.
-EVIDENCE = {ev.PAIR_ACCURACY: "minimal-pair accuracy (whole-word log-probability)",
-            ev.PAIR_ACCURACY_BY_UID: "minimal-pair accuracy by paradigm (UID)",
-            ev.BLIMP_ACCURACY: "BLiMP accuracy (whole sentence)",
-            ev.BLIMP_ACCURACY_BY_UID: "BLiMP accuracy by paradigm (UID)",
-            ev.EVIDENCE_AP: "evidence AP", ev.EVIDENCE_DP: "evidence DP"}
-FAITHFULNESS = {fa.COMPREHENSIVENESS: "comprehensiveness (higher = more faithful)",
-                fa.SUFFICIENCY: "sufficiency (lower = more faithful)",
-                fa.LOO_SPEARMAN: "Spearman with leave-one-out"}
-_BY_LAYER = re.compile("^" + re.escape(ev.EVIDENCE_AP_BY_LAYER.split("{")[0])
+EVIDENCE = {K.PAIR_ACCURACY: "minimal-pair accuracy (whole-word log-probability)",
+            K.PAIR_ACCURACY_BY_UID: "minimal-pair accuracy by paradigm (UID)",
+            K.BLIMP_ACCURACY: "BLiMP accuracy (whole sentence)",
+            K.BLIMP_ACCURACY_BY_UID: "BLiMP accuracy by paradigm (UID)",
+            K.EVIDENCE_AP: "evidence AP", K.EVIDENCE_DP: "evidence DP"}
+FAITHFULNESS = {K.COMPREHENSIVENESS: "comprehensiveness (higher = more faithful)",
+                K.SUFFICIENCY: "sufficiency (lower = more faithful)",
+                K.LOO_SPEARMAN: "Spearman with leave-one-out"}
+_BY_LAYER = re.compile("^" + re.escape(K.EVIDENCE_AP_BY_LAYER.split("{")[0])
                        + r"(.+)/layer_(\d+)$")
 
 

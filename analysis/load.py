@@ -4,7 +4,7 @@ record") into pandas DataFrames: one row per (run, step).
 Reading is tolerant: damaged lines and snapshots are skipped, and every problem is both
 warned about (a `RecordWarning` naming the file) and kept in `Run.problems`, so the
 command-line tools and the HTML report can say what is missing instead of leaving silent
-gaps. The record readers themselves are `normx_track.records`'.
+gaps. The record readers themselves are `normx_track.record.store`'.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 import pandas as pd
 
-from normx_track.records import (list_snapshots, load_snapshot, read_json, read_metrics,
+from normx_track.record.store import (list_snapshots, load_snapshot, read_json, read_metrics,
                                  record_dir, snapshot_path)
-from normx_track.snapshot import PREFIX
+from normx_track.keys import PREFIX
 
 T = TypeVar("T")
 MAX_JOB_DEPTH = 3  # how deep below a multirun dir job dirs are looked for

@@ -17,14 +17,14 @@ import json
 import sys
 from pathlib import Path
 
-from normx_track.callback import vocab_hash
-from normx_track.probes import run_probes
-from normx_track.checkpoints import CheckpointError, LoadedModel, load_model
-from normx_track.gold import GoldStatistics
-from normx_track.records import (RecordLock, RecordLockedError, RecordWriter, read_json,
+from normx_track.tracker.lightning import vocab_hash
+from normx_track.probes.base import run_probes
+from normx_track.record.checkpoint_loader import CheckpointError, LoadedModel, load_model
+from normx_track.gold.statistics import GoldStatistics
+from normx_track.record.store import (RecordLock, RecordLockedError, RecordWriter, read_json,
                                  record_dir, set_aside)
-from normx_track.snapshot import NormMetrics, norm_arrays
-from normx_track.tracking import probes_for_record
+from normx_track.tracker.snapshot import NormMetrics, norm_arrays
+from normx_track.training.tracker_factory import probes_for_record
 
 
 def measure_checkpoints(loaded: list[LoadedModel], gold: GoldStatistics, out: Path,

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from normx_track import evidence as ev
-from normx_track.snapshot import auroc_key, correlation_key
+from normx_track import keys as K
+from normx_track.keys import auroc_key, correlation_key
 
 from .curves import build_figures
 from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, load_run,
@@ -34,7 +34,7 @@ from .sweep import build_sweep, emergence_summary
 # The summary's metrics: plain and frequency-controlled Spearman side by side, the AUROC,
 # accuracy and evidence AP (key prefixes, as the tracker and probes define them).
 HEADLINE = (correlation_key("spearman", ""), correlation_key("partial_spearman", ""),
-            auroc_key(), ev.PAIR_ACCURACY, ev.BLIMP_ACCURACY, ev.EVIDENCE_AP.split("{")[0])
+            auroc_key(), K.PAIR_ACCURACY, K.BLIMP_ACCURACY, K.EVIDENCE_AP.split("{")[0])
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
@@ -113,7 +113,7 @@ def choose_steps(available: Sequence[int], requested: Sequence[int] | None,
 
 
 def tokens_html(run: Run, steps: Sequence[int] | None, top_k: int) -> str:
-    from normx_track.snapshot import extreme_tokens
+    from normx_track.tracker.snapshot import extreme_tokens
 
     counts = run.gold.get("counts")
     if counts is None:
@@ -167,7 +167,7 @@ def information_gain_html(run: Run, steps: Sequence[int] | None) -> str:
     """Each chosen snapshot's input norms against information gain (colour: log count),
     over the token types the tracker correlates; the caption gives each panel's Spearman,
     the record's `normx/spearman/information_gain` recomputed from the snapshot."""
-    from normx_track.metrics import spearman
+    from normx_track.gold.metrics import spearman
 
     ig, counts = run.gold.get("information_gain"), run.gold.get("counts")
     if ig is None or counts is None:

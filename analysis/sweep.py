@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 from matplotlib.figure import Figure
 
-from normx_track.snapshot import OUTPUT_PREFIX, PREFIX, auroc_key, correlation_key
+from normx_track.keys import OUTPUT_PREFIX, PREFIX, auroc_key, correlation_key
 
 from . import figures as F
 from .emergence import curve_table
@@ -113,7 +113,7 @@ def _probe_panels(frame: pd.DataFrame, families: dict[str, str]) -> list[tuple[s
 
 def emergence_summary(runs: list[Run], frame: pd.DataFrame) -> pd.DataFrame:
     """Per group, gold signal and statistic (Spearman, partial Spearman): the peak, its step
-    and the steps to half the peak (`normx_track.emergence.curve_summary`), each as the
+    and the steps to half the peak (`normx_track.gold.emergence.curve_summary`), each as the
     mean over the group's runs with a 95 % t-interval; n counts the runs where it is finite."""
     group_of = frame.groupby("run", sort=False)["group"].first()
     rows = []

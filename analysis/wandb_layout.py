@@ -14,15 +14,14 @@ import argparse
 import os
 import sys
 
-from normx_track import evidence as ev
-from normx_track import faithfulness as fa
-from normx_track.loggers import wandb_logged_in
-from normx_track.snapshot import auroc_key, correlation_key, norm_key
+from normx_track import keys as K
+from normx_track.training.loggers import wandb_logged_in
+from normx_track.keys import auroc_key, correlation_key, norm_key
 
 STEP = "trainer/global_step"
 SIGNALS = ("self_information", "information_gain", "information_gain_corrected")
 METHODS = ("normxlogit", "logat", "norm", "random")
-GRADIENT_METHODS = fa.CAPTUM_METHODS
+GRADIENT_METHODS = K.CAPTUM_METHODS
 
 
 def _each(template: str, methods) -> list[str]:
@@ -39,17 +38,17 @@ LAYOUT: dict[str, list[tuple[str, list[str]]]] = {
         ("mean norm by frequency decile", [norm_key(f"bucket_{b:02d}/mean") for b in range(10)]),
     ],
     "normx: evidence alignment": [
-        ("minimal-pair accuracy", [ev.PAIR_ACCURACY, ev.BLIMP_ACCURACY]),
-        ("evidence AP", _each(ev.EVIDENCE_AP, METHODS)),
-        ("evidence DP", _each(ev.EVIDENCE_DP, METHODS)),
-        ("contrastive evidence AP", _each(ev.EVIDENCE_AP, ev.CONTRASTIVE_METHODS)),
+        ("minimal-pair accuracy", [K.PAIR_ACCURACY, K.BLIMP_ACCURACY]),
+        ("evidence AP", _each(K.EVIDENCE_AP, METHODS)),
+        ("evidence DP", _each(K.EVIDENCE_DP, METHODS)),
+        ("contrastive evidence AP", _each(K.EVIDENCE_AP, K.CONTRASTIVE_METHODS)),
     ],
     "normx: faithfulness": [
-        ("comprehensiveness", _each(fa.COMPREHENSIVENESS, METHODS)),
-        ("sufficiency", _each(fa.SUFFICIENCY, METHODS)),
-        ("agreement with leave-one-out", _each(fa.LOO_SPEARMAN, METHODS)),
-        ("gradient baselines: comprehensiveness", _each(fa.COMPREHENSIVENESS, GRADIENT_METHODS)),
-        ("IG completeness error", [fa.IG_COMPLETENESS_ERROR]),
+        ("comprehensiveness", _each(K.COMPREHENSIVENESS, METHODS)),
+        ("sufficiency", _each(K.SUFFICIENCY, METHODS)),
+        ("agreement with leave-one-out", _each(K.LOO_SPEARMAN, METHODS)),
+        ("gradient baselines: comprehensiveness", _each(K.COMPREHENSIVENESS, GRADIENT_METHODS)),
+        ("IG completeness error", [K.IG_COMPLETENESS_ERROR]),
     ],
     "training": [("loss", ["train/loss", "val/loss", "data/unigram_entropy"])],
 }

@@ -94,7 +94,7 @@ def method_fn(name, model, x, args):
     import torch
     from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
-    from normx_track.attribution import attribute
+    from normx_track.attribution.normxlogit import attribute
 
     if name == "forward":
         return lambda: torch.no_grad()(model)(input_ids=x).logits

@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 
-from normx_track.config import ModelConfig, OptimConfig
-from normx_track.data.synthetic import SyntheticConfig, generate_corpus
-from normx_track.data.tokenizer import train_bpe
-from normx_track.evidence import EvidenceProbe
-from normx_track.gold import compute_gold
-from normx_track.model import LanguageModel, chunked_loss_available, flops_per_token
-from normx_track.probe_files import pair_from_record
-from normx_track.snapshot import NormMetrics, norm_arrays
+from normx_track.training.config import ModelConfig, OptimConfig
+from normx_track.training.data.synthetic import SyntheticConfig, generate_corpus
+from normx_track.training.data.tokenizer import train_bpe
+from normx_track.probes.evidence import EvidenceProbe
+from normx_track.gold.statistics import compute_gold
+from normx_track.training.model import LanguageModel, chunked_loss_available, flops_per_token
+from normx_track.probes.files import pair_from_record
+from normx_track.tracker.snapshot import NormMetrics, norm_arrays
 from summary import emit  # benchmarks/ is on sys.path when run as a script
 
 GPT2_VOCAB = 50_257
@@ -125,7 +125,7 @@ def host_reads_per_step(args, vocab: int) -> float:
     progress bar and throughput logger, counted by the PyTorch profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    from normx_track.monitors import LogStepThroughput, LossProgressBar
+    from normx_track.training.monitors import LogStepThroughput, LossProgressBar
 
     class Profiled(L.Callback):  # steps 11..19 of log_every_n_steps=10
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -187,7 +187,7 @@ def tracker_share(args, vocab: int, step_s: float, module: LanguageModel) -> dic
 
 def fsdp_matches(args, vocab: int) -> bool:
     """Step-0 norms under FSDP on one device equal the plain strategy's."""
-    from normx_track.strategies import CPUFSDPStrategy
+    from normx_track.training.strategies import CPUFSDPStrategy
     from lightning.pytorch.strategies import FSDPStrategy
 
     norms = []
@@ -207,7 +207,7 @@ def fsdp_matches(args, vocab: int) -> bool:
 
 class _Step0Norms(L.Callback):
     def on_train_start(self, trainer, pl_module):
-        from normx_track.snapshot import find_language_model, full_params
+        from normx_track.tracker.snapshot import find_language_model, full_params
 
         with full_params(trainer.strategy.model):
             self.norms = norm_arrays(find_language_model(pl_module))["input_norm"]

@@ -24,7 +24,7 @@ def measure(variant: str, rows: int, chunk: int, vocab: int, width: int, repeats
     import torch
     import torch.nn.functional as F
 
-    from normx_track.model import next_token_loss
+    from normx_track.training.model import next_token_loss
 
     torch.manual_seed(0)
     head = torch.nn.Linear(width, vocab, bias=False)

@@ -28,13 +28,13 @@ import lightning as L
 import numpy as np
 import torch
 
-from normx_track.config import Config, ModelConfig, validate
-from normx_track.data.datamodule import TextDataModule
-from normx_track.gold import compute_gold
-from normx_track.model import LanguageModel
-from normx_track.probes import EvidenceProbe
-from normx_track.snapshot import NormMetrics, norm_arrays
-from normx_track.tracking import build_tracker
+from normx_track.training.config import Config, ModelConfig, validate
+from normx_track.training.data.datamodule import TextDataModule
+from normx_track.gold.statistics import compute_gold
+from normx_track.training.model import LanguageModel
+from normx_track.probes.base import EvidenceProbe
+from normx_track.tracker.snapshot import NormMetrics, norm_arrays
+from normx_track.training.tracker_factory import build_tracker
 from summary import emit  # benchmarks/ is on sys.path when run as a script
 
 

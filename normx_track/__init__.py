@@ -5,8 +5,15 @@ import importlib
 
 __version__ = "0.1.0"
 
-# Lazy exports: `import normx_track.config` (Hydra start-up) must not pull in Lightning.
-_EXPORTS = {"NormTracker": "callback", "GoldStatistics": "gold", "compute_gold": "gold"}
+# Lazy exports: `import normx_track.training.config` (Hydra start-up) and
+# `import normx_track.keys` (analysis) must not pull in torch or Lightning.
+_EXPORTS = {
+    "Tracker": "tracker.core",
+    "NormTracker": "tracker.lightning",
+    "GoldStatistics": "gold.statistics",
+    "compute_gold": "gold.statistics",
+    "attribute": "attribution.normxlogit",
+}
 __all__ = [*_EXPORTS, "__version__"]
 
 

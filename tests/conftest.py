@@ -46,7 +46,7 @@ def tiny_config(out: Path, cache_dir: Path, *overrides: str):
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from normx_track.config import Config, validate
+    from normx_track.training.config import Config, validate
 
     ConfigStore.instance().store(name="config_schema", node=Config)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

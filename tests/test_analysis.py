@@ -20,7 +20,7 @@ import yaml
 
 from analysis import curves, emergence, figures as F, report, sweep
 from analysis.load import RecordWarning, load_run, load_sweep
-from normx_track.records import read_metrics
+from normx_track.record.store import read_metrics
 from conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -13,7 +13,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from normx_track.attribution import (attribute, attribute_many, embedding_norms, final_norm, logat,
+from normx_track.attribution.normxlogit import (attribute, attribute_many, embedding_norms, final_norm, logat,
                                      normxlogit)
 
 hf_logging.set_verbosity_error()

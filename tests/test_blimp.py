@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, run_train
-from normx_track import blimp
-from normx_track.blimp import CUE_RULES, load_blimp
-from normx_track.probe_files import ProbeFileError
+from normx_track.probes import blimp
+from normx_track.probes.blimp import CUE_RULES, load_blimp
+from normx_track.probes.files import ProbeFileError
 
 
 def row(uid: str, good: str, bad: str, prefix: str | None = None, word_good: str | None = None,

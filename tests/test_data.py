@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from normx_track.config import DataConfig, SyntheticDataConfig
-from normx_track.data.datamodule import TextDataModule, loader_workers
-from normx_track.data.sources import DataSourceError, load_local_files, load_texts
-from normx_track.data.tokenizer import get_tokenizer, train_bpe
+from normx_track.training.config import DataConfig, SyntheticDataConfig
+from normx_track.training.data.datamodule import TextDataModule, loader_workers
+from normx_track.training.data.sources import DataSourceError, load_local_files, load_texts
+from normx_track.training.data.tokenizer import get_tokenizer, train_bpe
 
 TEXTS = ["the cat sat on the mat .", "a dog ran after the cat !", "numbers 12345 and ünïcödé 🙂"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_train
-from normx_track.records import read_metrics
+from normx_track.record.store import read_metrics
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`python -m normx_track.explain` on a real Lightning checkpoint of our LanguageModel."""
+"""`python -m normx_track.attribution.explain` on a real Lightning checkpoint of our LanguageModel."""
 from __future__ import annotations
 
 import html
@@ -13,16 +13,16 @@ from torch.utils.data import DataLoader
 from transformers.utils import logging as hf_logging
 
 from conftest import ROOT, subprocess_env
-from normx_track.attribution import attribute
-from normx_track.config import ModelConfig, OptimConfig
-from normx_track.data.tokenizer import train_bpe
-from normx_track.checkpoints import load_model as load_checkpoint
-from normx_track.explain import explain, main
+from normx_track.attribution.normxlogit import attribute
+from normx_track.training.config import ModelConfig, OptimConfig
+from normx_track.training.data.tokenizer import train_bpe
+from normx_track.record.checkpoint_loader import load_model as load_checkpoint
+from normx_track.attribution.explain import explain, main
 
 
 def load_model(path):
     return load_checkpoint(path).model
-from normx_track.model import LanguageModel
+from normx_track.training.model import LanguageModel
 
 hf_logging.set_verbosity_error()
 WORDS = "the keys to cabinet are is dogs near run runs cat cats sleep on mat red".split()
@@ -55,7 +55,7 @@ def run_dir(tmp_path_factory):
 
 
 def cli(*args, cwd=None, cache=None):
-    return subprocess.run([sys.executable, "-m", "normx_track.explain", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "normx_track.attribution.explain", *map(str, args)],
                           cwd=cwd or ROOT, env=subprocess_env(cache or ROOT / ".cache"),
                           capture_output=True, text=True, timeout=120)
 

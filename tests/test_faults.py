@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, run_train, subprocess_env
-from normx_track.records import list_snapshots, read_metrics
+from normx_track.record.store import list_snapshots, read_metrics
 from fake_wandb_server import FakeWandbServer
 from wandb_log import history
 

@@ -12,9 +12,9 @@ from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
 from conftest import TINY, run_train
-from normx_track.function_words import ENGLISH, FunctionWordsError, resolve_function_words
-from normx_track.data.tokenizer import surface_forms, train_bpe
-from normx_track.gold import function_word_labels
+from normx_track.probes.function_words import ENGLISH, FunctionWordsError, resolve_function_words
+from normx_track.training.data.tokenizer import surface_forms, train_bpe
+from normx_track.gold.statistics import function_word_labels
 
 
 def test_english_list_holds_each_closed_class_and_no_content_words():

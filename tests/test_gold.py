@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from normx_track import gold as gold_mod
-from normx_track.gold import (GoldStatistics, cache_key, compute_gold, cooccurrence_kl,
+from normx_track.gold import statistics as gold_mod
+from normx_track.gold.statistics import (GoldStatistics, cache_key, compute_gold, cooccurrence_kl,
                               function_word_labels, load_lexicon, shuffle_documents,
                               LexiconError)
 

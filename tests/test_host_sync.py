@@ -19,8 +19,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from normx_track import NormTracker, compute_gold, monitors
-from normx_track.records import read_metrics
+from normx_track import NormTracker, compute_gold
+
+from normx_track.training import monitors
+from normx_track.record.store import read_metrics
 
 READ_BACK = torch.ops.aten._local_scalar_dense.default
 
@@ -65,7 +67,7 @@ class ReadsPerStep(L.Callback):
 
 def test_steps_between_logs_snapshots_and_checkpoints_read_nothing_back(tmp_path, cache_dir,
                                                                        monkeypatch):
-    from normx_track import run as run_module
+    from normx_track.training import run as run_module
 
     counter = ReadsPerStep()
     build = run_module.build_callbacks

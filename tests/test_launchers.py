@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY, run_train
-from normx_track.config import Config, validate
-from normx_track.model import LanguageModel
+from normx_track.training.config import Config, validate
+from normx_track.training.model import LanguageModel
 
 import train  # noqa: F401  (registers the config schema with Hydra's ConfigStore)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from normx_track import metrics as M
+from normx_track.gold import metrics as M
 
 
 def vocab_arrays(seed=0, v=400):

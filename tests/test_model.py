@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from normx_track.config import ModelConfig, OptimConfig
-from normx_track.model import LanguageModel, next_token_loss
+from normx_track.training.config import ModelConfig, OptimConfig
+from normx_track.training.model import LanguageModel, next_token_loss
 from test_tracker import assert_rows_close, rows_of
 
 ARCHS = [("gpt2", True), ("gpt2", False), ("gpt_neox", False), ("llama", True)]
@@ -64,7 +64,7 @@ def test_the_module_trains_on_the_same_loss_either_way():
 
 
 def test_a_chunked_loss_run_records_the_plain_runs_rows(tiny_run: Path, cache_dir, tmp_path):
-    from normx_track.run import run
+    from normx_track.training.run import run
 
     out = tmp_path / "chunked"
     run(tiny_config(out, cache_dir, "logger=none",

@@ -11,12 +11,12 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from normx_track.attribution import attribute
-from normx_track.data.synthetic import SyntheticConfig, generate_corpus, write_corpus
-from normx_track.data.tokenizer import train_bpe
-from normx_track.probe_files import MinimalPair, ProbeFileError, encode_pairs, load_probe_file
-from normx_track.faithfulness import gradient_attributions
-from normx_track.probes import EvidenceProbe, FaithfulnessProbe
+from normx_track.attribution.normxlogit import attribute
+from normx_track.training.data.synthetic import SyntheticConfig, generate_corpus, write_corpus
+from normx_track.training.data.tokenizer import train_bpe
+from normx_track.probes.files import MinimalPair, ProbeFileError, encode_pairs, load_probe_file
+from normx_track.probes.faithfulness import gradient_attributions
+from normx_track.probes.base import EvidenceProbe, FaithfulnessProbe
 
 hf_logging.set_verbosity_error()
 

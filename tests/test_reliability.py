@@ -20,12 +20,12 @@ import torch
 
 from analysis.replay import main as replay
 from conftest import ROOT, TINY, run_train, subprocess_env
-from normx_track import records
-from normx_track.callback import NormTracker, tracker_state
-from normx_track.checkpoint_io import AtomicCheckpointIO
-from normx_track.config import Config, ConfigError, TrackerConfig, validate
-from normx_track.gold import GoldStatistics, compute_gold
-from normx_track.records import RecordLock, RecordLockedError, RecordWriteError, read_metrics
+from normx_track.record import store as records
+from normx_track.tracker.lightning import NormTracker, tracker_state
+from normx_track.record.checkpoint_writer import AtomicCheckpointIO
+from normx_track.training.config import Config, ConfigError, TrackerConfig, validate
+from normx_track.gold.statistics import GoldStatistics, compute_gold
+from normx_track.record.store import RecordLock, RecordLockedError, RecordWriteError, read_metrics
 
 QUICK = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=1",
                                                                      "logger=none"]

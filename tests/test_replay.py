@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from analysis.replay import main as replay
-from normx_track.checkpoints import CheckpointError, load_model
-from normx_track.records import list_snapshots, load_snapshot, read_metrics
+from normx_track.record.checkpoint_loader import CheckpointError, load_model
+from normx_track.record.store import list_snapshots, load_snapshot, read_metrics
 
 
 def test_replay_of_two_checkpoints_equals_the_live_rows(tiny_run: Path, tmp_path: Path):

@@ -1,11 +1,11 @@
-"""Tests for the embedded synthetic corpus (normx_track.data.synthetic)."""
+"""Tests for the embedded synthetic corpus (normx_track.training.data.synthetic)."""
 import json
 from collections import Counter
 from dataclasses import replace
 
 import pytest
 
-from normx_track.data.synthetic import (
+from normx_track.training.data.synthetic import (
     SyntheticConfig,
     build_lexicon,
     content_forms,

@@ -1,4 +1,4 @@
-"""Per-token emergence (normx_track.emergence, analysis.emergence) on a record built here
+"""Per-token emergence (normx_track.gold.emergence, analysis.emergence) on a record built here
 with trajectories whose settling and peak steps are known by construction, the order
 statistics against a direct scipy computation, and the sweep/report/W&B outputs."""
 from __future__ import annotations
@@ -16,9 +16,9 @@ from scipy import stats
 from analysis import emergence as AE
 from analysis import report, sweep
 from analysis.load import load_sweep
-from normx_track import emergence as E
-from normx_track.gold import GoldStatistics
-from normx_track.records import RecordWriter
+from normx_track.gold import emergence as E
+from normx_track.gold.statistics import GoldStatistics
+from normx_track.record.store import RecordWriter
 
 STEPS = [0, 10, 20, 30, 40, 50]
 # 7 anchors at fixed norms 10..70 and 4 movers; n = 11 types, so percentiles are 10 (r - 1).

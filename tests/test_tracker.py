@@ -20,10 +20,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from conftest import TINY, run_train
 from wandb_log import history
 from normx_track import NormTracker, compute_gold
-from normx_track import records
-from normx_track.callback import batch_input_ids, snapshot_schedule
-from normx_track.gold import GoldStatistics
-from normx_track.records import RecordWriteError, RecordWriter, read_metrics
+from normx_track.record import store as records
+from normx_track.tracker.lightning import batch_input_ids, snapshot_schedule
+from normx_track.gold.statistics import GoldStatistics
+from normx_track.record.store import RecordWriteError, RecordWriter, read_metrics
 
 MIN_COUNT = 2  # tracker.min_count in TINY
 
@@ -379,7 +379,7 @@ class DashboardDownLogger(CSVLogger):
 def test_a_failing_user_logger_neither_stops_the_run_nor_the_record(tmp_path, caplog):
     _, ids = plain_data(50)
     gold = compute_gold([d.numpy() for d in ids], 50, shuffle_correction=False)
-    with caplog.at_level(logging.WARNING, logger="normx_track.callback"):
+    with caplog.at_level(logging.WARNING, logger="normx_track.tracker.lightning"):
         trainer = fit_plain(tmp_path, PlainLM(50), NormTracker(gold, every_n_steps=3, min_count=1),
                             logger=DashboardDownLogger(tmp_path))
     assert trainer.global_step == 6

@@ -1,0 +1,349 @@
+"""Explain one next-token prediction of a checkpoint with NormXLogit and LogAt.
+
+    python -m normx_track.attribution.explain CHECKPOINT "some text" [--target WORD] [--foil WORD]
+                                  [--layer N] [--tokenizer PATH] [--html out.html]
+
+CHECKPOINT is either a Lightning ``.ckpt`` written by `normx_track.training.model.LanguageModel`
+(the HF model is rebuilt from its ``hf_config`` hyper-parameters and the ``model.``
+entries of its state dict; loaded with ``weights_only=True``), or a Hugging Face model
+directory (``from_pretrained``).
+
+The tokenizer: ``--tokenizer`` (a tokenizer directory, a ``tokenizer.json`` file or a hub
+name); else, for an HF directory, the directory itself; else, for a ``.ckpt``, the first
+of ``<ckpt dir>/``, ``<ckpt dir>/tokenizer/``, ``<run dir>/``, ``<run dir>/tokenizer/``
+(run dir = the ``.ckpt``'s parent's parent, e.g. ``outputs/run`` for
+``outputs/run/checkpoints/last.ckpt``) holding a ``tokenizer.json``, then the tokenizer of the data
+cache that the run's record names (``normx/meta.json`` "data_dir"), so checkpoints of our
+own runs need no ``--tokenizer``.
+
+The explained prediction is the model's next token after the whole text (its argmax), or
+``--target WORD`` (scored on the first token of " " + WORD, like the evidence probes);
+``--foil WORD`` makes the scores contrastive (target minus foil); ``--layer N`` reads the
+hidden states after layer N (0 = embeddings) through the final norm and the head (logit
+lens) instead of the last layer. It prints a table of tokens with the norm factor
+(||E[x_i]||), LogAt and NormXLogit, and with ``--html`` writes a self-contained coloured
+view. Errors (unreadable or corrupt checkpoint, missing tokenizer, bad layer) print one
+line naming the problem and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from normx_track.record import checkpoint_loader as checkpoints
+from normx_track.attribution.normxlogit import attribute, context_size
+from normx_track.errors import InputError
+from normx_track.record.store import read_json
+from normx_track.probes.files import continuation_tokens
+
+__all__ = ["ExplainError", "Explanation", "explain", "format_table", "load_tokenizer", "main",
+           "render_html"]
+
+
+class ExplainError(InputError):
+    """A user-facing failure: the CLI prints it and exits with status 2."""
+
+
+# ----------------------------------------------------------------------------- loading
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def _tokenizer_from(location: Path):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if location.is_file():
+        return PreTrainedTokenizerFast(tokenizer_file=str(location))
+    if (location / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(location)
+    return PreTrainedTokenizerFast(tokenizer_file=str(location / "tokenizer.json"))
+
+
+def _recorded_tokenizer(run_dir: Path) -> Path:
+    """Our training runs name their data cache (with its tokenizer) in the record."""
+    meta = read_json(run_dir, "meta.json") or {}
+    return Path(meta.get("data_dir", run_dir / "no_record")) / "tokenizer"
+
+
+def load_tokenizer(checkpoint: str | Path, tokenizer: str | Path | None = None):
+    """The tokenizer for ``checkpoint`` (see the module docstring for the search order)."""
+    from transformers import AutoTokenizer
+
+    checkpoint = Path(checkpoint)
+    try:
+        if tokenizer is not None:
+            where = Path(tokenizer)
+            if where.exists():
+                return _tokenizer_from(where)
+            return AutoTokenizer.from_pretrained(str(tokenizer))  # a hub name (cache/offline)
+        if checkpoint.is_dir():
+            return AutoTokenizer.from_pretrained(checkpoint)
+        run_dir = checkpoint.parent.parent
+        for where in (checkpoint.parent, checkpoint.parent / "tokenizer", run_dir,
+                      run_dir / "tokenizer", _recorded_tokenizer(run_dir)):
+            if (where / "tokenizer.json").exists():
+                return _tokenizer_from(where)
+    except Exception as err:  # noqa: BLE001 - tokenizer loaders raise many kinds
+        source = tokenizer if tokenizer is not None else checkpoint
+        raise ExplainError(f"cannot load the tokenizer from {source} ({checkpoints.first_line(err)})"
+                           ) from None
+    raise ExplainError(f"{checkpoint}: no tokenizer.json next to the checkpoint or in its run "
+                       f"directory {run_dir}; pass --tokenizer PATH")
+
+
+# --------------------------------------------------------------------------- explaining
+@dataclass
+class Explanation:
+    text: str
+    token_ids: list[int]
+    tokens: list[str]  # each token decoded on its own
+    norm: np.ndarray  # [T] the norm factor
+    logat: np.ndarray  # [T]
+    normxlogit: np.ndarray  # [T]
+    position: int  # explained position (the last token)
+    target_id: int
+    target: str
+    target_prob: float
+    predicted_id: int  # the model's argmax at the position
+    predicted: str
+    predicted_prob: float
+    top: list[tuple[str, float]]  # top-5 predictions (token, probability)
+    foil_id: int | None = None
+    foil: str | None = None
+    foil_prob: float | None = None
+    layer: int | None = None  # None: last layer
+    n_layers: int = 0
+    note: str = ""  # how a multi-token target (or a shared start with the foil) was read
+
+
+def _decode(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([int(token_id)])
+
+
+def _check_vocabulary(tokenizer, vocab_rows: int) -> None:
+    """A tokenizer from another run gives ids that mean other words: refuse it. Models may
+    pad their embedding to a round number of rows, so a few spare rows are fine."""
+    size = len(tokenizer)
+    if size > vocab_rows or vocab_rows - size > 128:
+        raise ExplainError(f"the tokenizer has {size} tokens but the model has {vocab_rows} "
+                           "embeddings: not this model's tokenizer (--tokenizer)")
+
+
+def _word(flag: str, word: str | None) -> str | None:
+    if word is None:
+        return None
+    if not word.strip():
+        raise ExplainError(f"{flag} is empty: give a word, or leave {flag} out")
+    return word.strip()
+
+
+def _targets(tokenizer, text: str, ids: list[int], target: str | None, foil: str | None):
+    """(input ids, target id, foil id, note). A target of several tokens is explained on
+    its first (and says so); a target and foil that share their first tokens are explained
+    where their tokenisations first differ, the shared tokens appended to the text
+    (DESIGN.md)."""
+    target, foil = _word("--target", target), _word("--foil", foil)
+    if target is None:  # the model's argmax, against the foil's first token if given
+        foil_id = None if foil is None else continuation_tokens(tokenizer, foil, text)[0]
+        return ids, None, foil_id, ""
+    good = continuation_tokens(tokenizer, target, text)
+    if foil is None:
+        note = (f"{target!r} is {len(good)} tokens; explaining its first, "
+                f"{tokenizer.decode(good[:1])!r}") if len(good) > 1 else ""
+        return ids, good[0], None, note
+    bad = continuation_tokens(tokenizer, foil, text)
+    n = next((i for i, (g, b) in enumerate(zip(good, bad)) if g != b), None)
+    if n is None:
+        raise ExplainError(f"--target {target!r} and --foil {foil!r} tokenise alike as far as "
+                           "the shorter goes: no token tells them apart")
+    note = (f"target and foil share their first {n} token(s) "
+            f"{tokenizer.decode(good[:n])!r}; explained after them, where they differ"
+            if n else "")
+    return ids + good[:n], good[n], bad[n], note
+
+
+def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = None,
+            foil: str | None = None, layer: int | None = None,
+            norm_factor: str = "word_embedding") -> Explanation:
+    """NormXLogit / LogAt of every token of ``text`` for the prediction after it."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ExplainError("the text has no tokens")
+    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    _check_vocabulary(tokenizer, vocab_rows)
+    if max(ids) >= vocab_rows:
+        raise ExplainError(f"the tokenizer gives token id {max(ids)} but the model has only "
+                           f"{vocab_rows} embeddings: wrong tokenizer?")
+    limit = context_size(model)
+    if limit is not None and len(ids) > limit:
+        raise ExplainError(f"the text is {len(ids)} tokens; the model takes at most {limit}")
+    ids, target_id, foil_id, note = _targets(tokenizer, text, ids, target, foil)
+    if limit is not None and len(ids) > limit:
+        raise ExplainError(f"the text and the tokens target and foil share take {len(ids)} "
+                           f"positions; the model takes at most {limit}")
+    for word, tid in ((target, target_id), (foil, foil_id)):
+        if tid is not None and tid >= vocab_rows:
+            raise ExplainError(f"{word!r} maps to token id {tid}, outside the model's vocabulary")
+    layers = "last" if layer is None else [layer]
+    try:
+        a = attribute(model, torch.tensor([ids]), target=target_id, foil=foil_id, layers=layers,
+                      norm_factor=norm_factor)
+    except ValueError as err:
+        raise ExplainError(checkpoints.first_line(err)) from None
+    probs = a.logits[0].softmax(-1)
+    top_p, top_i = probs.topk(min(5, probs.numel()))
+    predicted_id = int(top_i[0])
+    tid = int(a.target[0])
+    lat = a.logat[0] if layer is None else a.logat_layers[0, 0]
+    nxl = a.normxlogit[0] if layer is None else a.normxlogit_layers[0, 0]
+    n_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layer
+    return Explanation(
+        text=text, token_ids=list(ids), tokens=[_decode(tokenizer, i) for i in ids],
+        norm=a.norm[0].numpy(), logat=lat.numpy(), normxlogit=nxl.numpy(),
+        position=int(a.position[0]), target_id=tid, target=_decode(tokenizer, tid),
+        target_prob=float(probs[tid]), predicted_id=predicted_id,
+        predicted=_decode(tokenizer, predicted_id), predicted_prob=float(top_p[0]),
+        top=[(_decode(tokenizer, i), float(p)) for p, i in zip(top_p.tolist(), top_i.tolist())],
+        foil_id=foil_id, foil=None if foil_id is None else _decode(tokenizer, foil_id),
+        foil_prob=None if foil_id is None else float(probs[foil_id]),
+        layer=None if layer is None else int(a.layers[0]), n_layers=int(n_layers), note=note)
+
+
+# ---------------------------------------------------------------------------- rendering
+def _what(e: Explanation) -> str:
+    what = f"{e.target!r} (p={e.target_prob:.4f})"
+    if e.foil is not None:
+        what += f" vs foil {e.foil!r} (p={e.foil_prob:.4f}); scores are target - foil"
+    layer = f"layer {e.layer} of {e.n_layers} (logit lens)" if e.layer is not None \
+        else f"last layer ({e.n_layers})"
+    note = f" ({e.note})" if e.note else ""
+    return f"explaining {what} after position {e.position}, {layer}{note}"
+
+
+def format_table(e: Explanation) -> str:
+    """A plain-text table: position, token, norm, LogAt, NormXLogit and a bar."""
+    width = max(8, *(len(repr(t)) for t in e.tokens))
+    peak = np.nanmax(np.abs(e.normxlogit)) if np.isfinite(e.normxlogit).any() else 0.0
+    lines = [_what(e),
+             f"model's prediction: {e.predicted!r} (p={e.predicted_prob:.4f}); top: "
+             + ", ".join(f"{t!r} {p:.3f}" for t, p in e.top),
+             "",
+             f"{'pos':>4}  {'token':<{width}}  {'norm':>9}  {'LogAt':>10}  {'NormXLogit':>11}"]
+    for i, token in enumerate(e.tokens):
+        value = e.normxlogit[i]
+        bar = ""
+        if peak > 0 and math.isfinite(value):
+            bar = ("+" if value >= 0 else "-") * max(1, round(12 * abs(value) / peak))
+        lines.append(f"{i:>4}  {repr(token):<{width}}  {e.norm[i]:>9.4f}  {e.logat[i]:>10.4f}  "
+                     f"{value:>11.4f}  {bar}")
+    return "\n".join(lines)
+
+
+def _colour(value: float, peak: float) -> str:
+    if not math.isfinite(value) or peak <= 0:
+        return "transparent"
+    alpha = min(1.0, abs(value) / peak) * 0.85
+    rgb = "214,39,40" if value >= 0 else "31,119,180"  # red: supports, blue: against
+    return f"rgba({rgb},{alpha:.3f})"
+
+
+def render_html(e: Explanation, title: str = "NormXLogit explanation") -> str:
+    """A self-contained HTML page: one row of token spans per score, background by score
+    (red positive, blue negative, opacity by |score| / max |score| of the row)."""
+    rows = []
+    for name, values in (("NormXLogit", e.normxlogit), ("LogAt", e.logat), ("norm", e.norm)):
+        finite = values[np.isfinite(values)]
+        peak = float(np.abs(finite).max()) if finite.size else 0.0
+        spans = []
+        for i, token in enumerate(e.tokens):
+            tip = (f"position {i}, id {e.token_ids[i]}: NormXLogit {e.normxlogit[i]:.4f}, "
+                   f"LogAt {e.logat[i]:.4f}, norm {e.norm[i]:.4f}")
+            spans.append(f'<span class="tok" style="background:{_colour(values[i], peak)}" '
+                         f'title="{html.escape(tip)}">{html.escape(token)}</span>')
+        spans.append(f'<span class="pred" title="p={e.target_prob:.4f}">'
+                     f'{html.escape(e.target)}</span>')
+        rows.append(f'<div class="row"><div class="name">{name}</div>'
+                    f'<div class="text">{"".join(spans)}</div></div>')
+    table = "".join(
+        f"<tr><td>{i}</td><td><code>{html.escape(repr(t))}</code></td><td>{e.norm[i]:.4f}</td>"
+        f"<td>{e.logat[i]:.4f}</td><td>{e.normxlogit[i]:.4f}</td></tr>"
+        for i, t in enumerate(e.tokens))
+    top = ", ".join(f"<code>{html.escape(repr(t))}</code> {p:.3f}" for t, p in e.top)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+.row {{ display: flex; align-items: baseline; margin: .6em 0; }}
+.name {{ width: 7em; font-weight: bold; }}
+.text {{ font-family: monospace; font-size: 1.1em; white-space: pre-wrap; }}
+.tok {{ padding: 2px 0; border-radius: 3px; }}
+.pred {{ border: 1px dashed #444; padding: 1px 3px; margin-left: 2px; }}
+table {{ border-collapse: collapse; margin-top: 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(_what(e))}</p>
+<p>Model's prediction: <code>{html.escape(repr(e.predicted))}</code>
+(p={e.predicted_prob:.4f}); top: {top}</p>
+<p>Red: the position's own representation supports the explained token; blue: against.</p>
+{"".join(rows)}
+<table><tr><th>pos</th><th>token</th><th>norm</th><th>LogAt</th><th>NormXLogit</th></tr>
+{table}</table>
+</body></html>
+"""
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m normx_track.attribution.explain",
+        description="Explain a model's next-token prediction with NormXLogit and LogAt.")
+    p.add_argument("checkpoint", help="a LanguageModel .ckpt or a Hugging Face model directory")
+    p.add_argument("text", help="the text whose next token is explained")
+    p.add_argument("--target", help="explain this word (its first token) instead of the argmax")
+    p.add_argument("--foil", help="contrast with this word: scores are target - foil")
+    p.add_argument("--layer", type=int, help="layer to read (0 = embeddings; default: last)")
+    p.add_argument("--tokenizer", help="tokenizer directory, tokenizer.json or hub name")
+    p.add_argument("--norm-factor", default="word_embedding",
+                   choices=("word_embedding", "embedding_output"))
+    p.add_argument("--html", type=Path, help="write a coloured HTML view here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_transformers()
+    try:
+        model = checkpoints.load_model(args.checkpoint).model
+        tokenizer = load_tokenizer(args.checkpoint, args.tokenizer)
+        e = explain(model, tokenizer, args.text, args.target, args.foil, args.layer,
+                    args.norm_factor)
+        print(f"checkpoint: {args.checkpoint}")
+        print(format_table(e))
+        if args.html is not None:
+            try:
+                args.html.parent.mkdir(parents=True, exist_ok=True)
+                args.html.write_text(render_html(e, f"NormXLogit: {args.checkpoint}"),
+                                     encoding="utf-8")
+            except OSError as err:
+                raise ExplainError(f"{args.html}: cannot write the HTML view "
+                                   f"({err.strerror or err})") from None
+            print(f"HTML view: {args.html}")
+    except InputError as err:  # ExplainError, CheckpointError: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""When does each token become important? Per-token emergence from the snapshots of a
+record (no extra training cost): percentile trajectories, settling and peak steps, the
+order in which tokens settle, frequency-binned dynamics, and a run's curve summary.
+
+Definitions (documented here once)
+----------------------------------
+* Types: token types with count >= min_count (the ones the correlations use).
+* Percentile rank of a type at a snapshot: 100 (r - 1) / (n - 1) among the n types, r its
+  rank by norm (ties share their average rank), so the shortest is 0 and the longest 100.
+* Settling step: the first snapshot from which the type's percentile stays within +-band
+  points of its final one at every later snapshot. A type still outside the band at the
+  second-to-last snapshot settles only at the last one, which says nothing: it "never
+  settles" (NaN). With fewer than two snapshots nothing settles.
+* Peak step: the snapshot of the type's largest norm (the first, on ties).
+* Emergence order: Spearman of the settling step with log frequency and with each gold
+  signal, and the partial Spearman controlling log frequency; 95 % bootstrap intervals
+  over types (percentile method, seeded). Types that never settle are left out.
+* Curve summary (for sweeps): per correlation curve, the peak value and its step, and the
+  decay: steps from the peak to the first later snapshot at or below half the peak (NaN
+  if it never falls that far, or the peak is not positive).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from normx_track.gold.metrics import correlations
+
+__all__ = ["Emergence", "curve_summary", "emergence", "frequency_bins", "order_statistics",
+           "percentile_ranks", "settling_steps"]
+
+DEFAULT_BAND = 10.0
+
+
+def percentile_ranks(norms: np.ndarray) -> np.ndarray:
+    """[n_snapshots, n_types] norms -> percentile ranks in [0, 100], ties averaged."""
+    norms = np.asarray(norms, np.float64)
+    n = norms.shape[1]
+    if n < 2:
+        return np.full(norms.shape, 50.0)
+    ranks = stats.rankdata(norms, axis=1, method="average")
+    return 100.0 * (ranks - 1) / (n - 1)
+
+
+def settling_steps(percentiles: np.ndarray, steps: Sequence[int],
+                   band: float = DEFAULT_BAND) -> np.ndarray:
+    """Per type, the step from which its percentile stays within +-band of its final one
+    (NaN: never settles before the last snapshot). percentiles: [n_snapshots, n_types]."""
+    percentiles = np.asarray(percentiles, np.float64)
+    steps = np.asarray(steps, np.float64)
+    n_snap, n_types = percentiles.shape
+    out = np.full(n_types, np.nan)
+    if n_snap < 2:
+        return out
+    outside = np.abs(percentiles - percentiles[-1]) > band  # [n_snap, n_types]
+    # The last snapshot outside the band; the type settles at the one after it.
+    last_out = np.where(outside.any(axis=0),
+                        n_snap - 1 - np.argmax(outside[::-1], axis=0), -1)
+    first_in = last_out + 1
+    settled = first_in < n_snap - 1
+    out[settled] = steps[first_in[settled]]
+    return out
+
+
+def peak_steps(norms: np.ndarray, steps: Sequence[int]) -> np.ndarray:
+    """Per type, the step of its largest (finite) norm, the first on ties."""
+    norms = np.where(np.isfinite(norms), norms, -np.inf)
+    return np.asarray(steps, np.float64)[np.argmax(norms, axis=0)]
+
+
+def _bootstrap_ci(x: np.ndarray, y: np.ndarray, z: np.ndarray | None, n_boot: int,
+                  seed: int) -> tuple[float, float]:
+    """95 % percentile interval of the (partial) Spearman over types resampled."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        take = rng.integers(0, len(x), len(x))
+        values.append(_spearman(x[take], y[take], None if z is None else z[take]))
+    values = np.asarray(values)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def _spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray | None) -> float:
+    """Spearman of x and y, or their partial Spearman controlling z (metrics.correlations:
+    one definition of the partial coefficient for the whole project)."""
+    if z is None:
+        return correlations(x, y, np.ones_like(x), min_count=0)["spearman"]
+    return correlations(x, y, z, min_count=-np.inf)["partial_spearman"]
+
+
+def order_statistics(settling: np.ndarray, counts: np.ndarray,
+                     signals: Mapping[str, np.ndarray], n_boot: int = 1000,
+                     seed: int = 0) -> list[dict]:
+    """Rows {statistic, against, value, ci_low, ci_high, n}: Spearman of the settling step
+    with log frequency and with each signal, and the partial Spearman controlling log
+    frequency, over the types that settle."""
+    settling, counts = np.asarray(settling, np.float64), np.asarray(counts, np.float64)
+    rows = []
+    ok = np.isfinite(settling) & (counts > 0)
+    log_freq = np.log(np.where(counts > 0, counts, 1.0))
+    plans = [("spearman", "log_frequency", log_freq, None)]
+    for name, values in signals.items():
+        plans.append(("spearman", name, np.asarray(values, np.float64), None))
+        plans.append(("partial_spearman", name, np.asarray(values, np.float64), log_freq))
+    for statistic, against, y, z in plans:
+        use = ok & np.isfinite(y)
+        x_, y_, z_ = settling[use], y[use], None if z is None else z[use]
+        value = _spearman(x_, y_, z_) if use.sum() >= 3 else math.nan
+        low, high = (_bootstrap_ci(x_, y_, z_, n_boot, seed) if use.sum() >= 3
+                     else (math.nan, math.nan))
+        rows.append(dict(statistic=statistic, against=against, value=float(value),
+                         ci_low=low, ci_high=high, n=int(use.sum())))
+    return rows
+
+
+def frequency_bins(values: np.ndarray, counts: np.ndarray, n_bins: int = 8
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``values`` [n_snapshots, n_types] per log-frequency bin: (means [n_snapshots,
+    n_bins], bin edges in count [n_bins + 1]). Bins split log(count) into equal widths;
+    an empty bin gives NaN."""
+    counts = np.asarray(counts, np.float64)
+    logs = np.log10(counts)
+    edges = (np.linspace(logs.min(), logs.max(), n_bins + 1) if logs.size
+             else np.zeros(n_bins + 1))
+    which = np.clip(np.searchsorted(edges, logs, side="right") - 1, 0, n_bins - 1)
+    means = np.full((values.shape[0], n_bins), np.nan)
+    for b in range(n_bins):
+        members = which == b
+        if members.any():
+            means[:, b] = np.nanmean(values[:, members], axis=1)
+    return means, 10 ** edges
+
+
+def curve_summary(steps: Sequence[int], values: Sequence[float]) -> dict[str, float]:
+    """Peak value, its step, and the steps from the peak until the curve first falls to
+    half the peak or below (NaN if it never does, or the peak is not positive)."""
+    steps = np.asarray(steps, np.float64)
+    values = np.asarray(values, np.float64)
+    finite = np.isfinite(values)
+    out = dict(peak=math.nan, peak_step=math.nan, half_life_steps=math.nan)
+    if not finite.any():
+        return out
+    i = int(np.nanargmax(np.where(finite, values, -np.inf)))
+    out.update(peak=float(values[i]), peak_step=float(steps[i]))
+    if values[i] > 0:
+        after = np.flatnonzero(finite[i + 1:] & (values[i + 1:] <= values[i] / 2))
+        if after.size:
+            out["half_life_steps"] = float(steps[i + 1 + after[0]] - steps[i])
+    return out
+
+
+@dataclass
+class Emergence:
+    """Per-type emergence of one run: ``types`` index the vocabulary."""
+
+    steps: np.ndarray  # [n_snapshots]
+    types: np.ndarray  # [n_types] token ids with count >= min_count
+    norms: np.ndarray  # [n_snapshots, n_types]
+    percentiles: np.ndarray  # [n_snapshots, n_types]
+    settling_step: np.ndarray  # [n_types], NaN: never settles
+    peak_step: np.ndarray  # [n_types]
+    band: float
+
+
+def emergence(steps: Sequence[int], norms: np.ndarray, counts: np.ndarray, min_count: int = 10,
+              band: float = DEFAULT_BAND) -> Emergence:
+    """Per-type trajectories of the snapshots ``norms`` [n_snapshots, V] (module docstring)."""
+    counts = np.asarray(counts)
+    norms = np.asarray(norms, np.float64)[:, : len(counts)]
+    types = np.flatnonzero((counts >= min_count) & np.isfinite(norms).all(axis=0))
+    chosen = norms[:, types]
+    pct = percentile_ranks(chosen)
+    steps = np.asarray(steps)
+    return Emergence(steps=steps, types=types, norms=chosen, percentiles=pct,
+                     settling_step=settling_steps(pct, steps, band),
+                     peak_step=peak_steps(chosen, steps) if len(steps) else np.zeros(0),
+                     band=band)

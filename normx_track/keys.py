@@ -1,0 +1,66 @@
+"""Every metric name the tracker writes, in one place. Plain Python (no torch): the
+analysis tools and the W&B layout import it to read records without loading a model.
+
+Keys are flat and slash-separated (DESIGN.md "The durable record"); ``PREFIX`` is the
+input embedding's, ``OUTPUT_PREFIX`` an untied output head's."""
+from __future__ import annotations
+
+PREFIX, OUTPUT_PREFIX = "normx/", "normx/output/"
+CORRELATION_STATS = ("spearman", "pearson", "partial_spearman")
+
+
+def correlation_key(stat: str, signal: str, prefix: str = PREFIX) -> str:
+    """e.g. normx/partial_spearman/information_gain"""
+    return f"{prefix}{stat}/{signal}"
+
+
+def n_types_key(signal: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}n_types/{signal}"
+
+
+def auroc_key(prefix: str = PREFIX) -> str:
+    return f"{prefix}auroc/function_word"
+
+
+def norm_key(stat: str, prefix: str = PREFIX) -> str:
+    """e.g. normx/norm/mean, normx/norm/n_nonfinite, normx/norm/bucket_00/mean"""
+    return f"{prefix}norm/{stat}"
+
+
+# Losses beside each row: the last value at or before the row's step, and that step.
+TRAIN_LOSS, VAL_LOSS = "train/loss", "val/loss"
+LOSS_KEYS = (TRAIN_LOSS, VAL_LOSS)
+
+
+def loss_step_key(loss_key: str) -> str:
+    """e.g. train/loss_step: the step the row's train/loss was measured at."""
+    return f"{loss_key}_step"
+
+
+# Evidence alignment and minimal pairs (normx_track.probes.evidence).
+EVIDENCE_AP = "normx/evidence_ap/{method}"
+EVIDENCE_DP = "normx/evidence_dp/{method}"
+EVIDENCE_AP_BY_LAYER = "normx/evidence_ap_by_layer/{method}/layer_{layer:02d}"
+EVIDENCE_N_PAIRS = "normx/evidence_n_pairs"
+EVIDENCE_N_PAIRS_CONTRASTIVE = "normx/evidence_n_pairs_contrastive"
+EVIDENCE_N_CUE_AT_PREDICTION = "normx/evidence_n_cue_at_prediction"
+PAIR_ACCURACY = "normx/pair_accuracy"
+PAIR_ACCURACY_BY_UID = "normx/pair_accuracy_by_uid/{uid}"
+PAIR_N_PAIRS = "normx/pair_n_pairs"
+PAIR_N_SHARED_FIRST_TOKEN = "normx/pair_n_shared_first_token"
+BLIMP_ACCURACY = "normx/blimp_accuracy"
+BLIMP_ACCURACY_BY_UID = "normx/blimp_accuracy_by_uid/{uid}"
+BLIMP_N_PAIRS = "normx/blimp_n_pairs"
+METHODS = ("normxlogit", "logat", "norm", "random")
+CONTRASTIVE_METHODS = ("normxlogit_contrastive", "logat_contrastive", "random_contrastive")
+
+# Faithfulness (normx_track.probes.faithfulness).
+COMPREHENSIVENESS = "normx/comprehensiveness/{method}"
+SUFFICIENCY = "normx/sufficiency/{method}"
+LOO_SPEARMAN = "normx/loo_spearman/{method}"
+FAITHFULNESS_N_EXAMPLES = "normx/faithfulness_n_examples"
+FAITHFULNESS_MEAN_P_FULL = "normx/faithfulness_mean_p_full"
+IG_COMPLETENESS_ERROR = "normx/ig_completeness_error"
+ATTRIBUTION_METHODS = ("normxlogit", "logat", "norm", "random")
+FAITHFULNESS_METHODS = (*ATTRIBUTION_METHODS, "loo")
+CAPTUM_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")

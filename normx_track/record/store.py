@@ -1,0 +1,291 @@
+"""The durable on-disk record (DESIGN.md, "The durable record"): what analysis reads.
+
+    <run_dir>/normx/meta.json, vocab.json, gold.npz, metrics.jsonl, snapshots/step_XXXXXXXX.npz
+
+Every file is replaced atomically (`normx_track.record.atomic`: temp file in the same folder,
+fsync, rename), so a crash or a full disk mid-write leaves the previous version intact.
+Non-finite metric values are written as JSON `null` (strict JSON for other tools) and read
+back as NaN.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import time
+import warnings
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from normx_track.record.atomic import RecordWriteError, atomic_open, atomic_save_npz, atomic_write_json
+
+__all__ = ["RecordLock", "RecordLockedError", "RecordWriteError", "RecordWriter", "list_snapshots",
+           "load_snapshot", "read_json", "read_metrics", "record_dir", "set_aside", "aside_name"]
+
+log = logging.getLogger(__name__)
+RECORD_DIR = "normx"
+_SNAPSHOT = re.compile(r"step_(\d{8,})\.npz$")
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def aside_name(path: Path, label: str) -> Path:
+    """`<path>.<label>-<time>` (with ~N added if taken)."""
+    base = f"{path.name}.{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = path.with_name(base), 1
+    while target.exists():
+        target, n = path.with_name(f"{base}~{n}"), n + 1
+    return target
+
+
+def _copy_aside(path: Path, label: str) -> Path:
+    target = aside_name(path, label)
+    shutil.copy2(path, target)
+    return target
+
+
+def set_aside(run_dir: str | Path, name: str = RECORD_DIR) -> Path | None:
+    """Rename `<run_dir>/<name>` (the record, by default) to `<name>.replaced-<time>` if it
+    holds anything, so a fresh run in the same folder cannot overwrite it, nor be mixed
+    with it; returns the new path (None: nothing there)."""
+    record = Path(run_dir) / name
+    if not record.is_dir() or not any(record.iterdir()):
+        return None
+    target = aside_name(record, "replaced")
+    record.rename(target)
+    return target
+
+
+class RecordLockedError(RuntimeError):
+    """Another live run writes the record folder; the message names the folder and owner."""
+
+
+class RecordLock:
+    """An exclusive lock on a run's record: ``<run_dir>/normx.lock`` holding the owner's pid,
+    host and start time, created with O_EXCL so two runs cannot both take it. A lock left by
+    a process that died on this host (kill -9) is taken over with a warning; one from
+    another host is not (its process cannot be checked from here)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def acquire(cls, run_dir: str | Path) -> "RecordLock":
+        path = Path(run_dir) / f"{RECORD_DIR}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _read_lock(path)
+                if owner.get("host") == me["host"] and owner.get("pid") == me["pid"]:
+                    return cls(path)  # this process already holds it (a second fit)
+                if not _stale(owner, me["host"]):
+                    raise _locked(path, owner) from None
+                warnings.warn(f"{path}: taking over the lock of pid {owner.get('pid')}, "
+                              "which is no longer running", stacklevel=2)
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            return cls(path)
+        raise RecordLockedError(f"{path}: could not take the record lock")
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def check_free(run_dir: str | Path) -> None:
+        """Raise `RecordLockedError` if another live run holds the record, without taking
+        the lock: for a launcher to refuse before it touches anything in the folder."""
+        path = Path(run_dir) / f"{RECORD_DIR}.lock"
+        if not path.exists():
+            return
+        owner = _read_lock(path)
+        if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+            return
+        if not _stale(owner, socket.gethostname()):
+            raise _locked(path, owner)
+
+
+def _locked(path: Path, owner: dict[str, Any]) -> RecordLockedError:
+    return RecordLockedError(
+        f"{path.parent / RECORD_DIR}: the record is in use by pid {owner.get('pid')} on "
+        f"{owner.get('host')} (since {owner.get('started')}); wait for that run, or delete "
+        f"{path} if it is gone")
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # being written this instant, or damaged: treat as held
+
+
+def _stale(owner: dict[str, Any], host: str) -> bool:
+    """True when the owner is a process on this host that no longer runs."""
+    pid = owner.get("pid")
+    if owner.get("host") != host or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def snapshot_path(record_dir: Path, step: int) -> Path:
+    return record_dir / "snapshots" / f"step_{step:08d}.npz"
+
+
+def _line(row: dict[str, Any]) -> str:
+    return json.dumps({k: _finite_or_none(v) for k, v in row.items()})
+
+
+class RecordWriter:
+    """Writes one run's record. Rows are kept in memory (as their step and JSON line), so
+    each append rewrites metrics.jsonl atomically without re-reading it."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir) / RECORD_DIR
+        (self.dir / "snapshots").mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        # Temp files of writes a kill cut short (the caller holds the record's lock).
+        for stale in [*self.dir.glob(".*.tmp"), *(self.dir / "snapshots").glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)
+        rows, skipped = _read_metrics(self.metrics_path, warn=True)
+        if skipped:  # the next append rewrites the file without them: keep it as it was
+            kept = _copy_aside(self.metrics_path, "damaged")
+            log.warning("%s: lines %s skipped; the file as found is kept as %s",
+                        self.metrics_path, skipped, kept)
+        self._rows = [(int(r["step"]), _line(r)) for r in rows]
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / "meta.json", meta)
+
+    def write_vocab(self, vocab: list[str]) -> None:
+        atomic_write_json(self.dir / "vocab.json", vocab)
+
+    def steps(self) -> list[int]:
+        return [step for step, _ in self._rows]
+
+    def last_row(self) -> dict[str, Any] | None:
+        """The last recorded row as written (non-finite values as None)."""
+        return json.loads(self._rows[-1][1]) if self._rows else None
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        if self._rows and row["step"] <= self._rows[-1][0]:
+            raise ValueError(f"{self.metrics_path}: step {row['step']} is not after the last "
+                             f"recorded step {self._rows[-1][0]}")
+        rows = self._rows + [(int(row["step"]), _line(row))]
+        self._write(rows)
+        self._rows = rows
+
+    def truncate_after(self, step: int) -> None:
+        """Forget rows and snapshots past `step` (written after the checkpoint a run resumes
+        from), so the resumed run records them again exactly once."""
+        kept = [(s, line) for s, line in self._rows if s <= step]
+        if len(kept) != len(self._rows):
+            self._write(kept)
+            self._rows = kept
+        for later, path in list_snapshots(self.dir.parent).items():
+            if later > step:
+                path.unlink()
+
+    def write_snapshot(self, step: int, arrays: dict[str, np.ndarray]) -> Path:
+        path = snapshot_path(self.dir, step)
+        atomic_save_npz(path, **arrays)
+        return path
+
+    def _write(self, rows: list[tuple[int, str]]) -> None:
+        with atomic_open(self.metrics_path, "w") as handle:
+            handle.write("".join(line + "\n" for _, line in rows))
+
+
+# -- reading (tolerant: damaged parts are skipped with a warning naming them) -----------
+def record_dir(run_dir: str | Path) -> Path:
+    """`<run_dir>/normx`, or `run_dir` itself when it is a record (e.g. one set aside)."""
+    run_dir = Path(run_dir)
+    if run_dir.name == RECORD_DIR or (run_dir / "metrics.jsonl").exists():
+        return run_dir
+    return run_dir / RECORD_DIR
+
+
+def read_metrics(run_dir: str | Path, warn: bool = True) -> list[dict[str, Any]]:
+    """Rows of metrics.jsonl in order, nulls as NaN. A damaged line (cut off by a kill,
+    garbled on disk) or one whose step is not after the row before is skipped with a
+    warning naming the file and line; the intact rows around it are kept."""
+    return _read_metrics(record_dir(run_dir) / "metrics.jsonl", warn)[0]
+
+
+def _read_metrics(path: Path, warn: bool) -> tuple[list[dict[str, Any]], list[int]]:
+    """The intact rows and the numbers of the lines skipped."""
+    if not path.exists():
+        return [], []
+    rows: list[dict[str, Any]] = []
+    skipped: list[int] = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)  # bytes: invalid UTF-8 is a damaged line like any other
+            step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            reason = "damaged line"
+        else:
+            if not rows or step > rows[-1]["step"]:
+                rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
+                continue
+            reason = f"step {step} is not after step {rows[-1]['step']}"
+        skipped.append(number)
+        if warn:
+            warnings.warn(f"{path}:{number}: {reason}; skipped it and kept the rows around it",
+                          stacklevel=3)
+    return rows, skipped
+
+
+def list_snapshots(run_dir: str | Path) -> dict[int, Path]:
+    folder = record_dir(run_dir) / "snapshots"
+    found = {}
+    for path in sorted(folder.glob("step_*.npz")) if folder.exists() else []:
+        match = _SNAPSHOT.search(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def load_snapshot(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of one snapshot, or None (with a warning naming the file) if damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        warnings.warn(f"{path}: unreadable snapshot ({err}); skipped", stacklevel=2)
+        return None
+
+
+def read_json(run_dir: str | Path, name: str) -> Any:
+    path = record_dir(run_dir) / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as err:
+        warnings.warn(f"{path}: unreadable JSON ({err})", stacklevel=2)
+        return None

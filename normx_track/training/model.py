@@ -1,0 +1,173 @@
+"""The LightningModule: any HF causal LM built from a config (no weights downloaded),
+AdamW with linear warm-up and cosine decay."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from normx_track.training.config import ConfigError, ModelConfig, OptimConfig
+
+def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> PretrainedConfig:
+    """Translate our GPT-2-style size names into the chosen architecture's config."""
+    inner = cfg.n_inner or 4 * cfg.n_embd
+    common = dict(vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+                  tie_word_embeddings=cfg.tie_word_embeddings)
+    if cfg.arch == "gpt2":
+        sizes = dict(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, n_inner=inner,
+                     n_positions=cfg.n_positions, resid_pdrop=cfg.dropout,
+                     embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
+    else:  # GPT-NeoX and Llama share the modern field names
+        sizes = dict(num_hidden_layers=cfg.n_layer, hidden_size=cfg.n_embd,
+                     num_attention_heads=cfg.n_head, intermediate_size=inner,
+                     max_position_embeddings=cfg.n_positions)
+        if cfg.arch == "llama":
+            sizes["num_key_value_heads"] = cfg.n_head
+    return AutoConfig.for_model(cfg.arch, **sizes, **common)  # our arch names are HF model types
+
+
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N for the weights (forward and backward) plus 12 L d T for
+    the attention scores and their weighted sum over a T-token context (the PaLM paper's
+    appendix B estimate). Used for the FLOP/s and MFU that run.py logs."""
+    return 6.0 * n_params + 12.0 * n_layer * n_embd * seq_len
+
+
+def chunked_loss_available() -> bool:
+    return hasattr(F, "linear_cross_entropy") and hasattr(torch.nn, "LinearCrossEntropyOptions")
+
+
+def next_token_loss(hidden: torch.Tensor, head: torch.nn.Linear, input_ids: torch.Tensor,
+                    chunk_tokens: int) -> torch.Tensor:
+    """Mean cross-entropy of each next token under `head(hidden)`, as HF's causal-LM loss,
+    computed `chunk_tokens` rows at a time by `torch.nn.functional.linear_cross_entropy`:
+    the (tokens x vocabulary) logits, and their fp32 copy, never exist at once."""
+    rows = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    targets = input_ids[:, 1:].reshape(-1)
+    weight, bias = head.weight, head.bias
+    device = rows.device.type
+    if torch.is_autocast_enabled(device):  # the head's matmul in the autocast dtype, as HF's
+        dtype = torch.get_autocast_dtype(device)
+        rows, weight = rows.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    with torch.autocast(device, enabled=False):  # the op accumulates in fp32 itself
+        # Per-token losses, averaged in fp32: the op returns its mean in the input dtype,
+        # which in bf16 would round the logged loss to 8 bits (steps of 1/64 at a loss of 3).
+        # Chunks of a set size: torch's default sizes them like the input, which for a 50k
+        # vocabulary means ~100 chunks, each adding into the whole weight gradient.
+        options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_tokens,
+                                                     chunking_method=None)
+        losses = F.linear_cross_entropy(rows, weight, targets, linear_bias=bias,
+                                        reduction="none", options=options)
+    return losses.float().mean()
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine down to min_ratio at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LanguageModel(L.LightningModule):
+    """Wraps `self.model`, a `transformers` causal LM; batches are dicts with `input_ids`."""
+
+    def __init__(self, hf_config: dict[str, Any], optim: dict[str, Any], max_steps: int,
+                 compile_model: bool = False, loss_chunk_tokens: int | None = None):
+        super().__init__()
+        # Plain dicts: checkpoints load with weights_only=True. `compile_model` and
+        # `loss_chunk_tokens` are how this process trains, not what it learned: a
+        # checkpoint resumes with any setting of them.
+        self.save_hyperparameters(ignore=["compile_model", "loss_chunk_tokens"])
+        if loss_chunk_tokens and not chunked_loss_available():
+            raise ConfigError(f"trainer.loss_chunk_tokens needs torch's chunked "
+                              f"linear_cross_entropy (torch 2.13 has it); this torch is "
+                              f"{torch.__version__}: set trainer.loss_chunk_tokens=null")
+        config = AutoConfig.for_model(**hf_config)
+        self.model = AutoModelForCausalLM.from_config(config)
+        self.compile_model, self.loss_chunk_tokens = compile_model, loss_chunk_tokens
+        self._compiled: torch.nn.Module | None = None  # see on_fit_start
+        self.optim = OptimConfig(**{**optim, "betas": tuple(optim["betas"])})
+        self.max_steps = max_steps
+        # Matrices (embeddings included) decay; biases and norm gains do not (nanoGPT's rule).
+        self._matrix_names = {n for n, p in self.named_parameters() if p.dim() >= 2}
+
+    @classmethod
+    def from_configs(cls, model: ModelConfig, optim: OptimConfig, vocab_size: int,
+                     eos_token_id: int, max_steps: int, compile_model: bool = False,
+                     loss_chunk_tokens: int | None = None) -> "LanguageModel":
+        hf_config = build_hf_config(model, vocab_size, eos_token_id).to_dict()
+        optim_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(optim).items()}
+        return cls(hf_config, optim_dict, max_steps, compile_model, loss_chunk_tokens)
+
+    def on_fit_start(self) -> None:
+        # Compiled once, after the strategy has placed (and, under FSDP, wrapped) the model.
+        # Kept out of the module tree (object.__setattr__): the tracker, the probes, explain
+        # and checkpoints see `self.model` itself, so state-dict keys never gain `_orig_mod.`.
+        # With the chunked loss only the transformer body is compiled: the loss op runs eager.
+        if self.compile_model and self._compiled is None:
+            target = self.model.base_model if self.loss_chunk_tokens else self.model
+            object.__setattr__(self, "_compiled", torch.compile(target))
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any):
+        return self.model(input_ids=input_ids, **kwargs)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = batch["input_ids"]
+        # Training steps run the compiled module; evaluation the plain one (no recompiles).
+        # No use_cache=False: without a cache HF checks the positions for packed sequences,
+        # a read back from the GPU at every step (tests/test_host_sync.py).
+        compiled = self._compiled is not None and self.training
+        if not self.loss_chunk_tokens:
+            model = self._compiled if compiled else self.model
+            return model(input_ids=ids, labels=ids).loss
+        body = self._compiled if compiled else self.model.base_model
+        hidden = body(input_ids=ids).last_hidden_state
+        return next_token_loss(hidden, self.model.get_output_embeddings(), ids,
+                               self.loss_chunk_tokens)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        # Not prog_bar: Lightning would read it back from the GPU after every batch
+        # (run.py's LossProgressBar reads it when it refreshes).
+        self.log("train/loss", loss)
+        self.log("train/perplexity", torch.exp(loss.detach()))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/perplexity", torch.exp(loss), sync_dist=True)
+
+    def configure_optimizers(self):
+        # Shapes were read at construction: FSDP hands us flat 1-D shards with the same names.
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        decay = [p for n, p in params if n in self._matrix_names]
+        no_decay = [p for n, p in params if n not in self._matrix_names]
+        groups = [{"params": decay, "weight_decay": self.optim.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        # Fused AdamW (one kernel for all parameters) where every parameter is on a GPU.
+        fused = bool(params) and all(p.is_cuda for _, p in params)
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=self.optim.betas,
+                                      fused=fused or None)
+        o = self.optim
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, o.warmup_steps, self.max_steps, o.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        by_norm = gradient_clip_algorithm in (None, "norm")
+        if gradient_clip_val and by_norm and isinstance(self.trainer.strategy, FSDPStrategy):
+            # Lightning's FSDP precision cannot clip by norm; FSDP's own method takes the
+            # norm over all shards, as one device would.
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)

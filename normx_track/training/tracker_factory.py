@@ -1,0 +1,107 @@
+"""Build the `NormTracker` for our own training runs from a `Config` and the DataModule:
+gold statistics (cached by a hash of tokenizer, data and settings), function-word labels,
+user lexicons and probes. Users of other scripts construct `NormTracker` directly."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from normx_track.tracker.lightning import NormTracker
+from normx_track.training.config import Config, TrackerConfig, to_dict
+from normx_track.training.data.datamodule import TextDataModule
+from normx_track.training.data.tokenizer import surface_forms
+from normx_track.gold.statistics import GoldStatistics, cache_key, compute_gold, function_word_labels, load_lexicon
+from normx_track.probes.blimp import is_blimp_spec, load_blimp
+from normx_track.probes.evidence import EvidenceProbe
+from normx_track.probes.faithfulness import FaithfulnessProbe
+from normx_track.probes.function_words import resolve_function_words
+
+log = logging.getLogger(__name__)
+
+
+def cached_gold(datamodule: TextDataModule, cfg: Config) -> GoldStatistics:
+    t = cfg.tracker
+    tokens = "all" if t.stats_tokens is None else t.stats_tokens  # the real value: 0 is not "all"
+    key = cache_key(datamodule.dir.name, tokens, t.window, int(t.shuffle_correction), cfg.seed)
+    path = datamodule.dir / f"gold_{key[:16]}.npz"
+    if path.exists():
+        return GoldStatistics.load(path, vocab_size=datamodule.vocab_size)
+    gold = compute_gold(datamodule.statistics_documents(t.stats_tokens), datamodule.vocab_size,
+                        window=t.window, shuffle_correction=t.shuffle_correction, seed=cfg.seed)
+    gold.save(path)
+    return gold
+
+
+def lexicon_signals(paths: list[str], datamodule: TextDataModule) -> dict[str, np.ndarray]:
+    def encode(text: str) -> list[int]:
+        return datamodule.tokenizer.encode(text, add_special_tokens=False)
+
+    signals = {}
+    for path in paths:
+        scores, stats = load_lexicon(path, encode, datamodule.vocab_size)
+        skipped = stats["n_lines"] - stats["n_mapped"]
+        (log.warning if skipped else log.info)("lexicon %s: %s", path, stats)
+        signals[f"lexicon/{Path(path).stem}"] = scores
+    return signals
+
+
+def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path | None,
+                 held_out: np.ndarray, max_length: int | None = None) -> list:
+    """The probes `t` asks for: evidence on `t.probe_file` (a file or a BLiMP spec; else
+    the corpus's own `probe_file`), faithfulness on `held_out` tokens. ``max_length``:
+    the model's context size."""
+    probes: list = []
+    probe_file = t.probe_file or probe_file
+    if t.evidence and probe_file:
+        pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
+        probes.append(EvidenceProbe(pairs, tokenizer, seed=seed,
+                                    max_pairs=t.max_probe_pairs or None, max_length=max_length,
+                                    layers="all" if t.evidence_by_layer else "last"))
+    elif t.evidence:
+        log.info("no probe file (tracker.probe_file): evidence alignment is not measured")
+    if t.faithfulness_examples:
+        probes.append(FaithfulnessProbe([np.asarray(held_out)], tokenizer,
+                                        n_examples=t.faithfulness_examples,
+                                        length=t.faithfulness_length, captum=t.captum, seed=seed,
+                                        fractions=t.faithfulness_fractions, ig_steps=t.ig_steps,
+                                        gradient_reduction=t.gradient_reduction))
+    return probes
+
+
+def probes_for_record(meta: dict) -> list:
+    """The same probes a recorded run used (for replay), from its meta.json."""
+    if "data_dir" not in meta or "tracker" not in meta.get("config", {}):
+        return []
+    data_dir = Path(meta["data_dir"])
+    if not (data_dir / "tokenizer").is_dir():
+        raise FileNotFoundError(f"{data_dir / 'tokenizer'}: the run's tokenizer (for its probes) "
+                                "is not there; run from the folder the run was started in, "
+                                "or rebuild its data cache")
+    tracker = TrackerConfig(**meta["config"]["tracker"])
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    synthetic = data_dir / "synthetic" / "probes.jsonl"
+    held_out = np.memmap(data_dir / "val.bin", dtype=np.int32, mode="r")
+    return build_probes(tracker, meta["config"]["seed"], tokenizer,
+                        synthetic if synthetic.exists() else None, held_out,
+                        meta["config"]["model"]["n_positions"])
+
+
+def build_tracker(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> NormTracker:
+    t = cfg.tracker
+    gold = cached_gold(datamodule, cfg)
+    function_words = resolve_function_words(t.function_words, datamodule.function_words())
+    if function_words:
+        gold.function_word = function_word_labels(surface_forms(datamodule.tokenizer),
+                                                  function_words)
+    return NormTracker(gold, datamodule.vocab(), out_dir=out_dir, every_n_steps=t.every_n_steps,
+                       log_spaced=t.log_spaced, on_checkpoint=t.on_checkpoint,
+                       on_train_end=t.on_train_end, min_count=t.min_count,
+                       signals=lexicon_signals(t.lexicons, datamodule),
+                       probes=build_probes(t, cfg.seed, datamodule.tokenizer,
+                                           datamodule.probe_file, datamodule.val_set.tokens,
+                                           cfg.model.n_positions),
+                       stop_on_nonfinite=t.stop_on_nonfinite, top_k_tokens=t.top_k_tokens,
+                       meta={"config": to_dict(cfg), "data_dir": str(datamodule.dir.resolve())})
