@@ -51,6 +51,11 @@ PAIR_N_SHARED_FIRST_TOKEN = "normx/pair_n_shared_first_token"
 BLIMP_ACCURACY = "normx/blimp_accuracy"
 BLIMP_ACCURACY_BY_UID = "normx/blimp_accuracy_by_uid/{uid}"
 BLIMP_N_PAIRS = "normx/blimp_n_pairs"
+# Masked LMs (normx_track.probes.masked_evidence): pairs with a several-token good or bad
+# word (accuracy only), and the authors' mask accuracy for single-token pairs.
+EVIDENCE_N_MULTITOKEN_TARGET = "normx/evidence_n_multitoken_target"
+MASK_ACCURACY = "normx/mask_accuracy"
+MASK_N_PAIRS = "normx/mask_n_pairs"
 METHODS = ("normxlogit", "logat", "norm", "random")
 CONTRASTIVE_METHODS = ("normxlogit_contrastive", "logat_contrastive", "random_contrastive")
 

@@ -34,6 +34,8 @@ Conventions
 * Scores, norms and the logits at t are float32 whatever the model dtype; ``f`` and a
   classifier head run in the model's dtype, as the model itself runs them.
 * The model is put in eval mode for the call (dropout off) and restored afterwards.
+* BERT/RoBERTa-style encoders (masked LMs, sequence classifiers) go to
+  `normx_track.attribution.masked` (their explained position: a [MASK], or [CLS]).
 * Pass the unwrapped Hugging Face model. Heads that post-process logits (soft-capping,
   logit scaling) are not modelled: LogAt is the plain ``U f(h)``.
 
@@ -348,6 +350,11 @@ def attribute_many(
     A choice may carry its own explained position as a third entry, ``(target, foil,
     position)``: in a causal LM, positions <= t never see the tokens after t, so one
     pass over a longer input explains several prediction points."""
+    from normx_track.attribution import masked  # late: masked builds on this module
+    if masked.is_encoder(model):  # BERT/RoBERTa masked LMs and classifiers
+        return masked.attribute_masked_many(
+            model, input_ids, [(*c, position) if len(c) == 2 else tuple(c) for c in explain],
+            attention_mask, layers, norm_factor)
     if norm_factor not in _NORM_FACTORS:
         raise ValueError(f"norm_factor must be one of {_NORM_FACTORS}, got {norm_factor!r}")
     kind, head = _head(model)

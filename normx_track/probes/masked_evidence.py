@@ -1,0 +1,256 @@
+"""The evidence probe for masked LMs (BERT / RoBERTa; DESIGN.md "Masked language
+models"), writing the causal `EvidenceProbe`'s metric names so curves line up across
+objectives.
+
+Choices (documented here once)
+------------------------------
+* Input. The good sentence's one-prefix form with the target word replaced by ONE mask:
+  ``[CLS] prefix [MASK] [SEP]`` (``<s> ... </s>`` for RoBERTa). The prefix is tokenised
+  as the causal probe does it (`files.encode_pairs`: cue words mark all their pieces).
+* Single-token targets, as the authors: a pair whose good or bad word continues the
+  prefix as several tokens gives accuracy only and is counted in
+  ``normx/evidence_n_multitoken_target``.
+* What is explained. The good token at the mask (``contrastive``: good against bad
+  there). The mask position is dropped from the ranking and the softmax; special tokens
+  get scores but are not ranked unless ``rank_specials`` (the authors' code ranks them).
+  AP / DP / random over the ranked positions, per layer for NormXLogit and LogAt: the
+  causal probe's accumulator over `normx_track.gold.metrics`.
+* Accuracy. ``pair_accuracy``: PLL-word-l2r (`normx_track.probes.pll`) of prefix + good
+  word against prefix + bad word, all pairs; ``blimp_accuracy``: the same on BLiMP's whole
+  sentences; ``mask_accuracy`` (single-token pairs, the authors'): P(good) > P(bad) at the
+  mask, read from the evidence passes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from normx_track.attribution.masked import (attribute_masked_many, encoder_context_size,
+                                            is_masked_lm)
+from normx_track.attribution.normxlogit import eval_mode, model_device
+from normx_track.keys import (
+    BLIMP_ACCURACY, BLIMP_ACCURACY_BY_UID, BLIMP_N_PAIRS, CONTRASTIVE_METHODS,
+    EVIDENCE_N_MULTITOKEN_TARGET, EVIDENCE_N_PAIRS, EVIDENCE_N_PAIRS_CONTRASTIVE,
+    MASK_ACCURACY, MASK_N_PAIRS, METHODS, PAIR_ACCURACY, PAIR_ACCURACY_BY_UID, PAIR_N_PAIRS)
+from normx_track.probes.evidence import _Alignment, key_part, seeded_subset
+from normx_track.probes.files import MinimalPair, encode_pairs, load_probe_file, pad_id
+from normx_track.probes.pll import encode_sentences, pll_scores
+
+__all__ = ["MaskedEvidenceProbe", "MaskedRows", "masked_rows"]
+
+
+@dataclass
+class MaskedRows:
+    """``[CLS] prefix [MASK] [SEP]`` rows of the single-token pairs, right-padded."""
+
+    input_ids: Tensor  # [B, T] long
+    attention_mask: Tensor  # [B, T] bool
+    cue_mask: Tensor  # [B, T] bool: every piece of every cue word
+    special_mask: Tensor  # [B, T] bool: the [CLS] and [SEP] the row was built with
+    mask_position: Tensor  # [B]
+    good_ids: Tensor  # [B]
+    bad_ids: Tensor  # [B]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def __getitem__(self, index: slice) -> "MaskedRows":
+        width = int(self.attention_mask[index].sum(1).max())
+        return MaskedRows(*(x[index, :width] if x.dim() == 2 else x[index]
+                            for x in vars(self).values()))
+
+    def ranked(self, rank_specials: bool = False) -> Tensor:
+        """[B, T] bool: the positions in the ranking (real, not the mask, not a special
+        token unless ``rank_specials``)."""
+        positions = torch.arange(self.input_ids.shape[1])[None, :]
+        out = self.attention_mask & (positions != self.mask_position[:, None])
+        return out if rank_specials else out & ~self.special_mask
+
+
+def _special_ids(tokenizer) -> tuple[int, int, int]:
+    """(start, end, mask) ids: [CLS]/[SEP] (RoBERTa's <s>/</s>), else BOS/EOS."""
+    def first(*names):
+        for name in names:
+            value = getattr(tokenizer, name, None)
+            if value is not None:
+                return int(value)
+        raise ValueError(f"the tokenizer has no {' or '.join(names)}: a masked LM probe "
+                         f"needs its special tokens")
+    return (first("cls_token_id", "bos_token_id"), first("sep_token_id", "eos_token_id"),
+            first("mask_token_id"))
+
+
+def masked_rows(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None = None
+                ) -> tuple[MaskedRows | None, list[int]]:
+    """The rows of the single-token pairs, and the indices (into ``pairs``) of the pairs
+    they came from; None when no pair is single-token."""
+    # Three positions go to [CLS], [SEP] and the mask: the prefix keeps the rest.
+    enc = encode_pairs(pairs, tokenizer, None if max_length is None else max_length - 2)
+    start, end, mask = _special_ids(tokenizer)
+    single = [i for i in range(len(enc))
+              if len(enc.good_tokens[i]) == 1 and len(enc.bad_tokens[i]) == 1]
+    if not single:
+        return None, []
+    width = max(len(enc.context[i]) for i in single) + 3
+    shape = (len(single), width)
+    ids = torch.full(shape, pad_id(tokenizer), dtype=torch.long)
+    attention, cue, special = (torch.zeros(shape, dtype=torch.bool) for _ in range(3))
+    for b, i in enumerate(single):
+        n = len(enc.context[i])
+        ids[b, : n + 3] = torch.tensor([start, *enc.context[i], mask, end])
+        attention[b, : n + 3] = True
+        cue[b, 1: n + 1] = enc.cue_mask[i, :n]
+        special[b, [0, n + 2]] = True
+    mask_position = attention.sum(1) - 2
+    rows = MaskedRows(ids, attention, cue, special, mask_position,
+                      enc.good_ids[single], enc.bad_ids[single])
+    return rows, single
+
+
+class MaskedEvidenceProbe:
+    """Evidence alignment, mask accuracy and PLL accuracy of a masked LM (module docstring
+    for the choices). Keys: those of `EvidenceProbe` (``normx/evidence_ap/<method>``,
+    ``.../evidence_dp/...``, ``evidence_ap_by_layer/...``, ``evidence_n_pairs(_contrastive)``,
+    ``pair_accuracy``, ``pair_n_pairs``, ``blimp_*``, ``*_by_uid/<UID>``) and
+    ``normx/evidence_n_multitoken_target``, ``normx/mask_accuracy``, ``normx/mask_n_pairs``.
+
+        probe = MaskedEvidenceProbe(load_probe_file("probes.jsonl"), tokenizer)
+        row = probe(bert_for_masked_lm)
+    """
+
+    def __init__(self, pairs: Sequence[MinimalPair] | str | Path, tokenizer,
+                 batch_size: int = 128, layers: str | Sequence[int] = "all", seed: int = 0, *,
+                 max_pairs: int | None = None, max_length: int | None = None,
+                 contrastive: bool = True, norm_factor: str = "word_embedding",
+                 rank_specials: bool = False, by_uid: bool = True, pll_batch_size: int = 512):
+        """As `EvidenceProbe`; ``rank_specials`` ranks [CLS]/[SEP] as the authors' code
+        does; ``pll_batch_size``: masked copies per forward pass of the PLL."""
+        if isinstance(pairs, (str, Path)):
+            pairs = load_probe_file(pairs)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        pairs = seeded_subset(pairs, max_pairs, seed)
+        if not pairs:
+            raise ValueError("no minimal pairs for the masked evidence probe")
+        self.prefixed = [p for p in pairs if p.has_prefix]
+        self.rows, single = (masked_rows(self.prefixed, tokenizer, max_length)
+                             if self.prefixed else (None, []))
+        self.n_multitoken = len(self.prefixed) - len(single)
+        self.with_sentences = [p for p in pairs if p.has_sentences]
+        # Every sentence PLL scores, in this order: prefix + good, prefix + bad (one per
+        # prefixed pair), then BLiMP's good and bad sentences.
+        texts = ([f"{p.prefix} {p.good}" for p in self.prefixed]
+                 + [f"{p.prefix} {p.bad}" for p in self.prefixed]
+                 + [p.sentence_good for p in self.with_sentences]
+                 + [p.sentence_bad for p in self.with_sentences])
+        self.sources = ([p.source for p in self.prefixed] * 2
+                        + [p.source for p in self.with_sentences] * 2)
+        self.sentences = encode_sentences(tokenizer, texts)
+        self._check_lengths(max_length)
+        self.mask_id, self.pad_id = int(tokenizer.mask_token_id), pad_id(tokenizer)
+        self.batch_size, self.layers, self.pll_batch_size = batch_size, layers, pll_batch_size
+        self.contrastive, self.norm_factor = contrastive, norm_factor
+        self.rank_specials, self.by_uid = rank_specials, by_uid
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        if not is_masked_lm(model):
+            raise ValueError(f"MaskedEvidenceProbe needs a masked LM, got {type(model).__name__}")
+        self._check_lengths(encoder_context_size(model))
+        out: dict[str, float] = {}
+        with eval_mode(model), torch.no_grad():
+            if self.prefixed:
+                out.update(self._evidence(model))
+            out.update(self._pll_accuracy(model))
+        return out
+
+    # ------------------------------------------------------------------ evidence
+    def _evidence(self, model: nn.Module) -> dict[str, float]:
+        out = {EVIDENCE_N_MULTITOKEN_TARGET: self.n_multitoken}
+        main, contrast, correct = _Alignment(), _Alignment(), []
+        rows = self.rows
+        for start in range(0, len(rows) if rows is not None else 0, self.batch_size):
+            batch = rows[start: start + self.batch_size]
+            scores, stacks, layers, contrastive, mask_correct = self._explain(model, batch)
+            correct.append(mask_correct)
+            ranked = batch.ranked(self.rank_specials).numpy()
+            relevant = batch.cue_mask.numpy() & ranked
+            keep = relevant.any(axis=1)  # pairs whose cues survived truncation
+            main.add(scores, relevant, ranked, keep, "random")
+            main.add_layers(stacks, layers, relevant, ranked, keep)
+            if contrastive:
+                contrast.add(contrastive, relevant, ranked, keep, "random_contrastive")
+        out.update(main.metrics(METHODS))
+        out[EVIDENCE_N_PAIRS] = len(main.ap.get("random", []))
+        if self.contrastive:
+            out.update(contrast.metrics(CONTRASTIVE_METHODS))
+            out[EVIDENCE_N_PAIRS_CONTRASTIVE] = len(contrast.ap.get("random_contrastive", []))
+        correct = np.concatenate(correct) if correct else np.zeros(0, bool)
+        out[MASK_N_PAIRS] = len(correct)
+        out[MASK_ACCURACY] = float(correct.mean()) if len(correct) else float("nan")
+        return out
+
+    def _explain(self, model: nn.Module, batch: MaskedRows):
+        device = model_device(model)
+        explain = [(batch.good_ids, None, batch.mask_position)]
+        if self.contrastive:
+            explain.append((batch.good_ids, batch.bad_ids, batch.mask_position))
+        a, *c = attribute_masked_many(model, batch.input_ids.to(device), explain,
+                                      batch.attention_mask.to(device), self.layers,
+                                      self.norm_factor)
+
+        def numpy(tensors: dict) -> dict[str, np.ndarray]:
+            return {k: v.cpu().numpy() for k, v in tensors.items()}
+
+        scores = numpy({"normxlogit": a.normxlogit, "logat": a.logat, "norm": a.norm})
+        stacks = numpy({"normxlogit": a.normxlogit_layers, "logat": a.logat_layers}
+                       if a.layers else {})
+        contrastive = numpy({"normxlogit_contrastive": c[0].normxlogit,
+                             "logat_contrastive": c[0].logat} if c else {})
+        logits = a.logits.cpu()  # softmax is monotone: P(good) > P(bad) iff logits are
+        rows = torch.arange(len(batch))
+        mask_correct = (logits[rows, batch.good_ids] > logits[rows, batch.bad_ids]).numpy()
+        return scores, stacks, a.layers, contrastive, mask_correct
+
+    # ------------------------------------------------------------------ accuracy
+    def _pll_accuracy(self, model: nn.Module) -> dict[str, float]:
+        """One batched PLL over every sentence (one-prefix good and bad, BLiMP's)."""
+        pll = pll_scores(model, *self.sentences, self.mask_id, self.pad_id,
+                         self.pll_batch_size)
+        n_pairs, n_blimp = len(self.prefixed), len(self.with_sentences)
+        out: dict[str, float] = {}
+        if n_pairs:
+            correct = pll[:n_pairs] > pll[n_pairs: 2 * n_pairs]
+            out.update({PAIR_ACCURACY: float(correct.mean()), PAIR_N_PAIRS: n_pairs})
+            out.update(self._by_uid(PAIR_ACCURACY_BY_UID, correct, self.prefixed))
+        if n_blimp:
+            blimp = pll[2 * n_pairs:]
+            correct = blimp[:n_blimp] > blimp[n_blimp:]
+            out.update({BLIMP_ACCURACY: float(correct.mean()), BLIMP_N_PAIRS: n_blimp})
+            out.update(self._by_uid(BLIMP_ACCURACY_BY_UID, correct, self.with_sentences))
+        return out
+
+    def _check_lengths(self, max_length: int | None) -> None:
+        longest = max([len(row) for row in self.sentences[0]]
+                      + [self.rows.input_ids.shape[1] if self.rows is not None else 0])
+        if max_length is None or longest <= max_length:
+            return
+        i = max(range(len(self.sources)), key=lambda k: len(self.sentences[0][k]))
+        where = self.sources[i] or "a minimal pair"
+        raise ValueError(f"{where}: a sentence takes {longest} positions with its special "
+                         f"tokens but the model has {max_length}: build the probe with "
+                         f"max_length={max_length} (prefixes are cut; whole sentences "
+                         f"are not)")
+
+    def _by_uid(self, key: str, correct: np.ndarray, pairs: Sequence[MinimalPair]):
+        uids = np.array([p.uid for p in pairs])
+        if not self.by_uid or len(set(uids)) < 2:
+            return {}
+        return {key.format(uid=key_part(u)): float(correct[uids == u].mean())
+                for u in sorted(set(uids))}
+
+

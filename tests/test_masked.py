@@ -1,0 +1,382 @@
+"""Masked LMs (BERT / RoBERTa): LogAt / NormXLogit through the whole MLM head and the
+classifier heads, PLL-word-l2r and the masked evidence probe, each against an independent
+hand-written computation on tiny random models and tokenizers trained here."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer, processors
+from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification,
+                          PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM,
+                          RobertaForSequenceClassification)
+from transformers.utils import logging as hf_logging
+
+from normx_track.attribution.masked import attribute_masked, encoder_context_size, is_masked_lm
+from normx_track.attribution.normxlogit import attribute, logat
+from normx_track.keys import (BLIMP_ACCURACY, EVIDENCE_AP, EVIDENCE_AP_BY_LAYER, EVIDENCE_DP,
+                              EVIDENCE_N_MULTITOKEN_TARGET, EVIDENCE_N_PAIRS, MASK_ACCURACY,
+                              MASK_N_PAIRS, PAIR_ACCURACY, PAIR_N_PAIRS)
+from normx_track.probes.files import MinimalPair
+from normx_track.probes.masked_evidence import MaskedEvidenceProbe, masked_rows
+from normx_track.probes.pll import encode_sentences, masked_copies, pll_scores, pll_token_logprobs
+
+hf_logging.set_verbosity_error()
+L, D = 3, 32
+ATOL = 1e-5
+TEXT = [
+    "the keys to the cabinet are on the table .",
+    "the key to the cabinets is on the table .",
+    "a dog near the windows barks loudly .",
+    "the dogs near the window bark loudly .",
+    "the author that the guards like laughs .",
+    "the authors that the guard likes laugh .",
+    "there is a key .", "there are keys .", "it is here .", "they are here .",
+] * 3
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def wordpiece():
+    """A WordPiece vocabulary small enough that many words are several pieces ("is" and
+    "are" are one, "barks" and "laughs" several)."""
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(TEXT, vocab_size=90, min_frequency=1, show_progress=False,
+                           special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    wp.post_processor = processors.BertProcessing(("[SEP]", wp.token_to_id("[SEP]")),
+                                                  ("[CLS]", wp.token_to_id("[CLS]")))
+    return PreTrainedTokenizerFast(tokenizer_object=wp, cls_token="[CLS]", sep_token="[SEP]",
+                                   mask_token="[MASK]", pad_token="[PAD]", unk_token="[UNK]")
+
+
+@pytest.fixture(scope="module")
+def bytelevel():
+    """A byte-level BPE with RoBERTa's specials (<s>=0, <pad>=1, </s>=2)."""
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(TEXT, vocab_size=290, min_frequency=1, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                   cls_token="<s>", sep_token="</s>", mask_token="<mask>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def _perturbed(model):
+    # Random init leaves LayerNorms at identity and biases at 0; perturb so that bugs show.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def bert_config(vocab, **kw):
+    return BertConfig(**{**dict(vocab_size=vocab, hidden_size=D, num_hidden_layers=L,
+                                num_attention_heads=4, intermediate_size=64,
+                                max_position_embeddings=64, pad_token_id=0), **kw})
+
+
+def roberta_config(vocab, **kw):
+    return RobertaConfig(**{**dict(vocab_size=vocab, hidden_size=D, num_hidden_layers=L,
+                                   num_attention_heads=4, intermediate_size=64,
+                                   max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
+                                   eos_token_id=2), **kw})
+
+
+def make(arch, kind="mlm", vocab=120, **kw):
+    torch.manual_seed(0)
+    config = (bert_config if arch == "bert" else roberta_config)(vocab, **kw)
+    cls = {("bert", "mlm"): BertForMaskedLM, ("roberta", "mlm"): RobertaForMaskedLM,
+           ("bert", "cls"): BertForSequenceClassification,
+           ("roberta", "cls"): RobertaForSequenceClassification}[arch, kind]
+    return _perturbed(cls(config))
+
+
+def batch(arch, vocab=120, mask_id=4):
+    """Two rows, the second right-padded; a mask at position 3 / 2."""
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, vocab, (2, 8), generator=g)
+    pad = 0 if arch == "bert" else 1
+    ids[:, 0] = 2 if arch == "bert" else 0  # [CLS] / <s>
+    ids[0, 7], ids[1, 5] = (3, 3) if arch == "bert" else (2, 2)
+    ids[1, 6:] = pad
+    attention = torch.ones_like(ids)
+    attention[1, 6:] = 0
+    position = torch.tensor([3, 2])
+    ids[0, 3], ids[1, 2] = mask_id, mask_id
+    return ids, attention, position
+
+
+def mlm_head(model):
+    return model.cls if isinstance(model, BertForMaskedLM) else model.lm_head
+
+
+# --------------------------------------------------------------------------- attribution
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_mlm_logat_is_the_whole_head_on_each_hidden_state(arch):
+    model = make(arch)
+    ids, attention, position = batch(arch)
+    a = attribute(model, ids, attention, position=position, layers=[1, L])
+    out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
+    rows = torch.arange(2)
+    assert torch.allclose(a.logits, out.logits[rows, position], atol=ATOL)
+    assert torch.equal(a.target, out.logits[rows, position].argmax(-1))
+    E = model.get_input_embeddings().weight
+    for k, layer in enumerate([1, L]):
+        full = mlm_head(model)(out.hidden_states[layer])  # [B, T, V], the head as the model has it
+        for b in range(2):
+            real = [i for i in range(8) if attention[b, i] and i != position[b]]
+            ref = full[b, real, a.target[b]]
+            assert torch.allclose(a.logat_layers[k, b, real], ref, atol=ATOL)
+            norm = E[ids[b, real]].norm(dim=-1)
+            assert torch.allclose(a.normxlogit_layers[k, b, real], norm * ref, atol=ATOL)
+    assert torch.allclose(a.logat.nan_to_num(), a.logat_layers[-1].nan_to_num())
+    # Not attributed: the mask position itself and the pads.
+    assert a.logat[0, 3].isnan() and a.logat[1, 2].isnan() and a.logat[1, 6:].isnan().all()
+    assert a.mask.sum().item() == 7 + 5
+
+
+def _embedding_output_by_hand(model, ids, attention):
+    emb = model.base_model.embeddings
+    if isinstance(model, (BertForMaskedLM, BertForSequenceClassification)):
+        pos = torch.arange(ids.shape[1])[None].expand_as(ids)
+    else:  # RoBERTa counts real tokens after padding_idx
+        pos = (attention.cumsum(1) * attention) + 1
+    x = emb.word_embeddings(ids) + emb.position_embeddings(pos) + \
+        emb.token_type_embeddings(torch.zeros_like(ids))
+    return emb.LayerNorm(x)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_embedding_output_norm_factor_is_after_the_embedding_layernorm(arch):
+    model = make(arch)
+    ids, attention, position = batch(arch)
+    a = attribute_masked(model, ids, position, attention, norm_factor="embedding_output")
+    ref = _embedding_output_by_hand(model, ids, attention).norm(dim=-1)
+    m = a.mask
+    assert torch.allclose(a.norm[m], ref[m], atol=ATOL)
+    assert torch.allclose(a.normxlogit[m], ref[m] * a.logat[m], atol=ATOL)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_mlm_padded_row_and_foil_and_train_mode(arch):
+    model = make(arch)
+    ids, attention, position = batch(arch)
+    a = attribute_masked(model, ids, position, attention, target=[7, 9], foil=[11, 12])
+    alone = attribute_masked(model, ids[1:, :6], 2, target=7 + 2, foil=12)
+    assert torch.allclose(a.logat[1, :6].nan_to_num(), alone.logat[0].nan_to_num(), atol=ATOL)
+    good = attribute_masked(model, ids, position, attention, target=[7, 9])
+    bad = attribute_masked(model, ids, position, attention, target=[11, 12])
+    assert torch.allclose((good.logat - bad.logat)[a.mask], a.logat[a.mask], atol=ATOL)
+    model.train()  # dropout must be off for the call, and the flag restored
+    again = logat(model, ids, attention, target=[7, 9], foil=[11, 12], position=position)
+    assert model.training
+    assert torch.allclose(again[a.mask], a.logat[a.mask], atol=ATOL)
+    with pytest.raises(ValueError, match="pass position"):
+        attribute(model.eval(), ids, attention)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_classifier_logat_is_the_head_in_place_of_cls(arch):
+    model = make(arch, "cls", num_labels=3)
+    assert not is_masked_lm(model)
+    ids, attention, _ = batch(arch)
+    a = attribute(model, ids, attention, layers=[1, L])
+    out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
+    assert torch.allclose(a.logits, out.logits, atol=ATOL)
+    assert torch.equal(a.position, torch.zeros(2, dtype=torch.long))
+    for k, layer in enumerate([1, L]):
+        h = out.hidden_states[layer]
+        if arch == "bert":  # classifier(pooler(h_i)): pooler = tanh(dense(.))
+            ref = model.classifier(torch.tanh(model.bert.pooler.dense(h)))
+        else:  # dense, tanh, out_proj
+            ref = model.classifier.out_proj(torch.tanh(model.classifier.dense(h)))
+        for b in range(2):
+            real = [i for i in range(1, 8) if attention[b, i]]
+            assert torch.allclose(a.logat_layers[k, b, real], ref[b, real, a.target[b]],
+                                  atol=ATOL)
+    assert a.logat[:, 0].isnan().all()  # [CLS] is the explained position: not attributed
+
+
+def test_regression_classifier_is_minus_distance_to_the_output():
+    model = make("bert", "cls", num_labels=1)
+    ids, attention, _ = batch("bert")
+    a = attribute(model, ids, attention)
+    out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
+    h = out.hidden_states[-1]
+    ref = -(model.classifier(torch.tanh(model.bert.pooler.dense(h))) - out.logits[:, None]).abs()
+    assert torch.allclose(a.logat[a.mask], ref.squeeze(-1)[a.mask], atol=ATOL)
+
+
+def test_roberta_context_size_leaves_out_the_position_offset():
+    assert encoder_context_size(make("roberta")) == 66 - 2
+    assert encoder_context_size(make("bert")) == 64
+
+
+# --------------------------------------------------------------------------- PLL
+def test_masked_copies_hand_worked():
+    copies, pos = masked_copies([2, 10, 11, 12, 3], [None, 0, 0, 1, None], mask_id=4)
+    assert pos.tolist() == [1, 2, 3]
+    assert copies.tolist() == [[2, 4, 4, 12, 3], [2, 10, 4, 12, 3], [2, 10, 11, 4, 3]]
+
+
+def brute_force_pll(model, tokenizer, text):
+    """Token by token: mask t and the later tokens of its word, one copy per forward."""
+    enc = tokenizer(text)
+    ids, words = list(enc["input_ids"]), enc.word_ids()
+    out = []
+    for t, w in enumerate(words):
+        if w is None:
+            continue
+        copy = list(ids)
+        for j in range(t, len(ids)):
+            if words[j] == w:
+                copy[j] = tokenizer.mask_token_id
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([copy])).logits[0, t]
+        out.append(logits.log_softmax(-1)[ids[t]].item())
+    return out
+
+
+SENTENCES = ["The keys to the cabinets are on the table.", "A dog barks.",
+             "The authors that the guards like laugh loudly.", "The dogs near the window bark."]
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_pll_word_l2r_equals_one_copy_at_a_time(arch, wordpiece, bytelevel):
+    tokenizer = wordpiece if arch == "bert" else bytelevel
+    model = make(arch, vocab=len(tokenizer))
+    ids, words = encode_sentences(tokenizer, SENTENCES)
+    sizes = [np.bincount([w for w in ws if w is not None]) for ws in words]
+    assert max(s.max() for s in sizes) >= 3  # words of several tokens are exercised
+    # batch_size 7: sentences of several passes, and passes of several sentences
+    got = pll_token_logprobs(model, ids, words, tokenizer.mask_token_id,
+                             tokenizer.pad_token_id, batch_size=7)
+    totals = pll_scores(model, ids, words, tokenizer.mask_token_id, tokenizer.pad_token_id)
+    for text, tokens, total in zip(SENTENCES, got, totals):
+        ref = brute_force_pll(model, tokenizer, text)
+        np.testing.assert_allclose(tokens, ref, atol=ATOL)
+        assert total == pytest.approx(sum(ref), abs=1e-4)
+
+
+# --------------------------------------------------------------------------- evidence probe
+PAIRS = [
+    MinimalPair("the keys to the cabinet", "are", "is", (1,), "agr", "f:1"),
+    MinimalPair("the key to the cabinets", "is", "are", (1,), "agr", "f:2"),
+    MinimalPair("the dogs near the window", "bark", "barks", (1,), "agr2", "f:3"),
+    MinimalPair("the author that the guards like", "laughs", "laugh", (1,), "agr2", "f:4"),
+    MinimalPair("the table", "is", "are", (), "agr", "f:5",
+                "the table is on the key .", "the table are on the key ."),
+]
+
+
+def brute_force_ap(scores, relevant):
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    hits = [relevant[i] for i in order]
+    precisions = [sum(hits[: k + 1]) / (k + 1) for k, h in enumerate(hits) if h]
+    return sum(precisions) / len(precisions)
+
+
+def brute_force_random_ap(relevant):
+    """The mean AP over every ordering of the positions."""
+    values = [brute_force_ap(list(perm), relevant)
+              for perm in itertools.permutations(range(len(relevant)))]
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("rank_specials", [False, True])
+def test_masked_evidence_by_brute_force(wordpiece, rank_specials):
+    tok = wordpiece
+    model = make("bert", vocab=len(tok))
+    probe = MaskedEvidenceProbe(PAIRS, tok, layers=[0, L], rank_specials=rank_specials)
+    row = probe(model)
+    rows, single = masked_rows([p for p in PAIRS if p.has_prefix], tok)
+    specials = {tok.cls_token_id, tok.sep_token_id}
+    ap, ap_random, dp, n_multi, mask_right = [], [], [], 0, []
+    for b, i in enumerate(single):
+        pair = PAIRS[i]
+        n = int(rows.attention_mask[b].sum())
+        ids = rows.input_ids[b, :n]
+        t = ids.tolist().index(tok.mask_token_id)
+        assert t == n - 2 and ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+        out = model(input_ids=ids[None]).logits[0, t].detach()
+        good, bad = (tok.convert_tokens_to_ids(w) for w in (pair.good, pair.bad))
+        mask_right.append(bool(out[good] > out[bad]))
+        full = model.cls(model(input_ids=ids[None], output_hidden_states=True)
+                         .hidden_states[-1])[0, :, good].detach()
+        norms = model.get_input_embeddings().weight[ids].norm(dim=-1).detach()
+        if not pair.cue_word_indices:
+            continue  # accuracy only
+        ranked = [j for j in range(n) if j != t and (rank_specials or int(ids[j]) not in specials)]
+        # cue: every piece of prefix word 1, at positions 1 + its token offsets
+        words = tok(pair.prefix, add_special_tokens=False).word_ids()
+        cue = {1 + k for k, w in enumerate(words) if w == 1}
+        scores = [float(norms[j] * full[j]) for j in ranked]
+        relevant = [j in cue for j in ranked]
+        ap.append(brute_force_ap(scores, relevant))
+        ap_random.append(brute_force_random_ap(relevant))
+        weights = np.exp(np.array(scores) - max(scores))
+        dp.append(float(weights[relevant].sum() / weights.sum()))
+    n_multi = sum(1 for p in PAIRS if p.has_prefix) - len(single)
+    assert len(ap) >= 2 and n_multi >= 1  # both kinds of pairs are exercised
+    assert row[EVIDENCE_N_PAIRS] == len(ap)
+    assert row[EVIDENCE_N_MULTITOKEN_TARGET] == n_multi
+    assert row[EVIDENCE_AP.format(method="normxlogit")] == pytest.approx(np.mean(ap), abs=1e-6)
+    assert row[EVIDENCE_AP.format(method="random")] == pytest.approx(np.mean(ap_random))
+    assert row[EVIDENCE_DP.format(method="normxlogit")] == pytest.approx(np.mean(dp), abs=1e-6)
+    assert row[EVIDENCE_AP_BY_LAYER.format(method="normxlogit", layer=L)] == pytest.approx(
+        np.mean(ap), abs=1e-6)
+    assert row[MASK_N_PAIRS] == len(single)
+    assert row[MASK_ACCURACY] == pytest.approx(np.mean(mask_right))
+
+
+def test_masked_rows_rank_neither_the_mask_nor_specials_by_default(wordpiece):
+    rows, _ = masked_rows(PAIRS[:4], wordpiece)
+    ranked, with_specials = rows.ranked(), rows.ranked(rank_specials=True)
+    for b in range(len(rows)):
+        n = int(rows.attention_mask[b].sum())
+        ids = rows.input_ids[b].tolist()
+        t = int(rows.mask_position[b])
+        assert ids[t] == wordpiece.mask_token_id
+        assert ranked[b].tolist() == [0 < j < n - 2 for j in range(len(ids))]
+        assert with_specials[b].tolist() == [j < n and j != t for j in range(len(ids))]
+
+
+def test_pair_and_blimp_accuracy_by_pll(bytelevel):
+    tok = bytelevel
+    model = make("roberta", vocab=len(tok))
+    row = MaskedEvidenceProbe(PAIRS, tok)(model)
+    prefixed = [p for p in PAIRS if p.has_prefix]
+    plls = {s: sum(brute_force_pll(model, tok, s))
+            for p in prefixed for s in (f"{p.prefix} {p.good}", f"{p.prefix} {p.bad}")}
+    ref = np.mean([plls[f"{p.prefix} {p.good}"] > plls[f"{p.prefix} {p.bad}"] for p in prefixed])
+    assert row[PAIR_N_PAIRS] == len(prefixed)
+    assert row[PAIR_ACCURACY] == pytest.approx(ref)
+    blimp = PAIRS[-1]
+    good, bad = (sum(brute_force_pll(model, tok, s))
+                 for s in (blimp.sentence_good, blimp.sentence_bad))
+    assert row[BLIMP_ACCURACY] == float(good > bad)
+    # The same metric names as the causal probe, so curves line up across objectives.
+    for method in ("normxlogit", "logat", "norm", "random", "normxlogit_contrastive"):
+        assert math.isfinite(row[EVIDENCE_AP.format(method=method)])
+
+
+def test_random_mlm_scores_half_on_pairs_in_both_orders(wordpiece):
+    model = make("bert", vocab=len(wordpiece))
+    pairs = [q for p in PAIRS[:4] for q in (p, MinimalPair(p.prefix, p.bad, p.good,
+                                                           p.cue_word_indices))]
+    row = MaskedEvidenceProbe(pairs, wordpiece)(model)
+    # Each pair wins in exactly one of its orders (no ties on a random model).
+    assert row[PAIR_ACCURACY] == 0.5
+    assert row[MASK_ACCURACY] == 0.5
+
+
+def test_probe_refuses_a_causal_model_and_long_sentences(wordpiece):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    probe = MaskedEvidenceProbe(PAIRS[:2], wordpiece)
+    with pytest.raises(ValueError, match="needs a masked LM"):
+        probe(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=80)))
+    short = BertForMaskedLM(bert_config(len(wordpiece), max_position_embeddings=8))
+    with pytest.raises(ValueError, match=r"f:\d: a sentence takes \d+ positions .* has 8"):
+        probe(short)
