@@ -379,7 +379,7 @@ class DashboardDownLogger(CSVLogger):
 def test_a_failing_user_logger_neither_stops_the_run_nor_the_record(tmp_path, caplog):
     _, ids = plain_data(50)
     gold = compute_gold([d.numpy() for d in ids], 50, shuffle_correction=False)
-    with caplog.at_level(logging.WARNING, logger="normx_track.tracker.lightning"):
+    with caplog.at_level(logging.WARNING, logger="normx_track.tracker.sinks"):
         trainer = fit_plain(tmp_path, PlainLM(50), NormTracker(gold, every_n_steps=3, min_count=1),
                             logger=DashboardDownLogger(tmp_path))
     assert trainer.global_step == 6

@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from normx_track.errors import InputError
 from normx_track.record.atomic import RecordWriteError, atomic_open, atomic_save_npz, atomic_write_json
 
-__all__ = ["RecordLock", "RecordLockedError", "RecordWriteError", "RecordWriter", "list_snapshots",
+__all__ = ["RecordLock", "RecordLockedError", "RecordWriteError", "RecordWriter", "RunFolderError",
+           "check_run_folder", "list_snapshots",
            "load_snapshot", "read_json", "read_metrics", "record_dir", "set_aside", "aside_name"]
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,35 @@ def set_aside(run_dir: str | Path, name: str = RECORD_DIR) -> Path | None:
     return target
 
 
+class RunFolderError(InputError):
+    """The run folder cannot hold a run (a file, read-only); the message names it."""
+
+
+# What a run keeps in its folder: a file in their place would stop it midway.
+RUN_PARTS = {RECORD_DIR: "record", "checkpoints": "checkpoints", "figures": "figures",
+             ".hydra": "Hydra job files"}
+
+
+def check_run_folder(run_dir: str | Path, parts: dict[str, str] = RUN_PARTS) -> None:
+    """Refuse, before anything in it changes, a run folder that is a file, that cannot be
+    written (it, or the nearest existing folder above it when it does not exist yet), or
+    that holds a file where the run keeps one of its folders."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: the run folder is a file; choose another "
+                             "hydra.run.dir (or output_dir)")
+    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{existing}: cannot write there (read-only or not yours), so "
+                             f"{run_dir} cannot hold the run; choose another hydra.run.dir "
+                             "(or output_dir)")
+    for name, what in parts.items():
+        path = run_dir / name
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(f"{path}: a file where the run keeps its {what} folder; "
+                                 "move it away or choose another hydra.run.dir")
+
+
 class RecordLockedError(RuntimeError):
     """Another live run writes the record folder; the message names the folder and owner."""
 
@@ -76,14 +107,25 @@ class RecordLock:
     """An exclusive lock on a run's record: ``<run_dir>/normx.lock`` holding the owner's pid,
     host and start time, created with O_EXCL so two runs cannot both take it. A lock left by
     a process that died on this host (kill -9) is taken over with a warning; one from
-    another host is not (its process cannot be checked from here)."""
+    another host is not (its process cannot be checked from here).
+
+    Re-entrant within a process: `train.py` holds the folder from start-up to exit, and the
+    tracker inside it takes the lock again when it opens the record; each `acquire` returns
+    a handle, and the file goes when the outermost handle is released."""
+
+    _held: dict[str, int] = {}  # lock path -> handles this process holds on it
 
     def __init__(self, path: Path):
         self.path = path
+        self._released = False
 
     @classmethod
     def acquire(cls, run_dir: str | Path) -> "RecordLock":
         path = Path(run_dir) / f"{RECORD_DIR}.lock"
+        key = str(path.resolve())
+        if cls._held.get(key, 0) > 0 and path.exists():
+            cls._held[key] += 1
+            return cls(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -92,8 +134,11 @@ class RecordLock:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = _read_lock(path)
+                if not owner:  # released this instant: try again
+                    continue
                 if owner.get("host") == me["host"] and owner.get("pid") == me["pid"]:
-                    return cls(path)  # this process already holds it (a second fit)
+                    cls._held[key] = 1  # left by this process (its handles were dropped)
+                    return cls(path)
                 if not _stale(owner, me["host"]):
                     raise _locked(path, owner) from None
                 warnings.warn(f"{path}: taking over the lock of pid {owner.get('pid')}, "
@@ -102,11 +147,26 @@ class RecordLock:
                 continue
             with os.fdopen(fd, "w") as handle:
                 json.dump(me, handle)
+            cls._held[key] = 1
             return cls(path)
         raise RecordLockedError(f"{path}: could not take the record lock")
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Drop this handle (again: nothing); the last one removes the lock file."""
+        if self._released:
+            return
+        self._released = True
+        key = str(self.path.resolve())
+        left = RecordLock._held.get(key, 1) - 1
+        RecordLock._held[key] = max(left, 0)
+        if left <= 0:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RecordLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
     @staticmethod
     def check_free(run_dir: str | Path) -> None:
@@ -123,17 +183,36 @@ class RecordLock:
 
 
 def _locked(path: Path, owner: dict[str, Any]) -> RecordLockedError:
+    if _UNREADABLE in owner:
+        return RecordLockedError(
+            f"{path}: the lock file is unreadable ({owner[_UNREADABLE]}), so its owner cannot "
+            f"be checked; if no run is using {path.parent}, delete {path} and start again")
     return RecordLockedError(
         f"{path.parent / RECORD_DIR}: the record is in use by pid {owner.get('pid')} on "
         f"{owner.get('host')} (since {owner.get('started')}); wait for that run, or delete "
         f"{path} if it is gone")
 
 
+_UNREADABLE = "_unreadable"
+
+
 def _read_lock(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # being written this instant, or damaged: treat as held
+    """The owner the lock names; a lock being written this instant is read again shortly,
+    one still unreadable is reported as such (held: it may belong to a live run)."""
+    reason = "empty"
+    for attempt in range(3):
+        try:
+            owner = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            reason = f"not the JSON a lock holds: {type(err).__name__}"
+        else:
+            if isinstance(owner, dict) and {"pid", "host"} <= owner.keys():
+                return owner
+            reason = "no pid and host in it"
+        time.sleep(0.1 * (attempt + 1))
+    return {_UNREADABLE: reason}
 
 
 def _stale(owner: dict[str, Any], host: str) -> bool:
@@ -194,6 +273,16 @@ class RecordWriter:
             raise ValueError(f"{self.metrics_path}: step {row['step']} is not after the last "
                              f"recorded step {self._rows[-1][0]}")
         rows = self._rows + [(int(row["step"]), _line(row))]
+        self._write(rows)
+        self._rows = rows
+
+    def update_last(self, columns: dict[str, Any]) -> None:
+        """Add `columns` to the last row (a loss measured at the row's own step, after the
+        row was written)."""
+        if not self._rows:
+            raise ValueError(f"{self.metrics_path}: no row to update")
+        step, line = self._rows[-1]
+        rows = self._rows[:-1] + [(step, _line({**json.loads(line), **columns}))]
         self._write(rows)
         self._rows = rows
 

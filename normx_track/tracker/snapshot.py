@@ -13,6 +13,7 @@ import torch
 from normx_track.attribution import normxlogit as attribution
 
 from normx_track.gold import metrics
+from normx_track.gold.word_labels import function_word_counts
 
 # Signals that are correlated with the norms (counts is the control, not a target).
 _NOT_CORRELATED = {"counts", "function_word"}
@@ -70,6 +71,8 @@ class NormMetrics:
     def __call__(self, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Metrics for the input norms, and for the output norms under `normx/output/`."""
         row = self.measure(arrays["input_norm"])
+        if self.function_word is not None:   # the AUROC's class sizes, once per row
+            row.update(function_word_counts(self.function_word, self.counts, self.min_count))
         if "output_norm" in arrays:
             row.update(self.measure(arrays["output_norm"], prefix=OUTPUT_PREFIX))
         return row

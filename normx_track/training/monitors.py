@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dt
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from normx_track.tracker.lightning import batch_input_ids
+from normx_track.tracker.tokens import TokenCounter, batch_input_ids, batch_tokens
 
 LOSS_KEY = "train/loss"
 
@@ -42,7 +42,8 @@ class LogStepThroughput(L.Callback):
     `ThroughputMonitor` uses (`train/tokens_per_sec`, `train/device/mfu`, ...).
 
     Batches (dicts with `input_ids`, sequences whose first item is the ids, or the ids
-    themselves) are counted from their shapes (no device read); the clock is read, after one
+    themselves) are counted as the tracker counts them (`normx_track.tracker.tokens`: the
+    attention mask's sum, else the ids' size), summed on the device; the clock is read, after one
     synchronisation, only on the steps that log. The rates cover the last `window` logged
     steps. `flops_per_batch` (model FLOPs of one batch on one device) gives FLOP/s, and MFU
     against the device's peak (Lightning's table; `available_flops` overrides it).
@@ -57,7 +58,8 @@ class LogStepThroughput(L.Callback):
         self._throughput: Throughput | None = None
         # Totals since the run began; they travel in checkpoints, so a resumed run's
         # train/batches, train/samples, train/lengths and train/time curves continue.
-        self._batches = self._samples = self._tokens = 0
+        self._batches = self._samples = 0
+        self._tokens = TokenCounter()
         self._time_before = 0.0  # training seconds before this process (a resume)
         self._start: float | None = None
 
@@ -67,14 +69,14 @@ class LogStepThroughput(L.Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"batches": self._batches, "samples": self._samples, "tokens": self._tokens,
+        return {"batches": self._batches, "samples": self._samples, "tokens": self._tokens.total,
                 "time": self._elapsed()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._batches = int(state_dict.get("batches", 0))
         self._samples = int(state_dict.get("samples", 0))
-        self._tokens = int(state_dict.get("tokens", 0))
+        self._tokens = TokenCounter(int(state_dict.get("tokens", 0)))
         self._time_before = float(state_dict.get("time", 0.0))
 
     @override
@@ -95,7 +97,7 @@ class LogStepThroughput(L.Callback):
         ids = batch_input_ids(batch)
         self._batches += 1
         self._samples += ids.shape[0]
-        self._tokens += ids.numel()
+        self._tokens.add(batch_tokens(batch))
         self._unmeasured += 1
         # Lightning's own callbacks (LearningRateMonitor, ThroughputMonitor) ask the same.
         logs = trainer._logger_connector.should_update_logs
@@ -104,7 +106,7 @@ class LogStepThroughput(L.Callback):
         self._synchronize()  # the clock then covers the GPU's work, not just its queueing
         flops = None if self.flops_per_batch is None else self.flops_per_batch * self._unmeasured
         self._throughput.update(time=self._elapsed(), batches=self._batches,
-                                samples=self._samples, lengths=self._tokens, flops=flops)
+                                samples=self._samples, lengths=self._tokens.total, flops=flops)
         self._unmeasured = 0
         metrics = {f"train/{k}": float(v) for k, v in self._throughput.compute().items()}
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)

@@ -13,7 +13,8 @@ from normx_track.tracker.lightning import NormTracker
 from normx_track.training.config import Config, TrackerConfig, to_dict
 from normx_track.training.data.datamodule import TextDataModule
 from normx_track.training.data.tokenizer import surface_forms
-from normx_track.gold.statistics import GoldStatistics, cache_key, compute_gold, function_word_labels, load_lexicon
+from normx_track.gold.statistics import GoldStatistics, cache_key, compute_gold, load_lexicon
+from normx_track.gold.word_labels import label_function_words
 from normx_track.probes.blimp import is_blimp_spec, load_blimp
 from normx_track.probes.evidence import EvidenceProbe
 from normx_track.probes.faithfulness import FaithfulnessProbe
@@ -33,6 +34,19 @@ def cached_gold(datamodule: TextDataModule, cfg: Config) -> GoldStatistics:
                         window=t.window, shuffle_correction=t.shuffle_correction, seed=cfg.seed)
     gold.save(path)
     return gold
+
+
+def function_word_signal(datamodule: TextDataModule, gold: GoldStatistics, t: TrackerConfig,
+                         function_words: set[str]) -> np.ndarray:
+    """Function-word labels on whole words, read off the gold statistics stream."""
+    tokenizer = datamodule.tokenizer
+    labelled = label_function_words(surface_forms(tokenizer), function_words,
+                                    datamodule.statistics_documents(t.stats_tokens),
+                                    tokens=datamodule.vocab(),
+                                    special_ids=tokenizer.all_special_ids)
+    log.info("function-word labels of the types seen >= %d times: %s", t.min_count,
+             labelled.summary(gold.counts, t.min_count))
+    return labelled.labels
 
 
 def lexicon_signals(paths: list[str], datamodule: TextDataModule) -> dict[str, np.ndarray]:
@@ -57,9 +71,11 @@ def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path 
     probe_file = t.probe_file or probe_file
     if t.evidence and probe_file:
         pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
+        # null: every pair (0 meant that in records written before 0 was refused)
         probes.append(EvidenceProbe(pairs, tokenizer, seed=seed,
                                     max_pairs=t.max_probe_pairs or None, max_length=max_length,
-                                    layers="all" if t.evidence_by_layer else "last"))
+                                    layers="all" if t.evidence_by_layer else "last",
+                                    leading_space=t.probe_leading_space))
     elif t.evidence:
         log.info("no probe file (tracker.probe_file): evidence alignment is not measured")
     if t.faithfulness_examples:
@@ -80,7 +96,8 @@ def probes_for_record(meta: dict) -> list:
         raise FileNotFoundError(f"{data_dir / 'tokenizer'}: the run's tokenizer (for its probes) "
                                 "is not there; run from the folder the run was started in, "
                                 "or rebuild its data cache")
-    tracker = TrackerConfig(**meta["config"]["tracker"])
+    # Records from before probe_leading_space encoded probe text as written.
+    tracker = TrackerConfig(**{"probe_leading_space": False, **meta["config"]["tracker"]})
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     synthetic = data_dir / "synthetic" / "probes.jsonl"
     held_out = np.memmap(data_dir / "val.bin", dtype=np.int32, mode="r")
@@ -89,19 +106,24 @@ def probes_for_record(meta: dict) -> list:
                         meta["config"]["model"]["n_positions"])
 
 
-def build_tracker(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> NormTracker:
+def tracker_arguments(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> dict:
+    """The core `Tracker`'s arguments for a run of ours: gold with function-word labels,
+    lexicons, probes and the schedule (examples/ build any front end from these)."""
     t = cfg.tracker
     gold = cached_gold(datamodule, cfg)
     function_words = resolve_function_words(t.function_words, datamodule.function_words())
     if function_words:
-        gold.function_word = function_word_labels(surface_forms(datamodule.tokenizer),
-                                                  function_words)
-    return NormTracker(gold, datamodule.vocab(), out_dir=out_dir, every_n_steps=t.every_n_steps,
-                       log_spaced=t.log_spaced, on_checkpoint=t.on_checkpoint,
-                       on_train_end=t.on_train_end, min_count=t.min_count,
-                       signals=lexicon_signals(t.lexicons, datamodule),
-                       probes=build_probes(t, cfg.seed, datamodule.tokenizer,
-                                           datamodule.probe_file, datamodule.val_set.tokens,
-                                           cfg.model.n_positions),
-                       stop_on_nonfinite=t.stop_on_nonfinite, top_k_tokens=t.top_k_tokens,
-                       meta={"config": to_dict(cfg), "data_dir": str(datamodule.dir.resolve())})
+        gold.function_word = function_word_signal(datamodule, gold, t, function_words)
+    return dict(gold=gold, vocab=datamodule.vocab(), out_dir=out_dir,
+                every_n_steps=t.every_n_steps, log_spaced=t.log_spaced, min_count=t.min_count,
+                signals=lexicon_signals(t.lexicons, datamodule),
+                probes=build_probes(t, cfg.seed, datamodule.tokenizer, datamodule.probe_file,
+                                    datamodule.val_set.tokens, cfg.model.n_positions),
+                stop_on_nonfinite=t.stop_on_nonfinite, top_k_tokens=t.top_k_tokens,
+                meta={"config": to_dict(cfg), "data_dir": str(datamodule.dir.resolve())})
+
+
+def build_tracker(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> NormTracker:
+    t = cfg.tracker
+    return NormTracker(**tracker_arguments(cfg, datamodule, out_dir),
+                       on_checkpoint=t.on_checkpoint, on_train_end=t.on_train_end)
