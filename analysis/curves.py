@@ -1,15 +1,19 @@
 """Figures of one run's record.
 
-    python -m analysis.curves RUN_DIR [--out DIR] [--log-steps] [--formats png svg]
+    python -m analysis.curves RUN_DIR [--out DIR] [--no-log-steps] [--formats png svg]
 
-Writes, as PNG and SVG (by default into RUN_DIR/figures):
-  correlations        norm vs each gold signal (Spearman, Pearson, partial) and AUROC, per step
+Writes, as PNG and SVG (by default into RUN_DIR/figures), on a log step axis by default:
+  correlations        norm vs each gold signal (Spearman, Pearson, partial), AUROC, and the
+                      train/validation loss (when the record has it), per step
   frequency_control   per gold signal, plain Spearman beside partial Spearman | log frequency
+  beyond_frequency    per gold signal, Spearman within log-frequency bins beside the partial
   frequency_deciles   mean norm per frequency decile (snapshots + gold counts)
   function_content    function vs content words (gold function_word labels)
   evidence_by_layer   evidence AP per layer and step, a heatmap per method
   evidence            minimal-pair accuracy, evidence AP and DP per method
   faithfulness        comprehensiveness, sufficiency, leave-one-out Spearman per method
+and min_count_robustness.csv: Spearman and partial Spearman at min_count 1, 5, 10, 20, 50,
+100 for the last and the peak snapshot (analysis.robustness).
 A figure whose data the record lacks is skipped, saying so. A damaged record's damaged
 lines and snapshots are skipped, with a warning naming the file.
 """
@@ -25,13 +29,14 @@ from matplotlib.figure import Figure
 from normx_track.gold.metrics import correlations as _correlations
 
 from . import figures as F
+from . import robustness
 from .load import Run, cli_load_run, cli_warnings
 
-FIGURES = ("correlations", "frequency_control", "frequency_deciles", "function_content",
-           "evidence_by_layer", "evidence", "faithfulness")
+FIGURES = ("correlations", "frequency_control", "beyond_frequency", "frequency_deciles",
+           "function_content", "evidence_by_layer", "evidence", "faithfulness")
 
 
-def build_figures(run: Run, log_steps: bool = False) -> dict[str, Figure | str]:
+def build_figures(run: Run, log_steps: bool = True) -> dict[str, Figure | str]:
     """{name: Figure, or the reason it was skipped}, in FIGURES order."""
     frame = run.frame
     out: dict[str, Figure | str] = {}
@@ -52,6 +57,10 @@ def build_figures(run: Run, log_steps: bool = False) -> dict[str, Figure | str]:
     attempt("frequency_control", lambda: F.frequency_control(
         frame, frequency_confound(gold, run.min_count), log_steps,
         title=f"{run.name}: what the norm knows beyond frequency"))
+    attempt("beyond_frequency", lambda: F.beyond_frequency(
+        *robustness.beyond_frequency(run), frame, log_steps,
+        title=f"{run.name}: Spearman within log-frequency bins (types with count >= "
+              f"{run.min_count})"))
     attempt("frequency_deciles", lambda: F.frequency_deciles(
         steps, norms, counts if counts is not None else [], log_steps=log_steps))
     attempt("function_content", lambda: F.function_content(
@@ -88,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
         "\n\n")[0], epilog="Figures: " + ", ".join(FIGURES))
     p.add_argument("run_dir", type=Path, help="a run's output dir (holding normx/)")
     p.add_argument("--out", type=Path, help="where to write the figures (default RUN_DIR/figures)")
-    p.add_argument("--log-steps", action="store_true",
-                   help="log-scaled step axis (symlog: step 0 stays visible)")
+    p.add_argument("--log-steps", action=argparse.BooleanOptionalAction, default=True,
+                   help="log-scaled step axis (symlog: step 0 stays visible; the default)")
     p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT",
                    help="file formats (default: png svg)")
     return p
@@ -103,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         out = args.out or args.run_dir / "figures"
         F.write_all(build_figures(run, args.log_steps), out, args.formats)
+        table = robustness.min_count_table(run)
+        if not table.empty:
+            out.mkdir(parents=True, exist_ok=True)
+            table.to_csv(out / "min_count_robustness.csv", index=False)
+            print(f"wrote {out / 'min_count_robustness.csv'} ({len(table)} rows)")
         if run.problems:
             print(f"{len(run.problems)} record problem(s); see the warnings above",
                   file=sys.stderr)

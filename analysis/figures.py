@@ -32,6 +32,15 @@ EVIDENCE = {K.PAIR_ACCURACY: "minimal-pair accuracy (whole-word log-probability)
 FAITHFULNESS = {K.COMPREHENSIVENESS: "comprehensiveness (higher = more faithful)",
                 K.SUFFICIENCY: "sufficiency (lower = more faithful)",
                 K.LOO_SPEARMAN: "Spearman with leave-one-out"}
+# The y-axis label of each probe key family (every panel names its unit).
+YLABELS = {K.PAIR_ACCURACY: "accuracy", K.PAIR_ACCURACY_BY_UID: "accuracy",
+           K.BLIMP_ACCURACY: "accuracy", K.BLIMP_ACCURACY_BY_UID: "accuracy",
+           K.EVIDENCE_AP: "average precision of the cue",
+           K.EVIDENCE_DP: "softmax mass on the cue",
+           K.COMPREHENSIVENESS: "drop in p(target)", K.SUFFICIENCY: "drop in p(target)",
+           K.LOO_SPEARMAN: "Spearman"}
+LOSS_LABELS = {K.TRAIN_LOSS: "train loss", K.VAL_LOSS: "validation loss"}
+MAX_INSIDE_LEGEND = 4  # more entries than this go beside the axes, not over the curves
 _BY_LAYER = re.compile("^" + re.escape(K.EVIDENCE_AP_BY_LAYER.split("{")[0])
                        + r"(.+)/layer_(\d+)$")
 
@@ -91,17 +100,81 @@ def _axes(n: int, ncols: int = 3, width: float = 4.2, height: float = 3.2):
 
 
 def _step_axis(ax, log_steps: bool, label: str = "step") -> None:
+    """Call after plotting: on a log axis the limits leave a marker's room at both ends."""
     if log_steps:
         ax.set_xscale("symlog", linthresh=1)  # step 0 (the initialisation) stays visible
-        ax.set_xlim(left=0)
+        low, high = ax.dataLim.intervalx
+        if np.isfinite([low, high]).all() and high >= low >= 0:
+            ax.set_xlim(-0.3 if low < 1 else low / 1.3, max(high * 1.3, 1.0))
     ax.set_xlabel(f"{label} (log)" if log_steps else label)
     ax.grid(True, alpha=0.3)
 
 
 def _colors(n: int, cmap: str = "tab10") -> list:
+    """n colours: tab10 up to 10, tab20 up to 20 (each distinct), a sampled continuous map
+    beyond; a sequential ``cmap`` is sampled evenly."""
+    if cmap.startswith("tab"):
+        if n <= 10:
+            return [plt.get_cmap("tab10")(i) for i in range(n)]
+        if n <= 20:  # tab20's dark shades first (tab10's hues), then the light ones
+            cm = plt.get_cmap("tab20")
+            return [cm(2 * i if i < 10 else 2 * (i - 10) + 1) for i in range(n)]
+        cmap = "turbo"
     cm = plt.get_cmap(cmap)
-    return [cm(i % cm.N) for i in range(n)] if cmap.startswith("tab") else \
-        [cm(x) for x in np.linspace(0.05, 0.95, max(n, 1))]
+    return [cm(x) for x in np.linspace(0.05, 0.95, max(n, 1))]
+
+
+def _legend(ax, n_entries: int | None = None, fontsize: str = "small") -> None:
+    """A legend inside the axes when it is short, beside them (right) when it would cover
+    the curves; constrained layout makes room for it."""
+    handles, _ = ax.get_legend_handles_labels()
+    n = len(handles) if n_entries is None else n_entries
+    if n == 0:
+        return
+    if n <= MAX_INSIDE_LEGEND:
+        ax.legend(fontsize=fontsize)
+    else:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0, ncols=1 if n <= 20 else 2)
+
+
+def _figure_legend(fig, axes) -> None:
+    """One legend beside the whole figure, each label once (panels sharing their series)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper",
+                   fontsize="x-small")
+
+
+def loss_keys(frame: pd.DataFrame) -> list[str]:
+    """The loss columns a record holds with at least one finite value (older records have
+    none: the loss panel is left out)."""
+    return [k for k in K.LOSS_KEYS if k in frame and np.isfinite(_column(frame, k)).any()]
+
+
+def loss_points(frame: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, losses) at the steps each loss was measured at (``<key>_step``; the row's
+    step where a record lacks it), each measurement once."""
+    step_key = K.loss_step_key(key)
+    steps = _column(frame, step_key) if step_key in frame else _column(frame, "step")
+    losses = _column(frame, key)
+    ok = np.isfinite(steps) & np.isfinite(losses)
+    steps, first = np.unique(steps[ok], return_index=True)
+    return steps, losses[ok][first]
+
+
+def loss_panel(ax, frame: pd.DataFrame, log_steps: bool) -> None:
+    """Train and validation loss against step, on the same step axis as the metrics."""
+    for key, color in zip(loss_keys(frame), ("tab:gray", "k")):
+        steps, losses = loss_points(frame, key)
+        ax.plot(steps, losses, marker=".", color=color, label=LOSS_LABELS[key], gid=key)
+    ax.set_title("Loss")
+    ax.set_ylabel("cross-entropy (nats)")
+    _step_axis(ax, log_steps)
+    _legend(ax)
 
 
 def _column(frame: pd.DataFrame, key: str) -> np.ndarray:
@@ -143,7 +216,9 @@ def correlations(frame: pd.DataFrame, log_steps: bool = False, title: str = "") 
     aurocs = [k for k in (auroc_key(), auroc_key(OUTPUT_PREFIX)) if k in frame]
     if not stats and not aurocs:
         raise Skipped("no normx/<statistic>/<signal> correlation columns in metrics.jsonl")
-    fig, axes = _axes(len(stats) + bool(aurocs), ncols=4)
+    losses = bool(loss_keys(frame))
+    n_panels = len(stats) + bool(aurocs) + losses
+    fig, axes = _axes(n_panels, ncols=3 if n_panels in (5, 6) else 4)
     names = list(dict.fromkeys(inputs + outputs))
     color = dict(zip(names, _colors(len(names))))
     steps = _column(frame, "step")
@@ -160,7 +235,7 @@ def correlations(frame: pd.DataFrame, log_steps: bool = False, title: str = "") 
         ax.set_ylabel("correlation with norm")
         _step_axis(ax, log_steps)
     if aurocs:
-        ax = axes[-1]
+        ax = axes[len(stats)]
         for key in aurocs:
             output = key.startswith(OUTPUT_PREFIX)
             ax.plot(steps, _column(frame, key), "--" if output else "-", marker=".",
@@ -168,10 +243,13 @@ def correlations(frame: pd.DataFrame, log_steps: bool = False, title: str = "") 
                     gid=key)
         ax.axhline(0.5, color="0.6", lw=0.8)
         ax.set_title("AUROC: content vs function words")
+        ax.set_ylabel("AUROC")
         _step_axis(ax, log_steps)
-        ax.legend(fontsize="small")
+        _legend(ax)
+    if losses:
+        loss_panel(axes[-1], frame, log_steps)
     if stats:
-        axes[0].legend(fontsize="small")
+        _legend(axes[0])
     fig.suptitle(title or "Embedding norm vs gold importance")
     return fig
 
@@ -208,6 +286,37 @@ def frequency_control(frame: pd.DataFrame, confound: dict[str, float] | None = N
         _step_axis(ax, log_steps)
         ax.legend(fontsize="small")
     fig.suptitle(title or "Plain vs frequency-controlled correlation, per gold signal")
+    return fig
+
+
+def beyond_frequency(steps: Sequence[int], binned: dict[str, np.ndarray], labels: Sequence[str],
+                     frame: pd.DataFrame | None = None, log_steps: bool = False,
+                     title: str = "") -> Figure:
+    """A panel per gold signal: the Spearman of the norm with it inside each log-frequency
+    bin (a line per bin, rare to frequent), beside the recorded partial Spearman | log
+    frequency (black, dashed) and plain Spearman (grey) over all the types."""
+    binned = {k: v for k, v in binned.items() if np.isfinite(v).any()}
+    if len(steps) == 0 or not binned:
+        raise Skipped("no snapshots with gold signals and enough types per frequency bin")
+    fig, axes = _axes(len(binned), ncols=3, width=4.6)
+    colors = _colors(len(labels), "viridis")
+    for ax, (signal, matrix) in zip(axes, binned.items()):
+        for b, (label, color) in enumerate(zip(labels, colors)):
+            ax.plot(steps, matrix[:, b], marker=".", ms=3, color=color, lw=1.2,
+                    label=f"within {label}", gid=f"{signal}|bin_{b}")
+        for stat, style, color, label in (("partial_spearman", "--", "k",
+                                           "partial | log freq (all types)"),
+                                          ("spearman", "-", "0.6", "Spearman (all types)")):
+            key = correlation_key(stat, signal)
+            if frame is not None and key in frame:
+                ax.plot(_column(frame, "step"), _column(frame, key), style, color=color,
+                        lw=1.8, label=label, gid=key)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_title(signal, fontsize="medium")
+        ax.set_ylabel("Spearman with norm")
+        _step_axis(ax, log_steps)
+    _figure_legend(fig, axes)
+    fig.suptitle(title or "Beyond frequency: Spearman within log-frequency bins")
     return fig
 
 
@@ -316,32 +425,64 @@ def evidence_by_layer(frame: pd.DataFrame, title: str = "") -> Figure:
 def probe_curves(frame: pd.DataFrame, families: dict[str, str], log_steps: bool = False,
                  title: str = "") -> Figure:
     """A panel per probe key family present (e.g. pair_accuracy, evidence_ap/<method>), a
-    line per method; the random baselines grey and dashed."""
-    panels = [(label, keys) for template, label in families.items()
-              if (keys := family_keys(frame, template))]
+    line per method; the random baselines grey and dashed. A per-paradigm family (one key
+    per UID, up to BLiMP's dozens) gets a wide panel of its own below, its legend beside it."""
+    panels = [(label, YLABELS.get(template, ""), keys, "{uid}" in template)
+              for template, label in families.items() if (keys := family_keys(frame, template))]
     if not panels:
         raise Skipped("none of " + ", ".join(t.split("{")[0].rstrip("/") for t in families)
                       + " in metrics.jsonl")
-    fig, axes = _axes(len(panels), ncols=3)
+    panels.sort(key=lambda p: p[3])  # per-paradigm panels last (stable)
+    fig, axes = _axes_with_wide(sum(not p[3] for p in panels), sum(p[3] for p in panels))
     steps = _column(frame, "step")
-    names = list(dict.fromkeys(k.rsplit("/", 1)[-1] for _, keys in panels for k in keys))
-    color = dict(zip(names, _colors(len(names))))  # a method keeps its colour across panels
-    for ax, (label, keys) in zip(axes, panels):
-        for key in keys:
-            method = key.rsplit("/", 1)[-1]
+    methods = list(dict.fromkeys(k.rsplit("/", 1)[-1] for *_, keys, by_uid in panels
+                                 if not by_uid for k in keys))
+    shared = dict(zip(methods, _colors(len(methods))))  # a method keeps its colour
+    for ax, (label, ylabel, keys, by_uid) in zip(axes, panels):
+        names = [k.rsplit("/", 1)[-1] for k in keys]
+        color = dict(zip(names, _colors(len(names)))) if by_uid else shared  # distinct UIDs
+        for key, method in zip(keys, names):
             random = method.startswith("random")
             ax.plot(steps, _column(frame, key), "--" if random else "-", marker=".",
                     color="0.5" if random else color[method], label=method, gid=key)
-        ax.set_title(label)
+        ax.set_title(label, fontsize="medium")
+        ax.set_ylabel(ylabel)
         _step_axis(ax, log_steps)
         if len(keys) > 1:
-            ax.legend(fontsize="small")
+            _legend(ax)
     if title:
         fig.suptitle(title)
     return fig
 
 
+def _axes_with_wide(n: int, n_wide: int, ncols: int = 3, width: float = 4.2,
+                    height: float = 3.2):
+    """n panels in a grid of ncols, then n_wide panels each the figure's width on a row of
+    its own (constrained layout narrows them to make room for a legend beside them)."""
+    ncols = max(1, min(ncols, n)) if not n_wide else ncols
+    rows = -(-n // ncols) if n else 0
+    fig = plt.figure(figsize=(width * ncols, height * (rows + n_wide)), layout="constrained")
+    grid = fig.add_gridspec(rows + n_wide, ncols)
+    axes = [fig.add_subplot(grid[i // ncols, i % ncols]) for i in range(n)]
+    axes += [fig.add_subplot(grid[rows + i, :]) for i in range(n_wide)]
+    return fig, axes
+
+
 # -- sweeps ------------------------------------------------------------------------------
+def metric_ylabel(key: str) -> str:
+    """The unit of a recorded metric key, for a y-axis label."""
+    for stat in STATS:
+        if correlation_key(stat, "") in key or correlation_key(stat, "", OUTPUT_PREFIX) in key:
+            return "correlation with norm"
+    if "/auroc/" in key:
+        return "AUROC"
+    for template, label in YLABELS.items():
+        head = template.split("{")[0]
+        if key == template or ("{" in template and key.startswith(head)):
+            return label
+    return key.rsplit("/", 1)[-1].replace("_", " ")
+
+
 def grouped_curves(agg: pd.DataFrame, panels: list[tuple[str, str]], labels: Sequence[str],
                    band: str = "std", log_steps: bool = False, ncols: int = 3,
                    title: str = "") -> Figure:
@@ -372,8 +513,9 @@ def grouped_curves(agg: pd.DataFrame, panels: list[tuple[str, str]], labels: Seq
                     label=f"{label} (n={int(curve['n'].max())})")
             ax.fill_between(steps, lo, hi, color=color[label], alpha=0.18, lw=0)
         ax.set_title(panel_title, fontsize="medium")
+        ax.set_ylabel(metric_ylabel(key))
         _step_axis(ax, log_steps)
-    axes[0].legend(fontsize="x-small")
+    _legend(axes[0], fontsize="x-small")
     spread = "min–max" if band == "minmax" else "±1 std"
     fig.suptitle(f"{title} (mean over seeds, band {spread})" if title else
                  f"mean over seeds, band {spread}")

@@ -3,7 +3,9 @@ PNG, the config, the top/bottom-norm tokens at chosen steps, and every record pr
 It needs no network and no other file: open it offline, mail it, attach it to a ticket.
 
     python -m analysis.report RUN_OR_MULTIRUN_DIR [--out FILE] [--steps STEP ...] [--top-k K]
-                              [--log-steps] [--group-by KEY ...] [--band std|minmax]
+                              [--no-log-steps] [--group-by KEY ...] [--band std|minmax]
+
+Step axes are log-scaled by default (most happens in the first hundred steps).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from matplotlib.figure import Figure
 from normx_track import keys as K
 from normx_track.keys import auroc_key, correlation_key
 
+from . import robustness
 from .curves import build_figures
 from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, load_run,
                    load_sweep, no_record_message)
@@ -142,18 +145,28 @@ def tokens_html(run: Run, steps: Sequence[int] | None, top_k: int) -> str:
             "norm.</p>" + "\n".join(parts))
 
 
-def emergence_html(run: Run, top_k: int) -> str:
+def emergence_html(run: Run, top_k: int, log_steps: bool = True) -> str:
     """Per-token emergence (analysis.emergence): when each type settles, in what order, and
     the norm dynamics by frequency bin."""
     from . import emergence
 
-    tables, figures = emergence.build(run)
+    tables, figures = emergence.build(run, log_steps=log_steps)
     parts = [figures_html(figures)]
     if "emergence" in tables:
         first, last = emergence.first_and_last(tables["emergence"], top_k)
         band = f"±{emergence.E.DEFAULT_BAND:g}"
+        chance = int(tables["emergence"]["settles_by_chance"].sum())
+        settling = tables["emergence_settling"]
         parts += [f"<p>A type settles at the first snapshot after which its norm percentile "
-                  f"stays within {band} points of its final one.</p>",
+                  f"stays within {band} points of its final one. The null shuffles each "
+                  f"type's snapshots ({emergence.E.DEFAULT_N_PERM} seeded draws): the "
+                  "settling curve is read against the number of types that settle at each "
+                  "snapshot by chance. No type settles at initialisation: the earliest is the "
+                  "first snapshot after it, and settling there counts only when it beats the "
+                  f"null (p &lt; {emergence.E.DEFAULT_ALPHA:g}); {chance} type(s) settle there "
+                  "by chance and are left out.</p>",
+                  "<h3>Types settling at each snapshot, against the null</h3>",
+                  table_html(settling),
                   "<h3>Emergence order (Spearman of the settling step; 95 % bootstrap CI)</h3>",
                   table_html(tables["emergence_order"], text_columns=["statistic", "against"]),
                   "<h3>Settle first</h3>", table_html(first, text_columns=["token"]),
@@ -217,8 +230,21 @@ def _json_block(obj: Any) -> str:
 
 
 # -- reports -----------------------------------------------------------------------------
+def robustness_html(run: Run) -> str:
+    """Spearman and partial Spearman at each count cutoff, last and peak snapshot."""
+    table = robustness.wide_table(robustness.min_count_table(run))
+    if table.empty:
+        return "<p class='skipped'>No readable snapshots or gold: cutoff table skipped.</p>"
+    return (f"<p>Computed from the snapshots and gold.npz over the token types seen at least "
+            f"min_count times (the run uses {run.min_count}); peak: the snapshot of the "
+            "highest Spearman at the run's min_count. A correlation that holds only at low "
+            "cutoffs comes from the rare tail.</p>"
+            + table_html(table, text_columns=["signal", "snapshot", "statistic"],
+                         float_format="{:.3f}"))
+
+
 def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
-               log_steps: bool = False) -> str:
+               log_steps: bool = True) -> str:
     figures = figures_html(build_figures(run, log_steps))
     tokens = tokens_html(run, steps, top_k)
     frame = run.frame
@@ -232,9 +258,12 @@ def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
                            text_columns=["metric"]))
     body = (problems_html(run.problems)
             + f"<p>Record: <code>{html.escape(str(run.record))}</code></p>"
-            + f"<h2>Summary</h2>{last}<h2>Figures</h2>{figures}"
+            + f"<h2>Summary</h2>{last}"
+            + f"<h2>Robustness: the count cutoff</h2>{robustness_html(run)}"
+            + f"<h2>Figures</h2>{figures}"
             + f"<h2>Norm against information gain</h2>{information_gain_html(run, steps)}"
-            + f"<h2>Emergence: when each token becomes important</h2>{emergence_html(run, top_k)}"
+            + "<h2>Emergence: when each token becomes important</h2>"
+            + emergence_html(run, top_k, log_steps)
             + f"<h2>Top and bottom norm tokens</h2>{tokens}"
             + f"<h2>Config</h2>{_json_block(run.config)}"
             + "<details><summary>Full meta.json</summary>"
@@ -243,7 +272,7 @@ def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
 
 
 def sweep_report(runs: list[Run], root: Path, steps: Sequence[int] | None = None,
-                 top_k: int = 15, log_steps: bool = False, group_by: list[str] | None = None,
+                 top_k: int = 15, log_steps: bool = True, group_by: list[str] | None = None,
                  band: str = "std") -> str:
     figures, table, frame, labels = build_sweep(runs, group_by, band, log_steps)
     curves = emergence_summary(runs, frame)
@@ -287,7 +316,8 @@ def parser() -> argparse.ArgumentParser:
                    help="steps for the token tables (default: first, middle, last snapshot; "
                         "a step without a snapshot shows the nearest one)")
     p.add_argument("--top-k", type=int, default=15, help="tokens per table (default 15)")
-    p.add_argument("--log-steps", action="store_true", help="log-scaled (symlog) step axis")
+    p.add_argument("--log-steps", action=argparse.BooleanOptionalAction, default=True,
+                   help="log-scaled (symlog) step axis (the default; --no-log-steps: linear)")
     p.add_argument("--group-by", nargs="+", metavar="KEY",
                    help="multirun only: keys to group runs by (see analysis.sweep)")
     p.add_argument("--band", choices=("std", "minmax"), default="std",

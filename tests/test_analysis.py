@@ -18,9 +18,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis import curves, emergence, figures as F, report, sweep
+from scipy import stats
+
+from analysis import curves, emergence, figures as F, report, robustness, sweep
 from analysis.load import RecordWarning, load_run, load_sweep
-from normx_track.record.store import read_metrics
+from normx_track.gold.statistics import GoldStatistics
+from normx_track.record.store import RecordWriter, read_metrics
 from conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -125,6 +128,58 @@ def damaged_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+HAND_STEPS = [0, 1, 2, 4, 8, 16, 32, 64]
+UIDS = [f"paradigm_{i:02d}" for i in range(16)]
+
+
+def hand_record(run_dir: Path, with_loss: bool = True, vocab: int = 400) -> Path:
+    """A record written here (RecordWriter): Zipf-like counts with ties and zeros, gold
+    signals, 8 snapshots of norms drifting towards self-information, losses measured at
+    steps of their own (validation every 16 steps), and 16 per-paradigm accuracies."""
+    rng = np.random.default_rng(0)
+    counts = (3000 / np.arange(1, vocab + 1) ** 1.1).astype(int)
+    counts[-20:] = 0
+    si = np.where(counts > 0, -np.log(np.maximum(counts, 1) / counts.sum()), np.nan)
+    ig = 0.3 * np.nan_to_num(si) + rng.normal(0, 1, vocab)
+    gold = GoldStatistics(counts=counts, self_information=si, information_gain=ig, window=5,
+                          n_tokens=int(counts.sum()), seed=0, information_gain_corrected=None)
+    gold.function_word = (np.arange(vocab) < 30).astype(float)
+    writer = RecordWriter(run_dir)
+    writer.write_meta({"config": {}, "tracker": {"min_count": 5}})
+    writer.write_vocab([f"w{i}" for i in range(vocab)])
+    gold.save(writer.dir / "gold.npz")
+    init = rng.normal(1, 0.05, vocab)
+    for step in HAND_STEPS:
+        a = 1 - np.exp(-step / 10)
+        norms = (1 - a) * init + a * (1 + 0.02 * np.nan_to_num(si)) + rng.normal(0, .01, vocab)
+        writer.write_snapshot(step, {"input_norm": norms})
+        row = {"step": step, "tokens_seen": 64 * step,
+               "normx/spearman/information_gain": 0.1 * a,
+               "normx/partial_spearman/information_gain": 0.05 * a,
+               "normx/auroc/function_word": 0.5 + 0.3 * a}
+        for uid in UIDS:
+            row[f"normx/blimp_accuracy_by_uid/{uid}"] = float(rng.uniform())
+        row["normx/pair_accuracy"] = 0.5 + 0.2 * a
+        if with_loss and step > 0:
+            row.update({"train/loss": 6 - a, "train/loss_step": step - 1})
+            if step >= 16:  # rows 16 and 32 carry the same validation (measured at 16)
+                val = 16 if step < 64 else 64
+                row.update({"val/loss": 6.5 - (1 - np.exp(-val / 10)), "val/loss_step": val})
+        writer.append_metrics(row)
+    return run_dir
+
+
+def partial_by_residuals(x, y, z) -> float:
+    """Partial Spearman as the Pearson correlation of the rank residuals of x and y after a
+    least-squares fit on the ranks of z (not the coefficient formula the library uses)."""
+    rx, ry, rz = (stats.rankdata(v) for v in (x, y, z))
+    design = np.column_stack([np.ones_like(rz), rz])
+
+    def residual(r):
+        return r - design @ np.linalg.lstsq(design, r, rcond=None)[0]
+    return float(stats.pearsonr(residual(rx), residual(ry)).statistic)
+
+
 # -- figures plot the record's numbers ----------------------------------------------------
 def test_correlation_figure_plots_metrics_jsonl(tiny_run):
     rows = jsonl(tiny_run)
@@ -132,11 +187,130 @@ def test_correlation_figure_plots_metrics_jsonl(tiny_run):
     lines = lines_by_gid(fig)
     expected = {k for k in rows[0] if re.match(r"normx/(spearman|pearson|partial_spearman)/|"
                                                 r"normx/auroc/", k)}
-    assert expected and set(lines) == expected
+    losses = {k for k in ("train/loss", "val/loss") if k in lines}  # at their own steps
+    assert expected and set(lines) - losses == expected
     for key, line in lines.items():
+        if key in losses:
+            continue
         np.testing.assert_array_equal(line.get_xdata(), column(rows, "step"))
         np.testing.assert_array_equal(line.get_ydata(), column(rows, key))
     assert {ax.get_xscale() for ax in fig.axes if ax.get_visible()} == {"symlog"}
+
+
+def test_the_loss_panel_plots_each_loss_at_the_step_it_was_measured(tmp_path):
+    run_dir = hand_record(tmp_path / "run")
+    rows = jsonl(run_dir)
+    fig = F.correlations(load_run(run_dir).frame, log_steps=True)
+    lines = lines_by_gid(fig)
+    for key, want_steps in (("train/loss", [s - 1 for s in HAND_STEPS[1:]]),
+                            ("val/loss", [16, 64])):
+        steps, losses = column(rows, key + "_step"), column(rows, key)
+        ok = np.isfinite(steps)
+        expected = {int(s): v for s, v in zip(steps[ok], losses[ok])}  # one per measurement
+        assert sorted(expected) == want_steps
+        np.testing.assert_array_equal(lines[key].get_xdata(), want_steps)
+        np.testing.assert_array_equal(lines[key].get_ydata(), [expected[s] for s in want_steps])
+        assert lines[key].axes.get_xscale() == "symlog"  # the correlations' step axis
+        assert lines[key].axes.get_ylabel()
+    # an older record (no loss keys): the panel is left out
+    old = F.correlations(load_run(hand_record(tmp_path / "old", with_loss=False)).frame)
+    assert not {"train/loss", "val/loss"} & set(lines_by_gid(old))
+    assert [ax.get_title() for ax in old.axes if ax.get_visible()] == [
+        "Spearman", "partial Spearman (| log freq)", "AUROC: content vs function words"]
+
+
+def test_min_count_table_equals_scipy_at_each_cutoff(tmp_path):
+    run_dir = hand_record(tmp_path / "run")
+    table = robustness.min_count_table(load_run(run_dir))
+    snaps, g = snapshots(run_dir), gold(run_dir)
+    counts = g["counts"]
+    assert robustness.CUTOFFS == (1, 5, 10, 20, 50, 100)
+    for signal in ("self_information", "information_gain"):
+        values = g[signal]
+        ok = np.isfinite(values)
+        rho_at_5 = {s: stats.spearmanr(n[ok & (counts >= 5)], values[ok & (counts >= 5)])
+                    .statistic for s, n in snaps.items()}
+        peak = max(rho_at_5, key=lambda s: (rho_at_5[s], -s))  # the first on ties
+        for snapshot, step in (("last", HAND_STEPS[-1]), ("peak", peak)):
+            part = table[(table["signal"] == signal) & (table["snapshot"] == snapshot)]
+            assert part["step"].tolist() == [step] * 6
+            assert part["min_count"].tolist() == list(robustness.CUTOFFS)
+            for row in part.itertuples():
+                use = ok & (counts >= row.min_count)
+                x, y = snaps[step][use], values[use]
+                assert row.n == use.sum()
+                assert row.spearman == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+                if signal == "self_information":  # a function of frequency: no partial
+                    assert math.isnan(row.partial_spearman)
+                else:
+                    assert row.partial_spearman == pytest.approx(
+                        partial_by_residuals(x, y, counts[use]), abs=1e-9)
+            assert part["n"].is_monotonic_decreasing and part["n"].nunique() == 6
+    html_table = report.robustness_html(load_run(run_dir))
+    assert "&gt;= 100" in html_table and "peak (step" in html_table
+    last = table[(table["signal"] == "information_gain") & (table["snapshot"] == "last")]
+    assert f"{last['spearman'].iloc[0]:.3f}" in html_table
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")  # one-count bins
+def test_beyond_frequency_is_the_spearman_within_each_bin(tmp_path):
+    run_dir = hand_record(tmp_path / "run")
+    run = load_run(run_dir)
+    steps, binned, labels = robustness.beyond_frequency(run, n_bins=4)
+    snaps, g = snapshots(run_dir), gold(run_dir)
+    counts = g["counts"]
+    which, _ = robustness.frequency_bins(counts, 5, 4)
+    # the bins partition the types counted (count >= 5), rare to frequent, ties together
+    assert ((which >= 0) == (counts >= 5)).all() and len(labels) == which.max() + 1 >= 3
+    ranges = [(counts[which == b].min(), counts[which == b].max()) for b in range(len(labels))]
+    assert all(hi < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))
+    assert labels[0].startswith(f"count {ranges[0][0]}–{ranges[0][1]}, ")
+    assert steps == sorted(snaps)
+    for signal in ("self_information", "information_gain"):
+        for b in range(len(labels)):
+            members = (which == b) & np.isfinite(g[signal])
+            want = [stats.spearmanr(snaps[s][members], g[signal][members]).statistic
+                    for s in steps]
+            np.testing.assert_allclose(binned[signal][:, b], want, atol=1e-12)
+    fig = curves.build_figures(run)["beyond_frequency"]
+    lines = lines_by_gid(fig)
+    full = robustness.beyond_frequency(run)[1]
+    np.testing.assert_array_equal(lines["information_gain|bin_0"].get_ydata(),
+                                  full["information_gain"][:, 0])
+    key = "normx/partial_spearman/information_gain"  # beside the recorded partial
+    np.testing.assert_array_equal(lines[key].get_ydata(), column(jsonl(run_dir), key))
+
+
+def test_figures_are_readable(tmp_path):
+    """Log step axes by default, a y label on every panel, 16 paradigms in 16 colours with
+    the legend beside the axes, and no marker of the emergence scatter on its edge."""
+    run = load_run(hand_record(tmp_path / "run"))
+    figs = curves.build_figures(run)
+    tables, emerged = emergence.build(run, n_perm=50)
+    for name, fig in {**figs, **emerged}.items():
+        if isinstance(fig, str):
+            continue
+        for ax in fig.axes:
+            if ax.get_visible():
+                assert ax.get_ylabel(), (name, ax.get_title())
+                if name in ("correlations", "beyond_frequency", "evidence", "emergence_null"):
+                    assert ax.get_xscale() == "symlog", (name, ax.get_title())
+    fig = figs["evidence"]
+    (ax,) = [a for a in fig.axes if "paradigm" in a.get_title()]
+    colours = {tuple(line.get_color()) if not isinstance(line.get_color(), str)
+               else line.get_color() for line in ax.get_lines()}
+    assert len(ax.get_lines()) == len(colours) == 16
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+    scatter = emerged["emergence_scatter"]
+    (ax,) = scatter.axes
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    for values, (low, high) in ((points[:, 0], ax.get_xlim()), (points[:, 1], ax.get_ylim())):
+        assert np.log10(values.min() / low) >= 0.1 and np.log10(high / values.max()) >= 0.1
+    assert (tables["emergence"]["settling_step"].dropna() > 0).all()
+    for module in (report, curves):
+        assert module.parser().parse_args(["x"]).log_steps is True
+        assert module.parser().parse_args(["x", "--no-log-steps"]).log_steps is False
 
 
 def test_frequency_deciles_from_snapshots_and_gold_counts(tiny_run):
@@ -332,7 +506,7 @@ def test_run_report_is_self_contained_and_renders(tiny_run, tmp_path):
              if not isinstance(f, str)]
     emerged = [n for n, f in emergence.build(load_run(tiny_run))[1].items()
                if not isinstance(f, str)]
-    assert len(emerged) == 2  # the settling scatter and the frequency-bin heat maps
+    assert len(emerged) == 3  # the settling scatter, its null and the frequency-bin heat maps
     # the curves, the norm-vs-IG scatter and the emergence figures
     assert len(sources) == len(drawn) + 1 + len(emerged) >= 6
     assert all(s.startswith("data:image/png;base64,") for s in sources)

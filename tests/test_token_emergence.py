@@ -1,6 +1,7 @@
 """Per-token emergence (normx_track.gold.emergence, analysis.emergence) on a record built here
-with trajectories whose settling and peak steps are known by construction, the order
-statistics against a direct scipy computation, and the sweep/report/W&B outputs."""
+with trajectories whose settling and peak steps are known by construction, the settling null
+against hand-worked shares and reproducible with its seed, the order statistics against a
+direct scipy computation, and the sweep/report/W&B outputs."""
 from __future__ import annotations
 
 import json
@@ -28,12 +29,16 @@ MOVERS = np.array([
     [5, 75, 6, 66, 67, 68],
     # B: final 0 but 40 at the second-to-last snapshot: never settles; peak at 40
     [3, 3, 3, 3, 44, 3],
-    # C: 45 throughout, within +-10 of its final 55 (tied with D at the end): settles at 0
+    # C: 45 throughout, within +-10 of its final 55 (tied with D at the end): within its
+    # band from initialisation on, which any order of its snapshots is too: by chance
     [45, 45, 45, 45, 45, 45],
     # D: on top until it drops to tie with C at the last snapshot: never settles
     [90, 90, 90, 90, 90, 45],
 ], dtype=float).T
-EXPECTED = {7: (30, 10), 8: (math.nan, 40), 9: (0, 0), 10: (math.nan, 0)}  # settling, peak
+EXPECTED = {7: (30, 10), 8: (math.nan, 40), 9: (math.nan, 0), 10: (math.nan, 0)}  # settling, peak
+# Anchor 6 (norm 70) is pushed from 90 to 80 by A at step 10 and ends on top (100): it
+# settles at 20. The other anchors and C stay in their band from step 0 on: by chance.
+BY_CHANCE = set(range(6)) | {9}
 RARE = 11  # a twelfth type, seen too rarely to count
 
 
@@ -74,6 +79,10 @@ def test_percentiles_settling_and_peaks_are_the_constructed_ones():
         got = em.settling_step[t]
         assert (math.isnan(got) and math.isnan(settle)) or got == settle, (t, got)
         assert em.peak_step[t] == peak, t
+    assert set(np.flatnonzero(em.settles_by_chance)) == BY_CHANCE
+    assert em.settling_index[9] == 0 and np.isnan(em.settling_step[9])  # raw rule: step 0
+    assert em.settling_step[6] == 20
+    assert not (em.settling_step == 0).any()  # nothing "settles" at initialisation
 
 
 def _brute_settling(pct: np.ndarray, steps, band) -> float:
@@ -101,6 +110,60 @@ def test_settling_equals_a_plain_loop_on_random_trajectories(seed):
         got = E.settling_steps(pct, steps, band)
         want = np.array([_brute_settling(pct[:, t], steps, band) for t in range(40)])
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_null_gives_the_hand_worked_shares():
+    """One type at percentiles [0, 100, 100, 100]: its 0 lands at each of the 4 places with
+    chance 1/4: first -> settles at index 1, second -> 2, third or last -> never. A constant
+    type settles at index 0 in every order."""
+    pct = np.array([[0, 100, 100, 100], [50, 50, 50, 50]], float).T
+    null = E.settling_null(pct, band=10, n_perm=4000, seed=3)
+    np.testing.assert_allclose(null.counts.mean(axis=0), [1, 0.25, 0.25, 0], atol=0.03)
+    np.testing.assert_allclose(null.cumulative[:, 0], [0, 0.25, 0.5, 0.5], atol=0.03)
+    np.testing.assert_array_equal(null.cumulative[:, 1], [1, 1, 1, 1])
+    assert null.counts.sum(axis=1).max() <= 2
+
+
+def test_the_null_is_reproducible_with_its_seed():
+    rng = np.random.default_rng(5)
+    pct = rng.random((12, 30)) * 100
+    a, b = (E.settling_null(pct, 10, n_perm=50, seed=7, chunk_cells=1000) for _ in range(2))
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_array_equal(a.cumulative, b.cumulative)
+    whole = E.settling_null(pct, 10, n_perm=50, seed=7)  # chunking does not change draws
+    np.testing.assert_array_equal(whole.cumulative.sum(), a.cumulative.sum())
+    other = E.settling_null(pct, 10, n_perm=50, seed=8)
+    assert not np.array_equal(a.counts, other.counts)
+    norms = rng.random((12, 30))
+    counts = np.full(30, 50)
+    one, two = (E.emergence(range(12), norms, counts, n_perm=40, seed=1) for _ in range(2))
+    np.testing.assert_array_equal(one.settling_p, two.settling_p)
+    assert one.settling_table() == two.settling_table()
+
+
+def test_settling_at_the_start_counts_only_beyond_the_null():
+    """40 snapshots from step 0; ten anchors keep their norms, a jumper starts below all of
+    them and ends above: it settles at the first snapshot after initialisation, and only 1
+    order in 40 puts its outlier first (p = 0.025 < 0.05). The anchors, within their band
+    from step 0 on in any order, settle by chance."""
+    steps = list(range(0, 400, 10))
+    anchors = np.tile(np.arange(1.0, 11.0), (len(steps), 1))
+    jumper = np.full((len(steps), 1), 100.0)
+    jumper[0] = 0.0
+    em = E.emergence(steps, np.hstack([anchors, jumper]), np.full(11, 20), min_count=10,
+                     n_perm=2000, seed=0)
+    assert em.settling_index[10] == 1 and em.settling_step[10] == 10
+    assert em.settling_p[10] == pytest.approx(1 / 40, abs=0.01)
+    assert not em.settles_by_chance[10]
+    assert em.settles_by_chance[:10].all() and np.isnan(em.settling_step[:10]).all()
+    table = {r["step"]: r for r in em.settling_table()}
+    assert table[0]["settle"] == 10 and table[0]["settle_counted"] == 0
+    assert table[10]["settle"] == 1 and table[10]["settle_counted"] == 1
+    assert table[0]["null_mean"] == pytest.approx(10, abs=0.5)  # the anchors, every draw
+    # a record that starts after initialisation: its first snapshot is the earliest
+    late = E.emergence([s + 5 for s in steps], np.hstack([anchors, jumper]), np.full(11, 20),
+                       min_count=10, n_perm=2000, seed=0)
+    assert late.settling_step[10] == 15 and late.settles_by_chance[:10].all()
 
 
 def test_order_statistics_equal_scipy():
@@ -153,11 +216,22 @@ def test_the_cli_writes_the_table_and_figures(tmp_path, damage, capsys):
         assert (math.isnan(row["settling_step"]) and math.isnan(settle)) or \
             row["settling_step"] == settle
         assert row["peak_step"] == peak and row["final_norm"] == norms_matrix()[-1, t]
+    assert set(table.loc[table["settles_by_chance"], "token_id"]) == BY_CHANCE
     assert {"count", "self_information", "information_gain", "function_word"} <= set(table)
+    settling = pd.read_csv(run_dir / "figures" / "emergence_settling.csv")
+    assert settling["step"].tolist() == STEPS
+    raw = settling.set_index("step")["settle"]
+    assert raw[0] == len(BY_CHANCE) and raw[20] == raw[30] == 1
+    assert raw.sum() == len(BY_CHANCE) + 2
+    assert settling.set_index("step")["settle_counted"].to_dict() == {
+        0: 0, 10: 0, 20: 1, 30: 1, 40: 0, 50: 0}
+    assert (settling["null_low"] <= settling["null_mean"]).all()
+    assert (settling["null_mean"] <= settling["null_high"]).all()
     curves = pd.read_csv(run_dir / "figures" / "emergence_curves.csv")
     row = curves[curves["statistic"] == "spearman"].iloc[0]
     assert (row["peak"], row["peak_step"], row["half_life_steps"]) == (0.6, 10, 20)
-    for name in ("emergence_scatter.png", "emergence_bins.png", "emergence_order.csv"):
+    for name in ("emergence_scatter.png", "emergence_null.png", "emergence_bins.png",
+                 "emergence_order.csv"):
         assert (run_dir / "figures" / name).exists(), name
     assert "settle first:" in out
 
@@ -194,12 +268,11 @@ def test_the_run_report_holds_the_emergence_section(tmp_path):
     text = out.read_text()
     section = text.split("Emergence: when each token becomes important")[1]
     assert "Emergence order" in section and "Settle first" in section
-    assert section.count("<img ") == 2
+    assert "against the null" in section and f"{len(BY_CHANCE)} type(s) settle" in section
+    assert section.count("<img ") == 3
     first = re.search(r'Settle first</h3>.*?<td class="t">(tok\d+)</td>', section,
                       re.S).group(1)
-    em = E.emergence(STEPS, norms_matrix(), np.array([100] * 11 + [3]), min_count=10)
-    at_zero = {f"tok{t}" for t in em.types[em.settling_step == 0]}
-    assert 9 in em.types[em.settling_step == 0] and first in at_zero
+    assert first == "tok6"  # settles at 20; tok7 at 30; the rest never or by chance
     loaded, dom = render(out)
     n = len(re.findall(r"<img ", text))
     assert loaded == f"{n}/{n}" and "Settle last" in dom

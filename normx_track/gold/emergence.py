@@ -11,6 +11,17 @@ Definitions (documented here once)
   points of its final one at every later snapshot. A type still outside the band at the
   second-to-last snapshot settles only at the last one, which says nothing: it "never
   settles" (NaN). With fewer than two snapshots nothing settles.
+* The null: the same settling rule on each type's trajectory with its snapshots in a
+  random order (an independent permutation per type and draw, seeded). It gives the number
+  of types that would settle at each snapshot by chance (the settling curve is read against
+  it) and, per type, ``settling_p``: the share of draws settling at or before the type's
+  own settling snapshot.
+* The earliest a type can settle is the first snapshot after initialisation (step 0), or
+  the first snapshot of a record that starts later: a type within its band from the
+  initialisation on (its percentile was already the random one it keeps) is dated there,
+  never at step 0. Settling at that earliest snapshot only counts when it beats the null
+  (``settling_p < alpha``, default 0.05); otherwise the type ``settles_by_chance`` and its
+  settling step is NaN, like a type that never settles.
 * Peak step: the snapshot of the type's largest norm (the first, on ties).
 * Emergence order: Spearman of the settling step with log frequency and with each gold
   signal, and the partial Spearman controlling log frequency; 95 % bootstrap intervals
@@ -30,10 +41,12 @@ from scipy import stats
 
 from normx_track.gold.metrics import correlations
 
-__all__ = ["Emergence", "curve_summary", "emergence", "frequency_bins", "order_statistics",
-           "percentile_ranks", "settling_steps"]
+__all__ = ["Emergence", "SettlingNull", "curve_summary", "emergence", "frequency_bins",
+           "order_statistics", "percentile_ranks", "settling_counts", "settling_null",
+           "settling_steps"]
 
 DEFAULT_BAND = 10.0
+DEFAULT_N_PERM, DEFAULT_ALPHA = 200, 0.05
 
 
 def percentile_ranks(norms: np.ndarray) -> np.ndarray:
@@ -46,24 +59,102 @@ def percentile_ranks(norms: np.ndarray) -> np.ndarray:
     return 100.0 * (ranks - 1) / (n - 1)
 
 
-def settling_steps(percentiles: np.ndarray, steps: Sequence[int],
-                   band: float = DEFAULT_BAND) -> np.ndarray:
-    """Per type, the step from which its percentile stays within +-band of its final one
-    (NaN: never settles before the last snapshot). percentiles: [n_snapshots, n_types]."""
+def settling_index(percentiles: np.ndarray, band: float = DEFAULT_BAND) -> np.ndarray:
+    """Per type (column), the index of the snapshot from which its percentile stays within
+    +-band of its final one; -1: never settles before the last snapshot."""
     percentiles = np.asarray(percentiles, np.float64)
-    steps = np.asarray(steps, np.float64)
-    n_snap, n_types = percentiles.shape
-    out = np.full(n_types, np.nan)
+    n_snap = percentiles.shape[0]
     if n_snap < 2:
-        return out
+        return np.full(percentiles.shape[1], -1)
     outside = np.abs(percentiles - percentiles[-1]) > band  # [n_snap, n_types]
     # The last snapshot outside the band; the type settles at the one after it.
     last_out = np.where(outside.any(axis=0),
                         n_snap - 1 - np.argmax(outside[::-1], axis=0), -1)
     first_in = last_out + 1
-    settled = first_in < n_snap - 1
-    out[settled] = steps[first_in[settled]]
+    return np.where(first_in < n_snap - 1, first_in, -1)
+
+
+def settling_steps(percentiles: np.ndarray, steps: Sequence[int],
+                   band: float = DEFAULT_BAND) -> np.ndarray:
+    """Per type, the step from which its percentile stays within +-band of its final one
+    (NaN: never settles before the last snapshot). percentiles: [n_snapshots, n_types]."""
+    index = settling_index(percentiles, band)
+    out = np.full(index.shape, np.nan)
+    out[index >= 0] = np.asarray(steps, np.float64)[index[index >= 0]]
     return out
+
+
+def settling_counts(index: np.ndarray, n_snap: int) -> np.ndarray:
+    """How many types settle at each snapshot, from settling indices (-1: never)."""
+    index = np.asarray(index)
+    return np.bincount(index[index >= 0], minlength=n_snap)[:n_snap]
+
+
+@dataclass
+class SettlingNull:
+    """Settling of the types' trajectories with their snapshots shuffled (module docstring).
+    counts: [n_perm, n_snapshots] types settling at each snapshot in each draw;
+    cumulative: [n_snapshots, n_types] share of draws in which the type settles at or
+    before each snapshot."""
+
+    counts: np.ndarray
+    cumulative: np.ndarray
+    seed: int
+
+    def p_at_or_before(self, index: np.ndarray) -> np.ndarray:
+        """Per type, the null share settling at or before ``index`` (NaN where -1)."""
+        index = np.asarray(index)
+        out = np.full(index.shape, np.nan)
+        ok = index >= 0
+        out[ok] = self.cumulative[index[ok], np.flatnonzero(ok)]
+        return out
+
+
+def settling_null(percentiles: np.ndarray, band: float = DEFAULT_BAND,
+                  n_perm: int = DEFAULT_N_PERM, seed: int = 0,
+                  chunk_cells: int = 4_000_000) -> SettlingNull:
+    """The permutation null of `settling_index`: each draw shuffles every type's trajectory
+    over the snapshots independently (numpy Generator.permuted, seeded), in chunks of about
+    ``chunk_cells`` values to bound memory."""
+    percentiles = np.asarray(percentiles, np.float64)
+    n_snap, n_types = percentiles.shape
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_perm, n_snap), np.int64)
+    hits = np.zeros((n_snap, n_types), np.int64)
+    per_chunk = max(1, chunk_cells // max(1, n_snap * n_types))
+    for start in range(0, n_perm, per_chunk):
+        draws = min(per_chunk, n_perm - start)
+        shuffled = rng.permuted(np.broadcast_to(percentiles.T, (draws, n_types, n_snap)),
+                                axis=2)  # [draws, types, snaps]
+        index = settling_index(shuffled.reshape(-1, n_snap).T, band).reshape(draws, n_types)
+        for d in range(draws):
+            counts[start + d] = settling_counts(index[d], n_snap)
+        settled = index >= 0
+        np.add.at(hits, (index[settled], np.nonzero(settled)[1]), 1)
+    cumulative = np.cumsum(hits, axis=0) / max(n_perm, 1)
+    return SettlingNull(counts=counts, cumulative=cumulative, seed=seed)
+
+
+def earliest_index(steps: Sequence[int]) -> int:
+    """The first snapshot a type can settle at: the one after initialisation (step 0), or
+    the first of a record that starts later."""
+    return 1 if len(steps) and int(steps[0]) == 0 else 0
+
+
+def counted_settling(index: np.ndarray, null: SettlingNull, steps: Sequence[int],
+                     alpha: float = DEFAULT_ALPHA) -> tuple[np.ndarray, np.ndarray]:
+    """(settling step per type, settles_by_chance per type): settling at or before the
+    earliest snapshot is dated at it, and only counts when its null share is < alpha."""
+    index = np.asarray(index)
+    early = earliest_index(steps)
+    at_start = (index >= 0) & (index <= early)
+    dated = np.where(at_start, early, index)
+    p_start = null.p_at_or_before(np.where(at_start, early, -1))
+    chance = at_start & ~(p_start < alpha)
+    settling = np.full(index.shape, np.nan)
+    keep = (dated >= 0) & ~chance
+    settling[keep] = np.asarray(steps, np.float64)[dated[keep]]
+    return settling, chance
 
 
 def peak_steps(norms: np.ndarray, steps: Sequence[int]) -> np.ndarray:
@@ -164,13 +255,29 @@ class Emergence:
     types: np.ndarray  # [n_types] token ids with count >= min_count
     norms: np.ndarray  # [n_snapshots, n_types]
     percentiles: np.ndarray  # [n_snapshots, n_types]
-    settling_step: np.ndarray  # [n_types], NaN: never settles
+    settling_step: np.ndarray  # [n_types], NaN: never settles, or settles by chance
     peak_step: np.ndarray  # [n_types]
     band: float
+    settling_index: np.ndarray  # [n_types] the raw rule's snapshot index, -1: never
+    settles_by_chance: np.ndarray  # [n_types] bool: at the earliest snapshot, not beating the null
+    settling_p: np.ndarray  # [n_types] null share settling at or before the raw index
+    null: SettlingNull
+
+    def settling_table(self) -> list[dict]:
+        """Per snapshot: types settling there (raw rule; counted), the null's mean and its
+        2.5-97.5 % range over draws."""
+        raw = settling_counts(self.settling_index, len(self.steps))
+        counted = np.array([(self.settling_step == s).sum() for s in self.steps])
+        low, high = (np.percentile(self.null.counts, q, axis=0) for q in (2.5, 97.5))
+        return [dict(step=int(s), settle=int(r), settle_counted=int(c), null_mean=float(m),
+                     null_low=float(lo), null_high=float(hi))
+                for s, r, c, m, lo, hi in zip(self.steps, raw, counted,
+                                             self.null.counts.mean(axis=0), low, high)]
 
 
 def emergence(steps: Sequence[int], norms: np.ndarray, counts: np.ndarray, min_count: int = 10,
-              band: float = DEFAULT_BAND) -> Emergence:
+              band: float = DEFAULT_BAND, n_perm: int = DEFAULT_N_PERM, seed: int = 0,
+              alpha: float = DEFAULT_ALPHA) -> Emergence:
     """Per-type trajectories of the snapshots ``norms`` [n_snapshots, V] (module docstring)."""
     counts = np.asarray(counts)
     norms = np.asarray(norms, np.float64)[:, : len(counts)]
@@ -178,7 +285,11 @@ def emergence(steps: Sequence[int], norms: np.ndarray, counts: np.ndarray, min_c
     chosen = norms[:, types]
     pct = percentile_ranks(chosen)
     steps = np.asarray(steps)
+    index = settling_index(pct, band)
+    null = settling_null(pct, band, n_perm, seed)
+    settling, chance = counted_settling(index, null, steps, alpha)
     return Emergence(steps=steps, types=types, norms=chosen, percentiles=pct,
-                     settling_step=settling_steps(pct, steps, band),
+                     settling_step=settling,
                      peak_step=peak_steps(chosen, steps) if len(steps) else np.zeros(0),
-                     band=band)
+                     band=band, settling_index=index, settles_by_chance=chance,
+                     settling_p=null.p_at_or_before(index), null=null)
