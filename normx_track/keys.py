@@ -44,6 +44,7 @@ EVIDENCE_AP_BY_LAYER = "normx/evidence_ap_by_layer/{method}/layer_{layer:02d}"
 EVIDENCE_N_PAIRS = "normx/evidence_n_pairs"
 EVIDENCE_N_PAIRS_CONTRASTIVE = "normx/evidence_n_pairs_contrastive"
 EVIDENCE_N_CUE_AT_PREDICTION = "normx/evidence_n_cue_at_prediction"
+EVIDENCE_N_CUE_TRUNCATED = "normx/evidence_n_cue_truncated"  # cues all cut with a long prefix
 PAIR_ACCURACY = "normx/pair_accuracy"
 PAIR_ACCURACY_BY_UID = "normx/pair_accuracy_by_uid/{uid}"
 PAIR_N_PAIRS = "normx/pair_n_pairs"
@@ -51,6 +52,13 @@ PAIR_N_SHARED_FIRST_TOKEN = "normx/pair_n_shared_first_token"
 BLIMP_ACCURACY = "normx/blimp_accuracy"
 BLIMP_ACCURACY_BY_UID = "normx/blimp_accuracy_by_uid/{uid}"
 BLIMP_N_PAIRS = "normx/blimp_n_pairs"
+PAIR_N_TOO_LONG = "normx/pair_n_too_long"  # skipped: the words alone exceed the context
+BLIMP_N_TOO_LONG = "normx/blimp_n_too_long"  # skipped: a sentence exceeds the context
+# How the probe text tokenises (normx_track.probes.files): whether a leading space was
+# put before it, pieces per prefix word, the share of cue words in two or more pieces.
+PROBE_LEADING_SPACE = "normx/probe/leading_space"
+PROBE_MEAN_PIECES_PER_WORD = "normx/probe/mean_pieces_per_word"
+PROBE_CUE_SPLIT_SHARE = "normx/probe/cue_split_share"
 # Masked LMs (normx_track.probes.masked_evidence): pairs with a several-token good or bad
 # word (accuracy only), and the authors' mask accuracy for single-token pairs.
 EVIDENCE_N_MULTITOKEN_TARGET = "normx/evidence_n_multitoken_target"

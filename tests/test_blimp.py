@@ -148,15 +148,43 @@ def test_hub_failure_is_one_line_naming_the_paradigm(monkeypatch):
         load_blimp("blimp:anaphor_gender_agreement")
 
 
-def test_blimp_run_end_to_end_from_a_local_folder(cache_dir, tmp_path):
+def test_uids_joined_by_plus_pass_hydra_unquoted_and_commas_quoted(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     folder = write_folder(tmp_path / "blimp")
+    uids = ["adjunct_island", "distractor_agreement_relational_noun"]
+    parser = OverridesParser.create()
+    for spec, override in ((f"blimp:{folder}:{'+'.join(uids)}", "tracker.probe_file={}"),
+                           (f"blimp:{folder}:{','.join(uids)}", 'tracker.probe_file="{}"')):
+        parsed, = parser.parse_overrides([override.format(spec)])
+        assert parsed.value() == spec
+        assert [p.uid for p in load_blimp(parsed.value())] == uids
+
+
+LONG = ("The cousin of those extraordinarily accomplished bakers from the neighbouring "
+        "villages sings.")
+
+
+def test_blimp_run_end_to_end_from_a_local_folder(cache_dir, tmp_path):
+    """Under debug=tiny (32 positions): a sentence too long for the context is skipped and
+    counted, a prefix too long keeps its end; no traceback. UIDs joined by '+', unquoted."""
+    folder = write_folder(tmp_path / "blimp")
+    path = folder / "distractor_agreement_relational_noun.jsonl"
+    long = row("distractor_agreement_relational_noun", LONG, LONG[:-7] + "sing.",
+               LONG[:-8], "sings", "sing")
+    path.write_text(path.read_text() + json.dumps(long) + "\n")
     out = tmp_path / "run"
+    uids = ("determiner_noun_agreement_with_adjective_1+distractor_agreement_relational_noun"
+            "+regular_plural_subject_verb_agreement_2")
     run_train(cache_dir, *TINY, "trainer.max_steps=2", "logger=csv",
-              f"tracker.probe_file=blimp:{folder}", f"hydra.run.dir={out}")
+              f"tracker.probe_file=blimp:{folder}:{uids}", f"hydra.run.dir={out}")
     rows = [json.loads(line) for line in (out / "normx" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     last = rows[-1]
-    assert last["normx/pair_n_pairs"] == 2 and last["normx/blimp_n_pairs"] == 3
-    assert last["normx/evidence_n_pairs"] == 2
+    assert last["normx/pair_n_pairs"] == 3 and last["normx/blimp_n_pairs"] == 3
+    assert last["normx/blimp_n_too_long"] == 1 and last["normx/pair_n_too_long"] == 0
+    assert last["normx/evidence_n_pairs"] + last["normx/evidence_n_cue_truncated"] == 3
+    assert last["normx/probe/leading_space"] == 1.0
+    assert last["normx/probe/mean_pieces_per_word"] >= 1
     assert 0 <= last["normx/blimp_accuracy"] <= 1
     assert "normx/blimp_accuracy_by_uid/regular_plural_subject_verb_agreement_2" in last

@@ -14,7 +14,9 @@ from transformers.utils import logging as hf_logging
 from normx_track.attribution.normxlogit import attribute
 from normx_track.training.data.synthetic import SyntheticConfig, generate_corpus, write_corpus
 from normx_track.training.data.tokenizer import train_bpe
-from normx_track.probes.files import MinimalPair, ProbeFileError, encode_pairs, load_probe_file
+from normx_track.errors import InputError
+from normx_track.probes.files import (MinimalPair, ProbeFileError, encode_pairs, load_probe_file,
+                                      marks_word_starts)
 from normx_track.probes.faithfulness import gradient_attributions
 from normx_track.probes.base import EvidenceProbe, FaithfulnessProbe
 
@@ -35,6 +37,11 @@ def tok(tmp_path_factory):
 
 def ids_of(tok, text):
     return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def running(tok, text):
+    """The tokens of ``text`` as running text: after a space, as the probes encode it."""
+    return ids_of(tok, " " + text)
 
 
 def gpt2(tok, n_layer=2, n_embd=32, seed=0, **kw):
@@ -138,35 +145,41 @@ def test_spaces_around_a_prefix_do_not_become_positions(tmp_path, tok):
     assert pairs[1].prefix == "The keys to the cabinet"
     enc = encode_pairs(pairs, tok)
     assert torch.equal(enc.input_ids[0], enc.input_ids[1])
-    assert enc.last.tolist() == [len(ids_of(tok, "The keys to the cabinet")) - 1] * 2
+    assert enc.last.tolist() == [len(running(tok, "The keys to the cabinet")) - 1] * 2
 
 
 # --------------------------------------------------------------------------- encoding
-def test_split_cue_word_marks_all_its_pieces(tok):
+@pytest.mark.parametrize("leading_space", [True, False])
+def test_split_cue_word_marks_all_its_pieces(tok, leading_space):
+    """Every piece of a cue word is a cue, the sentence-initial word included, whether the
+    text is encoded as running text (after a space) or as written."""
+    lead = " " if leading_space else ""
     pieces = ids_of(tok, " " + RARE)
     assert len(pieces) >= 3, "precondition: the rare cue word splits into several tokens"
-    first_pieces = ids_of(tok, RARE.capitalize())
+    first_pieces = ids_of(tok, lead + RARE.capitalize())
     assert len(first_pieces) >= 3
     pairs = [MinimalPair(f"the {RARE} near the cat", "are", "is", (1,)),
              MinimalPair(f"{RARE.capitalize()} of the dogs", "run", "runs", (0, 3)),
              MinimalPair("the cat", "sleeps", "sleep")]
-    enc = encode_pairs(pairs, tok)
-    n_the = len(ids_of(tok, "the"))
+    enc = encode_pairs(pairs, tok, leading_space=leading_space)
+    n_the = len(ids_of(tok, lead + "the"))
     expected0 = [False] * n_the + [True] * len(pieces) + [False] * len(ids_of(tok, " near the cat"))
-    row0 = ids_of(tok, pairs[0].prefix)
+    row0 = ids_of(tok, lead + pairs[0].prefix)
     assert enc.input_ids[0, : len(row0)].tolist() == row0
     assert enc.cue_mask[0, : len(row0)].tolist() == expected0
-    row1 = ids_of(tok, pairs[1].prefix)
+    row1 = ids_of(tok, lead + pairs[1].prefix)
     dogs = len(ids_of(tok, " dogs"))
     expected1 = ([True] * len(first_pieces) + [False] * len(ids_of(tok, " of the"))
                  + [True] * dogs)
     assert enc.cue_mask[1, : len(row1)].tolist() == expected1
     assert not enc.cue_mask[2].any() and enc.has_cues.tolist() == [True, True, False]
     # right padding: the mask, the pad cue entries and the last prefix token
-    assert enc.last.tolist() == [len(row0) - 1, len(row1) - 1, len(ids_of(tok, "the cat")) - 1]
-    words = [len(ids_of(tok, f"{p.prefix} {p.good}")) for p in pairs]  # prefix + good word
+    assert enc.last.tolist() == [len(row0) - 1, len(row1) - 1,
+                                 len(ids_of(tok, lead + "the cat")) - 1]
+    words = [len(ids_of(tok, f"{lead}{p.prefix} {p.good}")) for p in pairs]  # + good word
     assert enc.attention_mask.sum(1).tolist() == words
     assert not enc.cue_mask[enc.attention_mask == 0].any()
+    assert enc.stats["normx/probe/leading_space"] == float(leading_space)
 
 
 def test_words_map_to_all_their_tokens_and_the_contrast_to_where_they_differ(tok):
@@ -190,15 +203,15 @@ def test_words_map_to_all_their_tokens_and_the_contrast_to_where_they_differ(tok
     assert enc.contrast_position.tolist()[:3] == [last[0], last[1], last[2] + shared]
     assert enc.contrast_good[2] == stem[shared] and enc.contrast_bad[2] == other[shared]
     assert enc.has_contrast.tolist() == [True, True, True, False]
-    row = ids_of(tok, "the cat") + stem  # the prefix and the whole good word
+    row = running(tok, "the cat") + stem  # the prefix and the whole good word
     assert enc.input_ids[2, : len(row)].tolist() == row
     assert enc.attention_mask[2].sum() == len(row) and not enc.cue_mask[2, 2:].any()
-    assert enc.context[2] == ids_of(tok, "the cat")
+    assert enc.context[2] == running(tok, "the cat")
 
 
 def test_max_length_keeps_the_end_of_the_prefix(tok):
     pair = MinimalPair(f"the {RARE} near the red cat", "sleeps", "sleep", (1, 5))
-    full = ids_of(tok, pair.prefix)
+    full = running(tok, pair.prefix)
     enc = encode_pairs([pair], tok, max_length=4)  # 3 prefix tokens + the one-token word
     assert enc.context[0] == full[-3:] and enc.input_ids[0].tolist() == full[-3:] + \
         ids_of(tok, " sleeps")
@@ -212,6 +225,113 @@ def test_good_and_bad_that_tokenise_alike_are_rejected_naming_the_pair(tok):
     pair = MinimalPair("the cat", "sleeps", " sleeps ", source="p.jsonl:7")
     with pytest.raises(ValueError, match="p.jsonl:7"):
         encode_pairs([pair], tok)
+
+
+def fast_tokenizer(model, pre_tokenizer, trainer, texts):
+    """An HF tokenizer of the given `tokenizers` parts, trained on ``texts``."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(model)
+    backend.pre_tokenizer = pre_tokenizer
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+
+
+def test_word_start_marks_are_read_from_what_the_tokenizer_does(tok):
+    """Byte-level BPE and Metaspace without a prepended "▁" fold the space into a word's
+    first token: a leading space helps. Metaspace prepending "▁" itself, and WordPiece
+    (spaces dropped), already tokenise a sentence-initial word as mid-text."""
+    from tokenizers import models, pre_tokenizers, trainers
+
+    texts = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 5
+    assert marks_word_starts(tok)
+
+    def bpe(scheme):
+        return fast_tokenizer(models.BPE(), pre_tokenizers.Metaspace(prepend_scheme=scheme),
+                              trainers.BpeTrainer(vocab_size=200, special_tokens=["<eos>"]), texts)
+
+    assert marks_word_starts(bpe("never"))
+    assert not marks_word_starts(bpe("always")) and not marks_word_starts(bpe("first"))
+    wordpiece = fast_tokenizer(models.WordPiece(unk_token="<eos>"), pre_tokenizers.Whitespace(),
+                               trainers.WordPieceTrainer(vocab_size=200,
+                                                         special_tokens=["<eos>"]), texts)
+    assert not marks_word_starts(wordpiece)
+    pair = MinimalPair("the keys to the cabinet", "are", "is", (1,))
+    spaced, written = (encode_pairs([pair], wordpiece, leading_space=flag) for flag in (True, False))
+    assert torch.equal(spaced.input_ids, written.input_ids)  # no space put before it
+    assert spaced.stats["normx/probe/leading_space"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def mid_text_tok(tmp_path_factory):
+    """A BPE whose probe words only ever occur mid-text (every line starts with "so")."""
+    rng = np.random.default_rng(1)
+    vocab = "The keys to the cabinet Dogs near cat are is run runs red".split()
+    texts = ["so " + " ".join(rng.choice(vocab, size=10)) for _ in range(300)]
+    return train_bpe(texts, 320, tmp_path_factory.mktemp("mid_text_bpe"))
+
+
+def test_sentence_initial_words_are_tokenised_as_mid_text(mid_text_tok):
+    """By default a prefix is encoded as running text: its first word takes the pieces it
+    has mid-text, cues and counts follow; ``leading_space=False`` encodes as written. The
+    reference is each word encoded alone after a space (as written: the first without)."""
+    tok = mid_text_tok
+    pairs = [MinimalPair("the keys to the cabinet", "are", "is", (1,)),
+             MinimalPair("Dogs near the cat", "run", "runs", (0,))]
+    for leading_space in (True, False):
+        enc = encode_pairs(pairs, tok, leading_space=leading_space)
+        pieces_per_word, cue_pieces = [], []
+        for b, pair in enumerate(pairs):
+            words = pair.prefix.split()
+            pieces = [ids_of(tok, (" " if w or leading_space else "") + word)
+                      for w, word in enumerate(words)]
+            row = [i for piece in pieces for i in piece]
+            assert enc.context[b] == row
+            assert enc.cue_mask[b, : len(row)].tolist() == [
+                w in pair.cue_word_indices for w, piece in enumerate(pieces) for _ in piece]
+            pieces_per_word += [len(piece) for piece in pieces]
+            cue_pieces += [len(pieces[c]) for c in pair.cue_word_indices]
+        assert enc.stats["normx/probe/mean_pieces_per_word"] == pytest.approx(
+            np.mean(pieces_per_word))
+        assert enc.stats["normx/probe/cue_split_share"] == np.mean([n >= 2 for n in cue_pieces])
+        if leading_space:  # every word is one token mid-text
+            assert pieces_per_word == [1] * 9 and enc.stats["normx/probe/cue_split_share"] == 0
+        else:  # precondition: sentence-initially "the" and "Dogs" split
+            assert pieces_per_word[0] >= 2 and pieces_per_word[5] >= 2
+            assert enc.stats["normx/probe/cue_split_share"] == 0.5
+    sentence = MinimalPair("", "", "", (), "s", "", "Dogs near the cat run.",
+                           "Dogs near the cat runs.")
+    for leading_space, lead in ((True, " "), (False, "")):
+        probe = EvidenceProbe(pairs + [sentence], tok, leading_space=leading_space)
+        assert probe.sentences.good == [ids_of(tok, lead + p.sentence_good) for p in [sentence]]
+        assert probe.sentences.bad == [ids_of(tok, lead + sentence.sentence_bad)]
+
+
+def test_a_cut_cue_and_pairs_too_long_are_counted_and_warned_once(tok, caplog):
+    """A prefix longer than the context keeps its end: a pair whose cue was cut gives
+    accuracy only and is counted; a pair whose words alone do not fit, and a BLiMP
+    sentence that does not, are skipped and counted; one warning each, not per call."""
+    pairs = [MinimalPair("my dogs " + "near the big cat " * 3 + "on the", "mat", "cats", (1,)),
+             MinimalPair("the dogs near the cat", "sleep", "sleeps", (1,)),
+             MinimalPair("the cat", RARE, "sleeps", ()),  # the words alone take 10 tokens
+             MinimalPair("", "", "", (), "s", "", "the cat sleeps", "the cat sleep"),
+             MinimalPair("", "", "", (), "s", "", "the big cat on the red mat sleeps",
+                         "the big cat on the red mat sleep")]
+    assert len(running(tok, pairs[0].prefix)) > 7 and len(ids_of(tok, " " + RARE)) > 8
+    model = perturbed_gpt2(tok, seed=8)
+    with caplog.at_level("WARNING", logger="normx_track.probes.evidence"):
+        probe = EvidenceProbe(pairs, tok, max_length=8)
+        first, second = probe(model), probe(model)
+    assert first == second
+    assert first["normx/evidence_n_cue_truncated"] == 1 and first["normx/evidence_n_pairs"] == 1
+    assert first["normx/evidence_n_cue_at_prediction"] == 0
+    assert first["normx/pair_n_too_long"] == 1 and first["normx/pair_n_pairs"] == 2
+    assert first["normx/blimp_n_too_long"] == 1 and first["normx/blimp_n_pairs"] == 1
+    for key in ("evidence_n_cue_truncated", "pair_n_too_long", "blimp_n_too_long"):
+        assert sum(f"normx/{key}" in r.getMessage() for r in caplog.records) == 1, key
+    with pytest.raises(InputError, match="positions"):
+        EvidenceProbe([pairs[2], pairs[4]], tok, max_length=8)
 
 
 # ---------------------------------------------------------------- evidence alignment
@@ -253,7 +373,7 @@ def test_evidence_ap_is_one_when_the_cue_carries_the_answer(tok):
 def test_evidence_ap_separates_norm_from_normxlogit_when_the_cue_argues_against(tok):
     """Cue embedding = -10 x good's: the largest norm, but the most negative LogAt."""
     out = EvidenceProbe(cued_pairs(), tok)(known_answer_model(tok, -1))
-    ranked = [len(ids_of(tok, p)) - 1 for p, *_ in CUED]  # positions 0..t-1
+    ranked = [len(running(tok, p)) - 1 for p, *_ in CUED]  # positions 0..t-1
     bottom = np.mean([1 / n for n in ranked])  # the single cue ranked last
     assert out["normx/evidence_ap/norm"] == pytest.approx(1.0)
     assert out["normx/evidence_ap/normxlogit"] == pytest.approx(bottom)
@@ -284,7 +404,7 @@ def test_the_prediction_position_is_never_ranked(tok):
     out = EvidenceProbe(pairs, tok, contrastive=False)(model)
     expected = {"normxlogit": [], "logat": [], "norm": []}
     for pair in pairs[:4] + pairs[5:]:
-        ids = torch.tensor([ids_of(tok, pair.prefix)])
+        ids = torch.tensor([running(tok, pair.prefix)])
         a = attribute(model, ids, target=ids_of(tok, " " + pair.good)[0])
         t = ids.shape[1] - 1
         cue = [i in pair.cue_word_indices for i in range(t)]  # one token per word here
@@ -294,6 +414,42 @@ def test_the_prediction_position_is_never_ranked(tok):
         assert out[f"normx/evidence_ap/{m}"] == pytest.approx(np.mean(values)), m
     assert out["normx/evidence_n_pairs"] == 5 and out["normx/evidence_n_cue_at_prediction"] == 1
     assert out["normx/pair_n_pairs"] == 6
+
+
+def test_no_piece_of_the_word_at_t_is_ranked(tok):
+    """A cue word split into pieces: read at t, none of its pieces is ranked (the pair
+    gives accuracy only and is counted); right before the word at t, all of them are. The
+    reference: AP by a plain loop and DP by a softmax over the positions of the earlier
+    words, from an encoding made word by word."""
+    model = perturbed_gpt2(tok, seed=7)
+    pairs = [MinimalPair(f"the dogs near {RARE}", "sleep", "sleeps", (3,), "at_t"),
+             MinimalPair(f"the dogs near {RARE} cat", "sleep", "sleeps", (3,), "before_t"),
+             MinimalPair(f"my {RARE} near the {RARE}", "run", "runs", (1, 4), "both")]
+    out = EvidenceProbe(pairs, tok, contrastive=False)(model)
+    methods = ("normxlogit", "logat", "norm")
+    ap, dp, random_dp = {m: [] for m in methods}, {m: [] for m in methods}, []
+    for pair in pairs[1:]:
+        words = pair.prefix.split()
+        pieces = [ids_of(tok, " " + w) for w in words]
+        ids = [i for piece in pieces for i in piece]
+        assert ids == running(tok, pair.prefix) and len(pieces[-1]) >= 1, "precondition"
+        word_of = [w for w, piece in enumerate(pieces) for _ in piece]
+        ranked = [j for j, w in enumerate(word_of) if w < len(words) - 1]
+        cue = np.array([word_of[j] in pair.cue_word_indices for j in ranked])
+        a = attribute(model, torch.tensor([ids]), target=ids_of(tok, " " + pair.good)[0])
+        for m in methods:
+            scores = getattr(a, m)[0, ranked].double().numpy()
+            ap[m].append(_ap_loop(scores.tolist(), cue))
+            weights = np.exp(scores - scores.max())
+            dp[m].append(weights[cue].sum() / weights.sum())
+        random_dp.append(cue.mean())
+    assert len(pieces[-1]) >= 3, "precondition: the word at t is split"
+    for m in methods:
+        assert out[f"normx/evidence_ap/{m}"] == pytest.approx(np.mean(ap[m])), m
+        assert out[f"normx/evidence_dp/{m}"] == pytest.approx(np.mean(dp[m])), m
+    assert out["normx/evidence_dp/random"] == pytest.approx(np.mean(random_dp))
+    assert out["normx/evidence_n_pairs"] == 2 and out["normx/evidence_n_cue_at_prediction"] == 1
+    assert out["normx/pair_n_pairs"] == 3
 
 
 def _logprob(model, context, continuation) -> float:
@@ -318,9 +474,9 @@ def test_pair_accuracy_compares_whole_words_by_log_probability(tok):
     out = EvidenceProbe(pairs, tok, batch_size=4)(model)
     correct = {}
     for pair in pairs:
-        context = ids_of(tok, pair.prefix)
-        good = ids_of(tok, pair.prefix + " " + pair.good)[len(context):]
-        bad = ids_of(tok, pair.prefix + " " + pair.bad)[len(context):]
+        context = running(tok, pair.prefix)
+        good = running(tok, pair.prefix + " " + pair.good)[len(context):]
+        bad = running(tok, pair.prefix + " " + pair.bad)[len(context):]
         correct[pair.uid] = float(_logprob(model, context, good) > _logprob(model, context, bad))
     for uid, value in correct.items():
         assert out[f"normx/pair_accuracy_by_uid/{uid}"] == value, uid
@@ -419,8 +575,8 @@ def test_blimp_sentence_score_is_whole_sentence_log_probability(tok):
                              "the cat sleep"))
     out = EvidenceProbe(pairs, tok)(model)
     eos = tok.eos_token_id
-    correct = [_logprob(model, [eos], ids_of(tok, p.sentence_good))
-               > _logprob(model, [eos], ids_of(tok, p.sentence_bad)) for p in pairs]
+    correct = [_logprob(model, [eos], running(tok, p.sentence_good))
+               > _logprob(model, [eos], running(tok, p.sentence_bad)) for p in pairs]
     assert out["normx/blimp_n_pairs"] == 5 and out["normx/pair_n_pairs"] == 1
     assert out["normx/blimp_accuracy"] == pytest.approx(np.mean(correct))
     assert out["normx/blimp_accuracy_by_uid/a"] == pytest.approx(np.mean(correct[:2]))
@@ -428,25 +584,27 @@ def test_blimp_sentence_score_is_whole_sentence_log_probability(tok):
 
 
 def test_contrastive_scores_are_read_where_the_words_first_differ(tok):
-    """The contrast of a pair sharing its first token is explained at the first differing
+    """The contrast of a pair sharing its first tokens is explained at the first differing
     token, on the prefix + shared tokens: never identically zero, and equal to a direct
-    `attribute` call there."""
+    `attribute` call there. The word read there is the good word, so its shared pieces are
+    not ranked; the whole prefix is."""
     model = perturbed_gpt2(tok, seed=6)
     (u, v), = _shared_first_token_words(tok, 1)
     pair = MinimalPair("the big cats of my", u, v, (2,))
     out = EvidenceProbe([pair], tok, layers="last")(model)
     tu, tv = ids_of(tok, " " + u), ids_of(tok, " " + v)
     n = next(i for i, (x, y) in enumerate(zip(tu, tv)) if x != y)
-    ids = torch.tensor([ids_of(tok, pair.prefix) + tu[:n]])
+    prefix = running(tok, pair.prefix)
+    ids = torch.tensor([prefix + tu[:n]])
     a = attribute(model, ids, target=tu[n], foil=tv[n])
-    t = ids.shape[1] - 1
-    assert torch.isfinite(a.normxlogit[0, :t]).all() and a.normxlogit[0, :t].abs().sum() > 0
-    cue = [i == 2 for i in range(t)]
+    ranked = len(prefix)  # positions 0..last: every prefix word, the last one included
+    assert torch.isfinite(a.normxlogit[0, :ranked]).all()
+    assert a.normxlogit[0, :ranked].abs().sum() > 0
+    cue = [i == 2 for i in range(ranked)]
     assert out["normx/evidence_ap/normxlogit_contrastive"] == pytest.approx(
-        _ap_loop(a.normxlogit[0, :t].tolist(), cue))
-    n_ranked = t
+        _ap_loop(a.normxlogit[0, :ranked].tolist(), cue))
     assert out["normx/evidence_ap/random_contrastive"] == pytest.approx(
-        (n_ranked - 1) * sum(1 / k for k in range(1, n_ranked + 1)) / (n_ranked * (n_ranked - 1)))
+        (ranked - 1) * sum(1 / k for k in range(1, ranked + 1)) / (ranked * (ranked - 1)))
     assert out["normx/evidence_n_pairs_contrastive"] == 1
 
 
@@ -688,3 +846,17 @@ def test_a_prefix_longer_than_the_context_is_cut_or_named(tok):
     assert out["normx/evidence_n_pairs"] == 1 and out["normx/pair_n_pairs"] == 1
     with pytest.raises(ValueError, match="max_length=12"):
         EvidenceProbe([pair], tok)(model)
+
+
+def test_max_probe_pairs_null_means_every_pair_and_zero_is_refused(tmp_path, tok):
+    from normx_track.training.config import Config, ConfigError, TrackerConfig, validate
+    from normx_track.training.tracker_factory import build_probes
+
+    validate(Config(tracker=TrackerConfig(max_probe_pairs=None)))
+    with pytest.raises(ConfigError, match="tracker.max_probe_pairs"):
+        validate(Config(tracker=TrackerConfig(max_probe_pairs=0)))
+    path = write_lines(tmp_path / "p.jsonl", [GOOD_LINE] * 3)
+    t = TrackerConfig(max_probe_pairs=None, probe_leading_space=False, evidence_by_layer=False)
+    probe, = build_probes(t, 0, tok, path, np.zeros(0, dtype=np.int32), max_length=64)
+    assert len(probe.encoded) == 3 and probe.stats["normx/probe/leading_space"] == 0.0
+    assert probe.encoded.context[0] == ids_of(tok, "The keys to the cabinet")

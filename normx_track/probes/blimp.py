@@ -5,7 +5,11 @@ they ship, with cue words added by per-paradigm rules.
     pairs = load_blimp("blimp")                                   # agreement paradigms, hub
     pairs = load_blimp("blimp:anaphor_gender_agreement")          # chosen paradigms, hub
     pairs = load_blimp("blimp:/data/blimp/data")                  # agreement paradigms, local
-    pairs = load_blimp("blimp:/data/blimp/data:anaphor_gender_agreement,...")
+    pairs = load_blimp("blimp:/data/blimp/data:anaphor_gender_agreement+...")
+
+UIDs are separated by "+" (which Hydra takes unquoted: ``tracker.probe_file=blimp:DIR:A+B``)
+or "," (which Hydra reads as a sweep unless the value is quoted:
+``'tracker.probe_file="blimp:DIR:A,B"'``).
 
 Cue rules (``cue_word_indices`` index ``prefix.split()``; see `CUE_RULES`):
 
@@ -30,6 +34,7 @@ no one-prefix form (``two_prefix`` paradigms) give the whole-sentence BLiMP scor
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -131,7 +136,7 @@ def is_blimp_spec(spec: str | Path | None) -> bool:
 
 
 def _parse(spec: str) -> tuple[Path | None, list[str]]:
-    """"blimp[:FOLDER][:UID,UID]" -> (folder or None for the hub, UIDs or [] for all
+    """"blimp[:FOLDER][:UID+UID]" -> (folder or None for the hub, UIDs or [] for all
     agreement paradigms)."""
     rest = spec[len("blimp:"):] if spec.startswith("blimp:") else ""
     if not rest:
@@ -147,11 +152,11 @@ def _parse(spec: str) -> tuple[Path | None, list[str]]:
 
 
 def _uids(text: str) -> list[str]:
-    return [u.strip() for u in text.split(",") if u.strip()]
+    return [u.strip() for u in re.split(r"[,+]", text) if u.strip()]
 
 
 def load_blimp(spec: str = "blimp", split: str = "train") -> list[MinimalPair]:
-    """Minimal pairs for a ``blimp[:FOLDER][:UID,UID]`` spec, cues added (module docstring).
+    """Minimal pairs for a ``blimp[:FOLDER][:UID+UID]`` spec, cues added (module docstring).
     A local FOLDER holds ``<UID>.jsonl`` files (BLiMP's ``data/``): all the agreement
     paradigms it holds unless UIDs are named; without a folder, the hub."""
     folder, uids = _parse(spec)

@@ -4,14 +4,19 @@
 Choices (documented here once)
 ------------------------------
 * Words and cues. ``cue_word_indices`` index ``prefix.split()``; a cue word the tokenizer
-  splits marks ALL its pieces as cue positions (`probe_files.encode_pairs`).
-* What is explained. The good word's first token at t, the last prefix token. The
-  prediction position t itself is never ranked (its LogAt is the model's own output logit
-  by construction); positions 0..t-1 are, for every method and layer. A probe whose cues
-  all sit at t gets no evidence score and is counted in ``evidence_n_cue_at_prediction``.
+  splits marks ALL its pieces as cue positions (`files.encode_pairs`). Probe text is
+  tokenised as running text, after a space, where the tokenizer marks word starts
+  (``leading_space``; off: as written, lm-eval 0.3's BLiMP convention).
+* What is explained. The good word's first token at t, the last prefix token. The word
+  being read at t is never ranked: not t itself (its LogAt is the model's own output logit
+  by construction) and not the earlier pieces of the same word (a cue there is trivial);
+  the positions of the earlier words are, for every method and layer, in the ranking and
+  the softmax. A probe whose cues all lie in the word at t gets no evidence score and is
+  counted in ``evidence_n_cue_at_prediction``.
 * Contrastive. Good against bad at the first token where their tokenisations differ, the
-  shared tokens appended to the input, positions before that point ranked. Pairs where
-  one word's tokens begin the other's have no such token and no contrastive score.
+  shared tokens appended to the input. The word read there is the good word when they
+  share tokens (the whole prefix is ranked), else the prefix's last word as above. Pairs
+  where one word's tokens begin the other's have no such token and no contrastive score.
 * Baselines. The exact expectation under a uniformly random ranking
   (`metrics.random_average_precision`) and a uniform softmax (`metrics.random_dot_product`)
   over the same ranked positions. Ties in AP count as the expectation over orderings.
@@ -19,11 +24,15 @@ Choices (documented here once)
   tokens) exceeds the bad word's (`likelihood.continuation_logprobs`). Rows that carry
   BLiMP's whole sentences also get the standard BLiMP score: whole-sentence
   log-probability after a BOS/EOS token, good > bad.
-* Prefixes longer than ``max_length`` keep their last tokens; cues cut off are dropped.
+* Prefixes longer than ``max_length`` keep their last tokens; cues cut off are dropped,
+  and a pair left with none is counted (``evidence_n_cue_truncated``, warned once). Pairs
+  whose words alone, or BLiMP sentences that, exceed ``max_length`` are skipped and counted
+  (``pair_n_too_long``, ``blimp_n_too_long``).
 * A diverged model (NaN scores) gives NaN for that pair, averaged out with nanmean.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -40,17 +49,19 @@ from normx_track.gold.metrics import (
     dot_product_alignment_rows,
     random_baselines_rows,
 )
-from normx_track.probes.files import (EncodedPairs, MinimalPair, encode_pairs, encode_text,
-                          load_probe_file, pad_id)
+from normx_track.probes.files import (EncodedPairs, MinimalPair, NothingFitsError,
+                                      encode_pairs, encode_sentences, load_probe_file, pad_id)
 
 __all__ = ["EvidenceProbe", "seeded_subset"]
 
 from normx_track.keys import (  # noqa: E402,F401 - the names this probe writes
-    BLIMP_ACCURACY, BLIMP_ACCURACY_BY_UID, BLIMP_N_PAIRS, CONTRASTIVE_METHODS, EVIDENCE_AP,
-    EVIDENCE_AP_BY_LAYER, EVIDENCE_DP, EVIDENCE_N_CUE_AT_PREDICTION, EVIDENCE_N_PAIRS,
-    EVIDENCE_N_PAIRS_CONTRASTIVE, METHODS, PAIR_ACCURACY, PAIR_ACCURACY_BY_UID, PAIR_N_PAIRS,
-    PAIR_N_SHARED_FIRST_TOKEN)
+    BLIMP_ACCURACY, BLIMP_ACCURACY_BY_UID, BLIMP_N_PAIRS, BLIMP_N_TOO_LONG, CONTRASTIVE_METHODS,
+    EVIDENCE_AP, EVIDENCE_AP_BY_LAYER, EVIDENCE_DP, EVIDENCE_N_CUE_AT_PREDICTION,
+    EVIDENCE_N_CUE_TRUNCATED, EVIDENCE_N_PAIRS, EVIDENCE_N_PAIRS_CONTRASTIVE, METHODS,
+    PAIR_ACCURACY, PAIR_ACCURACY_BY_UID, PAIR_N_PAIRS, PAIR_N_SHARED_FIRST_TOKEN,
+    PAIR_N_TOO_LONG)
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -127,10 +138,14 @@ class EvidenceProbe:
             random (+ normxlogit_contrastive, logat_contrastive, random_contrastive)
         normx/evidence_ap_by_layer/<normxlogit|logat>/layer_NN     NN: 00 embeddings .. L
         normx/evidence_n_pairs, normx/evidence_n_pairs_contrastive (the scored pairs)
-        normx/evidence_n_cue_at_prediction  pairs whose cues all sit at t (no score)
+        normx/evidence_n_cue_at_prediction  pairs whose cues all lie in the word at t
+        normx/evidence_n_cue_truncated      pairs whose cues were all cut (long prefix)
         normx/pair_accuracy, normx/pair_n_pairs, normx/pair_n_shared_first_token
         normx/pair_accuracy_by_uid/<UID>                (when the pairs carry several UIDs)
         normx/blimp_accuracy, normx/blimp_n_pairs, normx/blimp_accuracy_by_uid/<UID>
+        normx/pair_n_too_long, normx/blimp_n_too_long   skipped: longer than max_length
+        normx/probe/leading_space, normx/probe/mean_pieces_per_word,
+        normx/probe/cue_split_share                     how the probe text tokenises
 
         probe = EvidenceProbe(load_probe_file("probes.jsonl"), tokenizer)
         row = probe(hf_model)   # {"normx/evidence_ap/normxlogit": 0.71, ...}
@@ -140,31 +155,42 @@ class EvidenceProbe:
                  layers: str | Sequence[int] = "all", seed: int = 0, *,
                  max_pairs: int | None = None, max_length: int | None = None,
                  contrastive: bool = True, norm_factor: str = "word_embedding",
-                 by_uid: bool = True):
+                 by_uid: bool = True, leading_space: bool = True):
         """
         pairs: minimal pairs, or the path of a probe file (`load_probe_file`).
         batch_size: pairs per forward pass. layers: "all", "last" or layer indices for the
-            per-layer AP. seed: picks ``max_pairs`` of them when there are more.
+            per-layer AP. seed: picks ``max_pairs`` of them (None: all) when there are more.
         max_length: the most positions a row may use (the model's context size).
+        leading_space: tokenise probe text as running text (`files.encode_pairs`).
         """
         if isinstance(pairs, (str, Path)):
             pairs = load_probe_file(pairs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_pairs is not None and max_pairs < 1:
+            raise ValueError(f"max_pairs must be >= 1 (or None: all), got {max_pairs}")
         pairs = seeded_subset(pairs, max_pairs, seed)
         if not pairs:
             raise ValueError("no minimal pairs for the evidence probe")
-        prefixed = [p for p in pairs if p.has_prefix]
-        self.encoded = encode_pairs(prefixed, tokenizer, max_length) if prefixed else None
-        self.sentences = _encode_sentences([p for p in pairs if p.has_sentences], tokenizer,
-                                           max_length)
+        self.encoded, self.stats = _encode_prefixed([p for p in pairs if p.has_prefix],
+                                                    tokenizer, max_length, leading_space)
+        self.sentences = encode_sentences([p for p in pairs if p.has_sentences], tokenizer,
+                                          max_length, leading_space)
+        if self.sentences is not None:
+            self.stats[BLIMP_N_TOO_LONG] = self.sentences.n_too_long
+            if not self.sentences.pairs:
+                self.sentences = None
+        if self.encoded is None and self.sentences is None:
+            raise NothingFitsError(f"{pairs[0].source}: no minimal pair fits in the model's "
+                                   f"{max_length} positions")
+        _warn_cut(self.stats, max_length)
         self.pad_id = pad_id(tokenizer)
         self.batch_size, self.layers, self.seed = batch_size, layers, seed
         self.contrastive, self.norm_factor, self.by_uid = contrastive, norm_factor, by_uid
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         self._check_fits(model)
-        out: dict[str, float] = {}
+        out: dict[str, float] = dict(self.stats)
         with eval_mode(model), torch.no_grad():
             if self.encoded is not None:
                 evidence, good_logp = self._evidence(model)
@@ -175,11 +201,16 @@ class EvidenceProbe:
         return out
 
     def _check_fits(self, model: nn.Module) -> None:
-        size, enc = context_size(model), self.encoded
-        if size is None or enc is None:
+        size, enc, sentences = context_size(model), self.encoded, self.sentences
+        if size is None:
             return
-        longest = max(len(c) + max(len(g), len(b))
-                      for c, g, b in zip(enc.context, enc.good_tokens, enc.bad_tokens))
+        longest = 0
+        if enc is not None:
+            longest = max(len(c) + max(len(g), len(b))
+                          for c, g, b in zip(enc.context, enc.good_tokens, enc.bad_tokens))
+        if sentences is not None:
+            longest = max(longest, *(1 + max(len(g), len(b))
+                                     for g, b in zip(sentences.good, sentences.bad)))
         if longest > size:
             raise ValueError(f"a minimal pair takes {longest} positions but the model has "
                              f"{size}: build the EvidenceProbe with max_length={size}")
@@ -195,15 +226,16 @@ class EvidenceProbe:
             good_logp.append(logp)
             positions = np.arange(batch.input_ids.shape[1])[None, :]
             cue = batch.cue_mask.numpy()
-            ranked = positions < batch.last.numpy()[:, None]  # t itself is never ranked
+            # The word read at t (t and its earlier pieces) is never ranked.
+            ranked = positions < batch.word_start.numpy()[:, None]
             relevant = cue & ranked
-            keep = relevant.any(axis=1)  # a cue before t: scored
+            keep = relevant.any(axis=1)  # a cue in an earlier word: scored
             n_scored += int(keep.sum())
             n_cue_at_t += int((batch.has_cues.numpy() & ~keep).sum())
             main.add(scores, relevant, ranked, keep, "random")
             main.add_layers(stacks, layers, relevant, ranked, keep)
             if contrastive:
-                ranked_c = positions < batch.contrast_position.numpy()[:, None]
+                ranked_c = positions < batch.contrast_word_start.numpy()[:, None]
                 relevant_c = cue & ranked_c
                 keep_c = relevant_c.any(axis=1) & batch.has_contrast.numpy()
                 contrast.add(contrastive, relevant_c, ranked_c, keep_c, "random_contrastive")
@@ -254,13 +286,13 @@ class EvidenceProbe:
         return out
 
     def _blimp_accuracy(self, model: nn.Module) -> dict[str, float]:
-        context, good, bad, pairs = self.sentences
-        n = len(good)
-        logp = continuation_logprobs(model, context * 2, good + bad, self.batch_size,
+        s = self.sentences
+        n = len(s.good)
+        logp = continuation_logprobs(model, s.context * 2, s.good + s.bad, self.batch_size,
                                      self.pad_id)
         correct = logp[:n] > logp[n:]
         out = {BLIMP_ACCURACY: float(correct.mean()), BLIMP_N_PAIRS: n}
-        out.update(self._by_uid(BLIMP_ACCURACY_BY_UID, correct, pairs))
+        out.update(self._by_uid(BLIMP_ACCURACY_BY_UID, correct, s.pairs))
         return out
 
     def _by_uid(self, key: str, correct: np.ndarray, pairs: Sequence[MinimalPair]):
@@ -271,26 +303,27 @@ class EvidenceProbe:
                 for u in sorted(set(uids))}
 
 
-def _encode_sentences(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None):
-    """(contexts, good tokens, bad tokens, pairs) for BLiMP's whole-sentence score: each
-    sentence after a BOS (else EOS) token, as lm-eval scores BLiMP; None without pairs."""
+def _encode_prefixed(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None,
+                     leading_space: bool) -> tuple[EncodedPairs | None, dict[str, float]]:
+    """The one-prefix pairs encoded (None when there are none, or none fits) and their
+    stats (`EncodedPairs.stats`)."""
     if not pairs:
-        return None
-    bos = getattr(tokenizer, "bos_token_id", None)
-    bos = bos if bos is not None else getattr(tokenizer, "eos_token_id", None)
-    if bos is None:
-        raise ValueError("BLiMP's sentence score needs a BOS or EOS token to start from; "
-                         "the tokenizer has neither")
-    contexts, good, bad = [], [], []
-    for pair in pairs:
-        g = encode_text(tokenizer, pair.sentence_good)["input_ids"]
-        b = encode_text(tokenizer, pair.sentence_bad)["input_ids"]
-        if not g or not b:
-            raise ValueError(f"{pair.source}: a sentence has no tokens")
-        if max_length is not None and 1 + max(len(g), len(b)) > max_length:
-            raise ValueError(f"{pair.source}: a sentence takes more than the model's "
-                             f"{max_length} positions")
-        contexts.append([int(bos)])
-        good.append([int(i) for i in g])
-        bad.append([int(i) for i in b])
-    return contexts, good, bad, list(pairs)
+        return None, {}
+    try:
+        encoded = encode_pairs(pairs, tokenizer, max_length, leading_space, skip_too_long=True)
+    except NothingFitsError:  # the sentences may still fit
+        return None, {PAIR_N_TOO_LONG: len(pairs)}
+    return encoded, dict(encoded.stats)
+
+
+def _warn_cut(stats: dict[str, float], max_length: int | None) -> None:
+    """One warning per probe for what a short context cut or skipped."""
+    what = {EVIDENCE_N_CUE_TRUNCATED: "lose every cue word with the start of a prefix longer "
+                                      "than the context (accuracy only)",
+            PAIR_N_TOO_LONG: "are skipped: their good/bad words alone do not fit",
+            BLIMP_N_TOO_LONG: "are skipped for the BLiMP sentence score: a sentence does not "
+                              "fit"}
+    for key, text in what.items():
+        if stats.get(key):
+            log.warning("evidence probe: %d minimal pairs %s in the model's %s positions "
+                        "(counted in %s)", stats[key], text, max_length, key)

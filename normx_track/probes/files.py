@@ -6,15 +6,19 @@ their pieces; the good and bad words map to all their tokens as they continue th
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from normx_track.errors import InputError
+from normx_track.keys import (EVIDENCE_N_CUE_TRUNCATED, PAIR_N_TOO_LONG, PROBE_CUE_SPLIT_SHARE,
+                              PROBE_LEADING_SPACE, PROBE_MEAN_PIECES_PER_WORD)
 
 # =========================================================================== probe files
 class ProbeFileError(InputError):
@@ -148,6 +152,10 @@ def load_probe_file(path: str | Path) -> list[MinimalPair]:
 
 
 # ============================================================================ encoding
+class NothingFitsError(ProbeFileError):
+    """No minimal pair fits in the model's context."""
+
+
 @dataclass
 class EncodedPairs:
     """Right-padded model inputs for the one-prefix pairs; index with a slice for a batch.
@@ -156,7 +164,8 @@ class EncodedPairs:
     explains the good word at ``last`` (positions <= last never see what follows), the
     contrast at ``contrast_position`` (the first token where the good and bad
     tokenisations differ, the shared tokens before it; DESIGN.md) and gives the good
-    word's log-probability."""
+    word's log-probability. Positions before ``word_start`` (resp. ``contrast_word_start``)
+    are the ones ranked: the word being read where the prediction is made is never."""
 
     input_ids: Tensor  # [B, T] long: prefix + the good word's tokens
     attention_mask: Tensor  # [B, T] long
@@ -167,10 +176,14 @@ class EncodedPairs:
     contrast_position: Tensor  # [B] last + number of shared tokens
     contrast_good: Tensor  # [B] the good word's first differing token
     contrast_bad: Tensor  # [B] the bad word's (-1 where one word's tokens begin the other's)
+    word_start: Tensor  # [B] first position of the prefix's last word (the word read at t)
+    contrast_word_start: Tensor  # [B] same at contrast_position: last + 1 when words share
     context: list[list[int]] = field(default_factory=list)  # prefix tokens (as kept)
     good_tokens: list[list[int]] = field(default_factory=list)  # all tokens of the good word
     bad_tokens: list[list[int]] = field(default_factory=list)
     pairs: list[MinimalPair] = field(default_factory=list)
+    # About the whole set (not sliced): normx/probe/*, pairs skipped or cut (keys.py).
+    stats: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -192,8 +205,9 @@ class EncodedPairs:
             self.input_ids[index, :width], rows[:, :width], self.cue_mask[index, :width],
             self.good_ids[index], self.bad_ids[index], self.last[index],
             self.contrast_position[index], self.contrast_good[index], self.contrast_bad[index],
+            self.word_start[index], self.contrast_word_start[index],
             self.context[index], self.good_tokens[index], self.bad_tokens[index],
-            self.pairs[index])
+            self.pairs[index], self.stats)
 
 
 def pad_id(tokenizer) -> int:
@@ -207,6 +221,37 @@ def pad_id(tokenizer) -> int:
 
 def encode_text(tokenizer, text: str, **kw) -> dict:
     return tokenizer(text, add_special_tokens=False, **kw)
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return [int(i) for i in encode_text(tokenizer, text)["input_ids"]]
+
+
+_COMMON_WORDS = ("the", "a", "of", "and", "to", "in", "is", "I")
+
+
+def marks_word_starts(tokenizer) -> bool:
+    """Whether the tokenizer folds the space before a word into the word's first token
+    (byte-level BPE's "Ġ", Metaspace's "▁" where no space is prepended), read from what
+    it does, not from its class: for some common word w, " w" tokenises unlike "w", not as
+    a bare space token and then more, and exactly as w does mid-text (after "x ").
+    Tokenizers that prepend the mark themselves (SentencePiece with a prefix space) or drop
+    spaces (WordPiece) give False: their sentence-initial words are already as mid-text."""
+    space = _ids(tokenizer, " ")
+    context = _ids(tokenizer, "x")
+    for word in _COMMON_WORDS:
+        alone, spaced = _ids(tokenizer, word), _ids(tokenizer, " " + word)
+        if alone == spaced or spaced[: len(space)] == space:
+            continue
+        mid = _ids(tokenizer, "x " + word)
+        if mid[: len(context)] == context and mid[len(context):] == spaced:
+            return True
+    return False
+
+
+def running_text(text: str, leading_space: bool) -> str:
+    """``text`` as it would appear mid-text: after a space when ``leading_space``."""
+    return " " + text if leading_space else text
 
 
 def continuation_tokens(tokenizer, word: str, context: str = "") -> list[int]:
@@ -237,11 +282,13 @@ def _word_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in re.finditer(r"\S+", text)]
 
 
-def _tokens_and_word_of(tokenizer, prefix: str) -> tuple[list[int], list[list[int]]]:
-    """Token ids of ``prefix`` and, per token, the indices of the words it overlaps."""
-    spans = _word_spans(prefix)
+def _tokens_and_word_of(tokenizer, text: str) -> tuple[list[int], list[list[int]]]:
+    """Token ids of ``text`` and, per token, the indices of the (whitespace-split) words it
+    overlaps; a bare-space piece belongs to the word after it. ``text`` may start with a
+    space (`running_text`): word indices are those of ``text.split()`` either way."""
+    spans = _word_spans(text)
     if getattr(tokenizer, "is_fast", False):
-        enc = encode_text(tokenizer, prefix, return_offsets_mapping=True)
+        enc = encode_text(tokenizer, text, return_offsets_mapping=True)
         ids, words_of = list(enc["input_ids"]), []
         for start, end in enc["offset_mapping"]:
             # Overlap, not containment: works whether or not offsets include a leading space.
@@ -252,8 +299,9 @@ def _tokens_and_word_of(tokenizer, prefix: str) -> tuple[list[int], list[list[in
             words_of.append(words)
         return ids, words_of
     ids, words_of = [], []  # slow tokenizer: word by word, " " + word after the first
-    for w, word in enumerate(prefix.split()):
-        piece = encode_text(tokenizer, word if w == 0 else " " + word)["input_ids"]
+    spaced = text[:1].isspace()
+    for w, word in enumerate(text.split()):
+        piece = encode_text(tokenizer, word if w == 0 and not spaced else " " + word)["input_ids"]
         ids.extend(piece)
         words_of.extend([[w]] * len(piece))
     return ids, words_of
@@ -267,6 +315,14 @@ def _shared_length(good: list[int], bad: list[int]) -> int:
     return n
 
 
+def _trailing_run(flags: list[bool]) -> int:
+    """Where the final run of True values starts (len(flags) when the last is False)."""
+    n = len(flags)
+    while n and flags[n - 1]:
+        n -= 1
+    return n
+
+
 @dataclass
 class _Row:
     context: list[int]
@@ -274,38 +330,81 @@ class _Row:
     good: list[int]
     bad: list[int]
     shared: int
+    word_start: int  # first position of the word read at t (the prefix's last word)
+    pieces: list[int]  # tokens per prefix word, before any cut
+    cue_pieces: list[int]  # tokens per cue word, before any cut
+    cue_cut: bool  # it had cues and the cut left none
 
 
-def _encode_row(pair: MinimalPair, tokenizer, max_length: int | None) -> _Row:
-    ids, words_of = _tokens_and_word_of(tokenizer, pair.prefix)
+def _encode_row(pair: MinimalPair, tokenizer, max_length: int | None, leading_space: bool,
+                skip_too_long: bool) -> _Row | None:
+    """One pair's row; None (``skip_too_long``, else an error) when its words alone do not
+    fit in ``max_length``."""
+    text = running_text(pair.prefix, leading_space)
+    ids, words_of = _tokens_and_word_of(tokenizer, text)
     where = pair.source or repr(pair.prefix)
     if not ids:
-        raise ValueError(f"{where}: the prefix has no tokens")
+        raise ProbeFileError(f"{where}: the prefix has no tokens")
     cue_words = set(pair.cue_word_indices)
     cue = [bool(cue_words.intersection(ws)) for ws in words_of]
-    good = continuation_tokens(tokenizer, pair.good, pair.prefix)
-    bad = continuation_tokens(tokenizer, pair.bad, pair.prefix)
+    pieces = [sum(w in ws for ws in words_of) for w in range(len(pair.prefix.split()))]
+    last_word = set(words_of[-1])  # the pieces of the word read at t, t included
+    in_last = [bool(last_word.intersection(ws)) for ws in words_of[:-1]] + [True]
+    good = continuation_tokens(tokenizer, pair.good, text)
+    bad = continuation_tokens(tokenizer, pair.bad, text)
     if good == bad:
-        raise ValueError(f"{where}: good {pair.good!r} and bad {pair.bad!r} tokenise alike")
+        raise ProbeFileError(f"{where}: good {pair.good!r} and bad {pair.bad!r} tokenise alike")
+    had_cue = any(cue)
     if max_length is not None:  # keep the end of the prefix: the words nearest the target
         room = max_length - max(len(good), len(bad))
+        if room < 1 and skip_too_long:
+            return None
         if room < 1:
-            raise ValueError(f"{where}: the words alone take {max(len(good), len(bad))} "
-                             f"tokens, more than the model's {max_length} positions")
-        ids, cue = ids[-room:], cue[-room:]
-    return _Row(ids, cue, good, bad, _shared_length(good, bad))
+            raise ProbeFileError(f"{where}: the words alone take {max(len(good), len(bad))} "
+                                 f"tokens, more than the model's {max_length} positions")
+        ids, cue, in_last = ids[-room:], cue[-room:], in_last[-room:]
+    return _Row(ids, cue, good, bad, _shared_length(good, bad), _trailing_run(in_last),
+                pieces, [pieces[c] for c in sorted(cue_words)], had_cue and not any(cue))
 
 
-def encode_pairs(pairs: Sequence[MinimalPair], tokenizer,
-                 max_length: int | None = None) -> EncodedPairs:
+def _stats(rows: list[_Row], n_too_long: int, leading_space: bool) -> dict[str, float]:
+    pieces = [n for r in rows for n in r.pieces]
+    cue_pieces = [n for r in rows for n in r.cue_pieces]
+    return {
+        PROBE_LEADING_SPACE: float(leading_space),
+        PROBE_MEAN_PIECES_PER_WORD: float(np.mean(pieces)) if pieces else math.nan,
+        PROBE_CUE_SPLIT_SHARE: float(np.mean([n >= 2 for n in cue_pieces])) if cue_pieces
+        else math.nan,
+        EVIDENCE_N_CUE_TRUNCATED: sum(r.cue_cut for r in rows),
+        PAIR_N_TOO_LONG: n_too_long,
+    }
+
+
+def encode_pairs(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None = None,
+                 leading_space: bool = True, skip_too_long: bool = False) -> EncodedPairs:
     """Tokenise prefixes (no special tokens, as in training), mark every token piece of
     every cue word, take the words' continuation tokens, and lay out each row as the
-    prefix plus the good word's tokens (right-padded). ``max_length``: the most
-    positions a row may use, words included (the model's context size); longer prefixes
-    keep their last tokens and lose the cues cut off."""
+    prefix plus the good word's tokens (right-padded).
+
+    leading_space: encode each prefix as running text, after a space, where the tokenizer
+        marks word starts (`marks_word_starts`), so that its first word is tokenised as
+        mid-text (DESIGN.md); False: as written (lm-eval 0.3's BLiMP convention).
+    max_length: the most positions a row may use, words included (the model's context
+        size); longer prefixes keep their last tokens and lose the cues cut off (counted
+        in ``stats``). A pair whose words alone do not fit is an error, or with
+        ``skip_too_long`` skipped and counted (``pairs`` then holds the kept ones; none
+        kept raises `NothingFitsError`)."""
     if not pairs:
         raise ValueError("no minimal pairs to encode")
-    rows = [_encode_row(pair, tokenizer, max_length) for pair in pairs]
+    leading_space = bool(leading_space) and marks_word_starts(tokenizer)
+    encoded = [(pair, _encode_row(pair, tokenizer, max_length, leading_space, skip_too_long))
+               for pair in pairs]
+    kept = [(pair, row) for pair, row in encoded if row is not None]
+    if not kept:
+        raise NothingFitsError(f"{pairs[0].source or repr(pairs[0].prefix)}: no minimal pair "
+                               f"fits in the model's {max_length} positions (the good and bad "
+                               "words alone take more)")
+    pairs, rows = [p for p, _ in kept], [r for _, r in kept]
     width = max(len(r.context) + len(r.good) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
@@ -316,14 +415,63 @@ def encode_pairs(pairs: Sequence[MinimalPair], tokenizer,
         attention[b, : len(full)] = 1
         cue_mask[b, : len(r.context)] = torch.tensor(r.cue)
     last = torch.tensor([len(r.context) - 1 for r in rows])
+    shared = torch.tensor([r.shared for r in rows])
+    word_start = torch.tensor([r.word_start for r in rows])
     diverge = [r.shared < min(len(r.good), len(r.bad)) for r in rows]
     return EncodedPairs(
         input_ids, attention, cue_mask,
         good_ids=torch.tensor([r.good[0] for r in rows]),
         bad_ids=torch.tensor([r.bad[0] for r in rows]),
         last=last,
-        contrast_position=last + torch.tensor([r.shared for r in rows]),
+        contrast_position=last + shared,
         contrast_good=torch.tensor([r.good[min(r.shared, len(r.good) - 1)] for r in rows]),
         contrast_bad=torch.tensor([r.bad[r.shared] if d else -1 for r, d in zip(rows, diverge)]),
+        # Explained inside the good word, the word read there is the good word: the
+        # whole prefix is earlier words.
+        word_start=word_start,
+        contrast_word_start=torch.where(shared > 0, last + 1, word_start),
         context=[r.context for r in rows], good_tokens=[r.good for r in rows],
-        bad_tokens=[r.bad for r in rows], pairs=list(pairs))
+        bad_tokens=[r.bad for r in rows], pairs=pairs,
+        stats=_stats(rows, len(encoded) - len(kept), leading_space))
+
+
+@dataclass
+class EncodedSentences:
+    """BLiMP's whole sentences for the standard score: each after a BOS (else EOS) token,
+    as lm-eval scores BLiMP."""
+
+    context: list[list[int]]
+    good: list[list[int]]
+    bad: list[list[int]]
+    pairs: list[MinimalPair]
+    n_too_long: int  # pairs skipped: a sentence does not fit in the model's context
+
+
+def encode_sentences(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None = None,
+                     leading_space: bool = True) -> EncodedSentences | None:
+    """The sentences of ``pairs`` (None without pairs); ``leading_space`` as in
+    `encode_pairs`. A pair either of whose sentences takes more than ``max_length``
+    positions with its BOS is skipped and counted (a cut sentence would not be the
+    sentence's probability)."""
+    if not pairs:
+        return None
+    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = bos if bos is not None else getattr(tokenizer, "eos_token_id", None)
+    if bos is None:
+        raise ProbeFileError("BLiMP's sentence score needs a BOS or EOS token to start from; "
+                             "the tokenizer has neither")
+    leading_space = bool(leading_space) and marks_word_starts(tokenizer)
+    out = EncodedSentences([], [], [], [], 0)
+    for pair in pairs:
+        g = _ids(tokenizer, running_text(pair.sentence_good.strip(), leading_space))
+        b = _ids(tokenizer, running_text(pair.sentence_bad.strip(), leading_space))
+        if not g or not b:
+            raise ProbeFileError(f"{pair.source}: a sentence has no tokens")
+        if max_length is not None and 1 + max(len(g), len(b)) > max_length:
+            out.n_too_long += 1
+            continue
+        out.context.append([int(bos)])
+        out.good.append(g)
+        out.bad.append(b)
+        out.pairs.append(pair)
+    return out

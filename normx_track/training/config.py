@@ -125,10 +125,15 @@ class TrackerConfig:
     # Probes at each snapshot (normx_track/probes/evidence.py, normx_track/probes/faithfulness.py).
     evidence: bool = True  # evidence alignment + minimal-pair accuracy on the probe file
     # A probe file (JSON lines), or BLiMP: "blimp" (agreement paradigms, hub),
-    # "blimp:UID,UID", "blimp:FOLDER" or "blimp:FOLDER:UID,UID" (BLiMP's jsonl files).
+    # "blimp:UID+UID", "blimp:FOLDER" or "blimp:FOLDER:UID+UID" (BLiMP's jsonl files; ","
+    # separates UIDs too, inside quotes: Hydra reads an unquoted a,b as a sweep).
     # Default: the synthetic corpus's own probes.
     probe_file: Optional[str] = None
-    max_probe_pairs: int = 100  # per snapshot; more pairs, steadier curves, more cost
+    max_probe_pairs: Optional[int] = 100  # per snapshot (null: all); more pairs, steadier curves
+    # Probe text as running text: after a space where the tokenizer marks word starts
+    # (byte-level BPE, Metaspace), as the training text has it; false: as written
+    # (lm-eval 0.3's BLiMP convention; lm-eval >= 0.4 puts the space, as the default).
+    probe_leading_space: bool = True
     evidence_by_layer: bool = True
     faithfulness_examples: int = 0  # held-out windows for comprehensiveness etc. (0: off)
     faithfulness_length: int = 32
@@ -168,10 +173,11 @@ _POSITIVE = (
     "tracker.faithfulness_length", "tracker.ig_steps",
 )
 _POSITIVE_OR_NULL = {"tracker.stats_tokens": "the whole training stream",
-                     "trainer.loss_chunk_tokens": "the loss over all tokens at once"}
+                     "trainer.loss_chunk_tokens": "the loss over all tokens at once",
+                     "tracker.max_probe_pairs": "every probe pair"}
 _NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "data.num_workers",
                  "tracker.min_count", "model.dropout", "trainer.gradient_clip_val",
-                 "tracker.max_probe_pairs", "tracker.faithfulness_examples",
+                 "tracker.faithfulness_examples",
                  "logger.finish_timeout_s")
 _FRACTIONS = ("data.val_fraction", "optim.min_lr_ratio", "model.dropout",
               "data.synthetic.attractor_probability")
@@ -265,6 +271,10 @@ def validate(cfg: Config) -> Config:
     for key in _FRACTIONS:
         if not 0 <= _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be in [0, 1), got {_get(cfg, key)}")
+    betas = list(cfg.optim.betas)
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), "
+                          f"got {betas}")
     if not 0 <= cfg.seed < 2**32:  # numpy's and Lightning's seed range
         raise ConfigError(f"seed must be in [0, 2**32), got {cfg.seed}")
     if cfg.model.n_embd % cfg.model.n_head:
