@@ -156,3 +156,31 @@ def test_a_checkpoint_written_by_version_0_1_resumes(tmp_path, cache_dir):
     assert [r["step"] for r in rows] == [0, 1, 2, 4, 8]
     assert (out / "normx" / "metrics.jsonl").read_text().splitlines()[:4] == before
     assert rows[-1]["tokens_seen"] == 8 * 4 * 32  # counting went on from the old state
+
+
+def test_an_exported_folder_gives_the_checkpoints_logits(tiny_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from normx_track.export import main as export_main
+    from normx_track.record.checkpoint_loader import load_lightning
+
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    assert export_main([str(ckpt), str(tmp_path / "hf")]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([tokenizer(" the keys to the cabinet are")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(exported(ids).logits, load_lightning(ckpt).model(ids).logits)
+    assert len(tokenizer) == exported.get_input_embeddings().weight.shape[0]
+    assert export_main([str(ckpt), str(tmp_path / "hf")]) == 2  # never over a used folder
+
+
+def test_the_metric_names_load_without_torch_and_the_library_never_imports_analysis():
+    import subprocess
+
+    probe = "import sys, normx_track.keys; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "normx_track").rglob("*.py")
+                 if "import analysis" in p.read_text() or "from analysis" in p.read_text()]
+    assert offenders == []

@@ -269,15 +269,20 @@ def _regression_scorer(head: nn.Module, y_hat: Tensor):
 # --------------------------------------------------------------------------- main entry
 
 
+def padding_inputs(mask: Tensor | None, causal: bool = True) -> dict:
+    """The padding arguments of a forward pass over rows with attention mask `mask`.
+    Right-padded (or unpadded) rows of a causal LM need none: real positions never see the
+    pads after them and their position ids are 0.., so the mask can go (the mask-free
+    attention path is several times faster; pad positions are never read). Otherwise the
+    mask, with position ids rebuilt from it (any padding then gives the same scores)."""
+    if mask is None or (causal and bool((mask[:, 1:] <= mask[:, :-1]).all())):
+        return {}
+    return dict(attention_mask=mask.long(), position_ids=(mask.long().cumsum(1) - 1).clamp(min=0))
+
+
 def _forward(model, f, input_ids, mask, need_hidden: bool, causal: bool):
     """One backbone pass -> (f(h^(L)) as the model computed it, hidden_states or None)."""
-    padding: dict = dict(attention_mask=mask.long(),
-                         position_ids=(mask.long().cumsum(1) - 1).clamp(min=0))
-    if causal and bool((mask[:, 1:] <= mask[:, :-1]).all()):
-        # Right-padded (or unpadded) rows of a causal LM: real positions never see the pads
-        # after them and their position ids are 0.., so the mask can go (the mask-free
-        # attention path is several times faster); pad positions are never read.
-        padding = {}
+    padding = padding_inputs(mask, causal)
     with eval_mode(model), _capture_output(f) as captured:
         out = model.base_model(  # the backbone: never builds the full [B,T,V] head output
             input_ids=input_ids,

@@ -97,11 +97,8 @@ def _supports_logits_to_keep(model: nn.Module) -> bool:
 
 
 def _logits_at(model: nn.Module, t: Tensor, keep: bool, **inputs) -> Tensor:
-    """The model's logits at position t of each row [B, V] (float32).
-
-    Rows are right-padded, so no attention mask is passed: in a causal LM, positions <= t
-    never see the pads after t, and the default position ids 0.. are the right ones (and
-    the mask-free path is several times faster in transformers' attention)."""
+    """The model's logits at position t of each row [B, V] (float32). Rows are
+    right-padded, so they need no attention mask (`padding_inputs`)."""
     if keep:  # only the needed positions go through the head
         positions = torch.unique(t)
         logits = model(**inputs, logits_to_keep=positions).logits
@@ -112,12 +109,15 @@ def _logits_at(model: nn.Module, t: Tensor, keep: bool, **inputs) -> Tensor:
 
 def gradient_attributions(model: nn.Module, input_ids: Tensor, t: Tensor, y: Tensor,
                           methods: Sequence[str] = CAPTUM_METHODS, *, ig_steps: int = 50,
-                          reduction: str | None = "l1") -> dict[str, Tensor]:
+                          reduction: str | None = "l1",
+                          deltas: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Captum's gradient baselines for the logit of ``y`` at position ``t`` of each
     (right-padded) row, w.r.t. the input word embeddings, as the authors ran them:
     Saliency, InputXGradient, IntegratedGradients from an all-zero embedding baseline in
     ``ig_steps`` steps. ``reduction``: "l1" over the embedding dimension ([B, T]), "sum"
-    (signed, [B, T]) or None (the per-dimension attributions, [B, T, d])."""
+    (signed, [B, T]) or None (the per-dimension attributions, [B, T, d]). ``deltas``: a
+    dict that receives Captum's convergence delta of IG per row,
+    sum(IG) - (F(x) - F(baseline))."""
     from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
     keep = _supports_logits_to_keep(model)
@@ -133,12 +133,24 @@ def gradient_attributions(model: nn.Module, input_ids: Tensor, t: Tensor, y: Ten
     if "input_x_gradient" in methods:
         out["input_x_gradient"] = InputXGradient(logits).attribute(embeds, **kw)
     if "integrated_gradients" in methods:
-        out["integrated_gradients"] = IntegratedGradients(logits).attribute(
+        out["integrated_gradients"], delta = IntegratedGradients(logits).attribute(
             embeds, baselines=torch.zeros_like(embeds), n_steps=ig_steps,
-            internal_batch_size=max(len(input_ids), 1), **kw)
+            internal_batch_size=max(len(input_ids), 1), return_convergence_delta=True, **kw)
+        if deltas is not None:
+            deltas["integrated_gradients"] = delta.detach()
     if reduction is None:
         return {m: a.detach() for m, a in out.items()}
     return {m: per_position(a, reduction).detach() for m, a in out.items()}
+
+
+def completeness_error(ig: Tensor, delta: Tensor) -> float:
+    """Mean |sum(IG) - (F(x) - F(0))| / |F(x) - F(0)| over rows, F the logit of y at t:
+    how far the 50-step integral is from exact (large where the path from an all-zero
+    embedding crosses a norm's singularity, as in models without position embeddings).
+    Captum's convergence delta is the numerator, so F(x) - F(0) = sum(IG) - delta."""
+    delta = delta.double()
+    change = ig.double().sum(tuple(range(1, ig.dim()))) - delta
+    return nanmean((delta.abs() / change.abs()).cpu().numpy())
 
 
 def per_position(attributions: Tensor, reduction: str) -> Tensor:
@@ -239,16 +251,20 @@ class FaithfulnessProbe:
         per_row = (1 if keep else width) * vocab * 4
         return max(1, _LOGITS_BUDGET_BYTES // per_row)
 
-    def _probs(self, model, ids: Tensor, t: Tensor, y: Tensor) -> np.ndarray:
-        """p(y | ids) at t for every row, in chunks; ids etc. on the model's device."""
+    def _probs(self, model, ids: Tensor, t: Tensor, y: Tensor | None = None
+               ) -> tuple[Tensor, np.ndarray]:
+        """(y, p(y | ids) at t) for every row, a memory budget's worth of rows at a time;
+        y None: the model's argmax at t. ids etc. on the model's device."""
         keep = _supports_logits_to_keep(model)
         chunk = self._chunk(model, ids.shape[1], keep)
-        out = []
+        ys, ps = [], []
         for s in range(0, ids.shape[0], chunk):
-            logits = _logits_at(model, t[s: s + chunk], keep, input_ids=ids[s: s + chunk])
-            probs = logits.log_softmax(-1).exp()
-            out.append(probs.gather(1, y[s: s + chunk, None]).squeeze(1))
-        return torch.cat(out).cpu().double().numpy()
+            logp = _logits_at(model, t[s: s + chunk], keep,
+                              input_ids=ids[s: s + chunk]).log_softmax(-1)
+            picked = logp.argmax(-1) if y is None else y[s: s + chunk]
+            ys.append(picked)
+            ps.append(logp.gather(1, picked[:, None]).squeeze(1).exp())
+        return torch.cat(ys), torch.cat(ps).cpu().double().numpy()
 
     # ------------------------------------------------------------------ the call
     def __call__(self, model: nn.Module) -> dict[str, float]:
@@ -258,15 +274,16 @@ class FaithfulnessProbe:
                 base = self._intact(model)
                 scores = self._scores_no_grad(model, base)
             if any(m in CAPTUM_METHODS for m in self.methods):
+                deltas: dict[str, Tensor] = {}
                 with _keep_grads(model), torch.enable_grad():
                     per_dim = gradient_attributions(
                         model, base["ids"], base["t"], base["y"],
                         [m for m in CAPTUM_METHODS if m in self.methods],
-                        ig_steps=self.ig_steps, reduction=None)
+                        ig_steps=self.ig_steps, reduction=None, deltas=deltas)
                 scores.update(self._reduce(per_dim))
                 if "integrated_gradients" in per_dim:
-                    extra[IG_COMPLETENESS_ERROR] = self._completeness_error(
-                        model, base, per_dim["integrated_gradients"])
+                    extra[IG_COMPLETENESS_ERROR] = completeness_error(
+                        per_dim["integrated_gradients"], deltas["integrated_gradients"])
             with torch.no_grad():
                 return {**self._measure(model, base, scores), **extra}
 
@@ -275,14 +292,8 @@ class FaithfulnessProbe:
         device = model_device(model)
         ids, mask = self.input_ids.to(device), self.attention_mask.to(device)
         t = self.last.to(device)
-        keep = _supports_logits_to_keep(model)
-        chunk = self._chunk(model, ids.shape[1], keep)
-        logits = torch.cat([_logits_at(model, t[s: s + chunk], keep, input_ids=ids[s: s + chunk])
-                            for s in range(0, len(ids), chunk)])
-        y = logits.argmax(-1)
-        p_full = logits.log_softmax(-1).exp().gather(1, y[:, None]).squeeze(1)
-        return dict(ids=ids, mask=mask, t=t, y=y, p_full=p_full.cpu().double().numpy(),
-                    baseline=self._baseline(model))
+        y, p_full = self._probs(model, ids, t)
+        return dict(ids=ids, mask=mask, t=t, y=y, p_full=p_full, baseline=self._baseline(model))
 
     def _scores_no_grad(self, model: nn.Module, base: dict) -> dict[str, list[np.ndarray]]:
         """Per method, per example: scores over positions 0..t."""
@@ -311,20 +322,6 @@ class FaithfulnessProbe:
             out[m] = [reduced[b, : tt + 1] for b, tt in enumerate(last)]
         return out
 
-    @torch.no_grad()
-    def _completeness_error(self, model: nn.Module, base: dict, ig: Tensor) -> float:
-        """Mean |sum(IG) - (F(x) - F(0))| / |F(x) - F(0)|, F the logit of y at t: how far
-        the 50-step integral is from exact (large where the path from an all-zero
-        embedding crosses a norm's singularity, as in models without position embeddings)."""
-        keep = _supports_logits_to_keep(model)
-        embeds = model.get_input_embeddings()(base["ids"])
-        rows = torch.arange(len(base["y"]), device=embeds.device)
-        full = _logits_at(model, base["t"], keep, inputs_embeds=embeds)[rows, base["y"]]
-        zero = _logits_at(model, base["t"], keep,
-                          inputs_embeds=torch.zeros_like(embeds))[rows, base["y"]]
-        delta = (full - zero).double()
-        error = (ig.double().sum((1, 2)) - delta).abs() / delta.abs()
-        return nanmean(error.cpu().numpy())
 
     def _perturbed_probs(self, model, base: dict, rows: list[Tensor],
                          owners: list[int]) -> np.ndarray:
@@ -336,7 +333,7 @@ class FaithfulnessProbe:
         keyed = torch.cat([owner[:, None], torch.stack(rows)], dim=1)
         distinct, inverse = torch.unique(keyed, dim=0, return_inverse=True)
         who = distinct[:, 0]
-        probs = self._probs(model, distinct[:, 1:], base["t"][who], base["y"][who])
+        _, probs = self._probs(model, distinct[:, 1:], base["t"][who], base["y"][who])
         return probs[inverse.cpu().numpy()]
 
     def _loo(self, model: nn.Module, base: dict) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from normx_track.attribution.normxlogit import eval_mode, model_device
+from normx_track.attribution.normxlogit import eval_mode, model_device, padding_inputs
 
 __all__ = ["continuation_logprobs", "logprobs_from_states"]
 
@@ -51,10 +51,8 @@ def _batch(model: nn.Module, contexts, continuations, pad_id: int) -> np.ndarray
     for b, row in enumerate(rows):
         ids[b, : len(row)] = torch.tensor(row)
     ids = ids.to(device)
-    # Rows are right-padded and only real positions are read: in a causal LM they never
-    # see the pads after them, so no attention mask is needed (the mask-free attention
-    # path is several times faster).
-    states = model.base_model(input_ids=ids, use_cache=False)[0]
+    mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+    states = model.base_model(input_ids=ids, use_cache=False, **padding_inputs(mask))[0]
     return logprobs_from_states(model, states, ids, [len(c) for c in contexts],
                                 [len(x) for x in continuations])
 
