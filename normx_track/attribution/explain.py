@@ -41,7 +41,7 @@ import torch
 from normx_track.record import checkpoint_loader as checkpoints
 from normx_track.attribution.normxlogit import attribute, context_size
 from normx_track.errors import InputError
-from normx_track.record.store import read_json
+from normx_track.record.store import read_json, vocab_hash
 from normx_track.probes.files import continuation_tokens
 
 __all__ = ["ExplainError", "Explanation", "explain", "format_table", "load_tokenizer", "main",
@@ -73,6 +73,21 @@ def _recorded_tokenizer(run_dir: Path) -> Path:
     """Our training runs name their data cache (with its tokenizer) in the record."""
     meta = read_json(run_dir, "meta.json") or {}
     return Path(meta.get("data_dir", run_dir / "no_record")) / "tokenizer"
+
+
+def check_run_tokenizer(checkpoint: str | Path, tokenizer) -> None:
+    """A tokenizer given for a checkpoint of one of our runs must be the run's own: one of
+    another corpus, even of the same size, maps ids to other words. The run's meta.json
+    records its vocabulary's hash."""
+    run_dir = Path(checkpoint).parent.parent
+    recorded = (read_json(run_dir, "meta.json") or {}).get("vocab_hash")
+    if Path(checkpoint).suffix != ".ckpt" or not recorded:
+        return
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    if vocab_hash([by_id.get(i, "") for i in range(len(tokenizer))]) != recorded:
+        raise ExplainError(f"--tokenizer: not the tokenizer of the run {run_dir} (its "
+                           "vocabulary differs from the one normx/meta.json records); leave "
+                           "--tokenizer out to use the run's own")
 
 
 def load_tokenizer(checkpoint: str | Path, tokenizer: str | Path | None = None):
@@ -326,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = checkpoints.load_model(args.checkpoint).model
         tokenizer = load_tokenizer(args.checkpoint, args.tokenizer)
+        if args.tokenizer is not None:
+            check_run_tokenizer(args.checkpoint, tokenizer)
         e = explain(model, tokenizer, args.text, args.target, args.foil, args.layer,
                     args.norm_factor)
         print(f"checkpoint: {args.checkpoint}")

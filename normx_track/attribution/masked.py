@@ -18,7 +18,7 @@ Heads
   explained position is [CLS] (0) and it is not attributed.
   Regression heads: LogAt_i = -|head(h_i) - y_hat|, as for causal classifiers.
 
-Conventions (shared with `normxlogit.attribute`, whose `Attribution` this returns)
+Conventions (shared with `normxlogit.attribute`, whose `AttributionScores` this returns)
 -----------------------------------------------------------------------------------
 * The explained position t of a masked LM is a [MASK] position and must be given (the
   model does not know its tokenizer's mask id); y defaults to the argmax there.
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from normx_track.attribution.normxlogit import (
-    _NORM_FACTORS, Attribution, Ids, Layers, _attribution, _explained_position, _layer_ids,
+    _NORM_FACTORS, AttributionScores, Ids, Layers, _attribution, _explained_position, _layer_ids,
     eval_mode)
 
 __all__ = ["attribute_masked", "attribute_masked_many", "encoder_context_size", "encoder_head",
@@ -154,7 +154,7 @@ def attribute_masked(
     foil: Ids = None,
     layers: Layers = "last",
     norm_factor: str = "word_embedding",
-) -> Attribution:
+) -> AttributionScores:
     """LogAt, NormXLogit and the norm factor of every real position but t, for the
     prediction at the [MASK] position ``position`` (masked LM; a scalar or one per row) or
     the classifier's output (``position`` defaults to [CLS], 0). ``target``/``foil``: token
@@ -171,7 +171,7 @@ def attribute_masked_many(
     attention_mask: Tensor | None = None,
     layers: Layers = "last",
     norm_factor: str = "word_embedding",
-) -> list[Attribution]:
+) -> list[AttributionScores]:
     """`attribute_masked` for several ``(target, foil, position)`` choices from the same
     forward pass (e.g. the good word, and good against bad, at one mask)."""
     if norm_factor not in _NORM_FACTORS:

@@ -9,7 +9,7 @@ layer l,
 
 Public API
 ----------
-``attribute(model, input_ids, ...) -> Attribution``  everything from ONE forward pass.
+``attribute(model, input_ids, ...) -> AttributionScores``  everything from ONE forward pass.
 ``attribute_many(model, input_ids, explain=[(target, foil), ...])``  several choices, same pass.
 ``logat(...)`` / ``normxlogit(...)``                 thin wrappers returning [B, T].
 ``embedding_norms(model) -> {"input": [V], ("output": [V])}``
@@ -21,7 +21,7 @@ Conventions
   so left- and right-padded batches both work; position ids are rebuilt from the mask so a
   padded row scores exactly like the sequence alone.
 * Only positions i <= t that are real tokens are attributed; every other entry is NaN
-  (``Attribution.mask`` says which are real). NaN rather than 0 so that a forgotten mask
+  (``AttributionScores.mask`` says which are real). NaN rather than 0 so that a forgotten mask
   fails loudly instead of silently ranking pads.
 * The model kind is dispatched automatically: a model with output embeddings is a causal
   LM; one without, but with a ``score``/``classifier`` head, is a sequence classifier
@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "Attribution",
+    "AttributionScores",
     "attribute",
     "context_size",
     "embedding_norms",
@@ -79,7 +79,7 @@ _NORM_FACTORS = ("word_embedding", "embedding_output")
 
 
 @dataclass
-class Attribution:
+class AttributionScores:
     """Scores from one forward pass. [B, T] tensors are NaN where ``mask`` is False."""
 
     logat: Tensor  # [B, T] last layer
@@ -328,7 +328,7 @@ def attribute(
     layers: Layers = "last",
     norm_factor: str = "word_embedding",
     position: Ids = None,
-) -> Attribution:
+) -> AttributionScores:
     """LogAt, NormXLogit and the norm factor for every position, from one forward pass.
 
     ``target``/``foil``: token ids (LM) or classes (classifier), a scalar or one per row.
@@ -349,7 +349,7 @@ def attribute_many(
     layers: Layers = "last",
     norm_factor: str = "word_embedding",
     position: Ids = None,
-) -> list[Attribution]:
+) -> list[AttributionScores]:
     """`attribute` for several ``(target, foil)`` choices from the same single forward
     pass, e.g. ``[(good, None), (good, bad)]``: the word, and the word against its foil.
     A choice may carry its own explained position as a third entry, ``(target, foil,
@@ -393,7 +393,7 @@ def attribute_many(
 
 
 def _attribution(kind: str, head: nn.Module, final: Tensor, lens: list[tuple[int, Tensor]],
-                 valid: Tensor, norm: Tensor, t: Tensor, target: Ids, foil: Ids) -> Attribution:
+                 valid: Tensor, norm: Tensor, t: Tensor, target: Ids, foil: Ids) -> AttributionScores:
     """One (target, foil, position) choice's scores from the shared forward pass."""
     final_t = final[torch.arange(final.shape[0], device=final.device), t]
     logits, target_ids, foil_ids, score = _scorer(kind, head, final_t, target, foil)
@@ -404,7 +404,7 @@ def _attribution(kind: str, head: nn.Module, final: Tensor, lens: list[tuple[int
     if lens:
         per_layer = torch.stack([last if z is final else torch.where(valid, score(z), nan)
                                  for _, z in lens])
-    return Attribution(
+    return AttributionScores(
         logat=last,
         normxlogit=norm * last,
         norm=norm,

@@ -12,11 +12,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["RecordWriteError", "atomic_open", "atomic_save_npz", "atomic_write_json"]
+__all__ = ["AtomicWriteError", "atomic_open", "atomic_save_npz", "atomic_write_json"]
 
 
-class RecordWriteError(OSError):
-    """A record file could not be written; the previous version is intact."""
+class AtomicWriteError(OSError):
+    """A file (record file or checkpoint) could not be written; its previous version is
+    intact."""
 
 
 @contextmanager
@@ -34,8 +35,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         _fsync_folder(path.parent)  # the rename itself survives a power cut
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise RecordWriteError(err.errno, f"could not write {path} ({err.strerror or err}); "
+        if isinstance(err, OSError) and not isinstance(err, AtomicWriteError):
+            raise AtomicWriteError(err.errno, f"could not write {path} ({err.strerror or err}); "
                                               "the previous version is intact") from err
         raise
 
