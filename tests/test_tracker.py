@@ -23,7 +23,7 @@ from normx_track import NormTracker, compute_gold
 from normx_track.record import store as records
 from normx_track.tracker.lightning import batch_input_ids, snapshot_schedule
 from normx_track.gold.statistics import GoldStatistics
-from normx_track.record.store import RecordWriteError, RecordWriter, read_metrics
+from normx_track.record.store import AtomicWriteError, RecordWriter, read_metrics
 
 MIN_COUNT = 2  # tracker.min_count in TINY
 
@@ -210,7 +210,7 @@ def test_failed_writes_leave_the_previous_record_intact(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(records.np, "savez", disk_full)
-    with pytest.raises(RecordWriteError, match="No space left on device.*previous version is intact"):
+    with pytest.raises(AtomicWriteError, match="No space left on device.*previous version is intact"):
         writer.write_snapshot(1, {"input_norm": np.zeros(4)})
     monkeypatch.undo()
     np.testing.assert_array_equal(records.load_snapshot(writer.dir / "snapshots" / "step_00000001.npz")["input_norm"], np.arange(4.0))
@@ -223,7 +223,7 @@ def test_failed_writes_leave_the_previous_record_intact(tmp_path, monkeypatch):
         return handle
 
     monkeypatch.setattr(records.os, "fdopen", failing_fdopen)
-    with pytest.raises(RecordWriteError):
+    with pytest.raises(AtomicWriteError):
         writer.append_metrics({"step": 2, "normx/x": 0.7})
     monkeypatch.undo()
     assert (writer.dir / "metrics.jsonl").read_bytes() == before
@@ -302,7 +302,7 @@ def test_disk_full_mid_training_stops_with_the_file_named_and_keeps_the_record(
         real_savez(handle, **arrays)
 
     monkeypatch.setattr(records.np, "savez", savez_until_full)
-    with pytest.raises(RecordWriteError, match=r"step_00000003\.npz.*No space left.*intact"):
+    with pytest.raises(AtomicWriteError, match=r"step_00000003\.npz.*No space left.*intact"):
         fit_plain(tmp_path, PlainLM(50, tie=True), NormTracker(gold, every_n_steps=3, min_count=1))
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2]
     snapshots = records.list_snapshots(tmp_path)
