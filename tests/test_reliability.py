@@ -271,7 +271,7 @@ def test_a_failed_resume_leaves_the_job_files_and_the_sweep_grouping_alone(tiny_
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     # A resume that builds another model than the checkpoint's says which settings differ.
     last = proc.stderr.strip().splitlines()[-1]
-    assert "last.ckpt: its weights do not fit this run's model (n_layer: 1 -> 3" in last, last
+    assert "last.ckpt: its weights do not fit this run's model (model.n_layer: 1 -> 3" in last, last
     assert (job / ".hydra" / "overrides.yaml").read_bytes() == before
     (run,) = load_sweep(sweep)
     assert run.setting("model.n_layer") == "1"  # what the record ran with

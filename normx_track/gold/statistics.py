@@ -32,12 +32,19 @@ import dataclasses
 import hashlib
 import math
 import os
+import zipfile
+import zlib
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from normx_track.errors import InputError
 from normx_track.record.atomic import atomic_open
+
+
+class GoldFileError(InputError):
+    """A gold.npz that cannot be read; the message names the file."""
+
 
 SIGNALS = ("counts", "self_information", "information_gain",
            "information_gain_corrected", "function_word")
@@ -332,10 +339,22 @@ class GoldStatistics:
 
     @classmethod
     def load(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "GoldStatistics":
-        """Read a file written by :meth:`save`; reject arrays not of length ``vocab_size``."""
-        with np.load(path) as z:
-            arrays = {s: z[s] for s in SIGNALS if s in z.files}
-            window, n_tokens, seed = (int(v) for v in z["_meta"])
+        """Read a file written by :meth:`save`; reject arrays not of length ``vocab_size``.
+        A damaged file, or one holding Python objects (never unpickled), raises
+        `GoldFileError` naming it."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {s: z[s] for s in SIGNALS if s in z.files}
+                window, n_tokens, seed = (int(v) for v in z["_meta"])
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
+                zlib.error) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if "pickle" in reason:  # numpy's text would advise allow_pickle=True: never
+                reason = "damaged, or holding Python objects rather than plain arrays"
+            raise GoldFileError(f"{os.fspath(path)}: not a readable gold file ({reason})"
+                                ) from None
         missing = {"counts", "self_information", "information_gain"} - arrays.keys()
         if missing:
             raise ValueError(f"gold file {os.fspath(path)!r} lacks {sorted(missing)}")
