@@ -30,7 +30,7 @@ from normx_track.gold.metrics import correlations as _correlations
 
 from . import figures as F
 from . import robustness
-from .load import Run, cli_load_run, cli_warnings
+from .load import Run, cli_load_run, cli_warnings, unwritable
 
 FIGURES = ("correlations", "frequency_control", "beyond_frequency", "frequency_deciles",
            "function_content", "evidence_by_layer", "evidence", "faithfulness")
@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         if run is None:
             return 2
         out = args.out or args.run_dir / "figures"
+        problem = unwritable(out, default=args.out is None)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         F.write_all(build_figures(run, args.log_steps), out, args.formats)
         table = robustness.min_count_table(run)
         if not table.empty:

@@ -36,7 +36,7 @@ from normx_track.gold import emergence as E  # noqa: E402
 from normx_track.keys import correlation_key  # noqa: E402
 
 from . import figures as F  # noqa: E402
-from .load import Run, cli_load_run, cli_warnings  # noqa: E402
+from .load import Run, cli_load_run, cli_warnings, non_negative_int, unwritable  # noqa: E402
 
 GOLD_COLUMNS = ("self_information", "information_gain", "information_gain_corrected")
 ORDER_SIGNALS = ("information_gain", "information_gain_corrected")
@@ -237,7 +237,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a run's output dir (holding normx/)")
     p.add_argument("--band", type=float, default=E.DEFAULT_BAND,
                    help="settled = within +-BAND percentile points of the final rank (10)")
-    p.add_argument("--min-count", type=int, help="types seen at least this often (the run's)")
+    p.add_argument("--min-count", type=non_negative_int,
+                   help="types seen at least this often (the run's)")
     p.add_argument("--out", type=Path, help="output dir (default RUN_DIR/figures)")
     p.add_argument("--top", type=int, default=15, help="tokens listed settling first/last")
     p.add_argument("--n-perm", type=int, default=E.DEFAULT_N_PERM,
@@ -260,9 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         run = cli_load_run(args.run_dir)
         if run is None:
             return 2
+        out = args.out or args.run_dir / "figures"
+        problem = unwritable(out, default=args.out is None)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         tables, figures = build(run, args.band, args.min_count, n_perm=args.n_perm,
                                 seed=args.seed)
-        write(tables, figures, args.out or args.run_dir / "figures", args.formats)
+        write(tables, figures, out, args.formats)
         if "emergence" in tables:
             first, last = first_and_last(tables["emergence"], args.top)
             print("settle first:", ", ".join(map(repr, first["token"])))

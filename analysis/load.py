@@ -8,6 +8,8 @@ gaps. The record readers themselves are `normx_track.record.store`'.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import re
 import sys
 import warnings
@@ -203,6 +205,25 @@ def cli_load_run(path: str | Path) -> Run | None:
     except NoRecordError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
+
+
+def unwritable(out: str | Path, default: bool) -> str | None:
+    """Why the command line cannot write to `out` (None: it can): checked before any work.
+    `default`: `out` is the run's own folder, not one given with --out."""
+    out = Path(out)
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    hint = "; pass --out DIR to write elsewhere" if default else ""
+    return f"{existing}: cannot write there (read-only or not a folder){hint}"
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a count such as --min-count."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def find_runs(multirun_dir: str | Path) -> list[Path]:

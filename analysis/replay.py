@@ -15,15 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-from normx_track.tracker.lightning import vocab_hash
+from normx_track.tracker.core import vocab_hash
 from normx_track.probes.base import run_probes
 from normx_track.record.checkpoint_loader import CheckpointError, LoadedModel, load_model
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.record.store import (RecordLock, RecordLockedError, RecordWriter, read_json,
                                  record_dir, set_aside)
 from normx_track.tracker.snapshot import NormMetrics, norm_arrays
+from normx_track.training.config import TrackerConfig
 from normx_track.training.tracker_factory import probes_for_record
 
 
@@ -74,13 +77,41 @@ def _measure(loaded: list[LoadedModel], gold: GoldStatistics, out: Path, min_cou
     return written
 
 
+def _read_like(like: Path, name: str, required: bool = True) -> Any:
+    """A JSON file of the --like run's record: a missing or unreadable one is named."""
+    path = record_dir(like) / name
+    if not path.exists():
+        if not required:
+            return None
+        raise SystemExit(f"replay: {path}: no such file; is {like} a normx run dir?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"replay: {path}: unreadable ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def _known_tracker_keys(meta: dict, like: Path) -> dict:
+    """meta.json from another version may name tracker settings this one lacks: ignored,
+    and said, rather than failing to build the probes."""
+    tracker = (meta.get("config") or {}).get("tracker")
+    if not isinstance(tracker, dict):
+        return meta
+    known = {f.name for f in fields(TrackerConfig)}
+    unknown = sorted(set(tracker) - known)
+    if not unknown:
+        return meta
+    print(f"replay: warning: {record_dir(like) / 'meta.json'}: tracker setting(s) {unknown} "
+          "unknown to this version of normx-track; ignored", file=sys.stderr)
+    config = {**meta["config"], "tracker": {k: v for k, v in tracker.items() if k in known}}
+    return {**meta, "config": config}
+
+
 def _settings(args: argparse.Namespace) -> tuple[GoldStatistics, list[str] | None, int, dict]:
     if args.like:
-        meta = read_json(args.like, "meta.json")
-        if meta is None:
-            raise SystemExit(f"{record_dir(args.like)}: no meta.json; is this a normx run dir?")
+        meta = _known_tracker_keys(_read_like(args.like, "meta.json"), args.like)
         gold = GoldStatistics.load(record_dir(args.like) / "gold.npz")
-        vocab = read_json(args.like, "vocab.json")
+        vocab = _read_like(args.like, "vocab.json", required=False)
         min_count = args.min_count or meta.get("tracker", {}).get("min_count", 10)
         return gold, vocab, min_count, {**meta, "replay_of": str(args.like)}
     if not args.gold:

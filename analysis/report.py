@@ -31,7 +31,7 @@ from normx_track.keys import auroc_key, correlation_key
 from . import robustness
 from .curves import build_figures
 from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, load_run,
-                   load_sweep, no_record_message)
+                   load_sweep, no_record_message, unwritable)
 from .sweep import build_sweep, emergence_summary
 
 # The summary's metrics: plain and frequency-controlled Spearman side by side, the AUROC,
@@ -327,6 +327,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    out = args.out or args.path / "report.html"
+    problem = unwritable(out.parent, default=args.out is None)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     with cli_warnings():
         try:
             if has_record(args.path):
@@ -341,7 +346,6 @@ def main(argv: list[str] | None = None) -> int:
         except NoRecordError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    out = args.out or args.path / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(f"wrote {out} ({len(text) // 1024} KiB)")

@@ -9,6 +9,7 @@ back as NaN.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -26,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from normx_track.errors import InputError
-from normx_track.record.atomic import RecordWriteError, atomic_open, atomic_save_npz, atomic_write_json
+from normx_track.record.atomic import AtomicWriteError, atomic_open, atomic_save_npz, atomic_write_json
 
-__all__ = ["RecordLock", "RecordLockedError", "RecordWriteError", "RecordWriter", "RunFolderError",
-           "check_run_folder", "list_snapshots",
+__all__ = ["RecordLock", "RecordLockedError", "AtomicWriteError", "RecordWriter", "RunFolderError",
+           "check_run_folder", "list_snapshots", "vocab_hash",
            "load_snapshot", "read_json", "read_metrics", "record_dir", "set_aside", "aside_name"]
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,13 @@ def _stale(owner: dict[str, Any], host: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def vocab_hash(vocab: list[str] | None) -> str | None:
+    """The record's fingerprint of a vocabulary (token strings by id), as meta.json has it."""
+    if vocab is None:
+        return None
+    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
 
 
 def snapshot_path(record_dir: Path, step: int) -> Path:

@@ -17,26 +17,34 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
+import logging
+
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from normx_track.training.config import DataConfig
-from normx_track.training.data.sources import load_texts
+from normx_track.training.data.sources import DataSourceError, load_texts
 from normx_track.training.data.synthetic import SyntheticConfig, generate_corpus, write_corpus
 from normx_track.training.data.tokenizer import get_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class BlockDataset(Dataset):
     """Non-overlapping blocks of `block_size` tokens from a flat token file."""
 
-    def __init__(self, path: Path, block_size: int):
+    def __init__(self, path: Path, block_size: int, split: str = "training"):
+        n_tokens = path.stat().st_size // np.dtype(np.int32).itemsize
+        if n_tokens < block_size:  # (numpy cannot even map an empty file)
+            raise DataSourceError(
+                f"the {split} split holds {n_tokens} tokens, fewer than one block "
+                f"(data.block_size={block_size}); give more documents"
+                + (" or a larger data.val_fraction" if split == "validation" else "")
+                + " or use smaller blocks")
         self.tokens = np.memmap(path, dtype=np.int32, mode="r")
         self.block_size = block_size
-        if len(self.tokens) < block_size:
-            raise ValueError(f"{path} holds {len(self.tokens)} tokens, fewer than one block "
-                             f"(data.block_size={block_size}); use more data or smaller blocks")
 
     def __len__(self) -> int:
         return len(self.tokens) // self.block_size
@@ -139,6 +147,11 @@ class TextDataModule(L.LightningDataModule):
             syn = SyntheticConfig(**asdict(self.cfg.synthetic), seed=self.seed)
             synthetic_files = write_corpus(generate_corpus(syn), out / "synthetic")
         texts = load_texts(self.cfg, synthetic_files)
+        if len(texts) < 2:
+            raise DataSourceError(
+                f"{', '.join(self.cfg.files) or self.cfg.source}: {len(texts)} document, but "
+                "training and validation need one each at least (a .txt file is one document "
+                "a line; data.val_fraction of them validate)")
         order = np.random.default_rng(self.seed).permutation(len(texts))
         n_val = max(1, int(len(texts) * self.cfg.val_fraction)) if len(texts) > 1 else 0
         val_docs, train_docs = order[:n_val], order[n_val:]
@@ -151,6 +164,7 @@ class TextDataModule(L.LightningDataModule):
         self._write_tokens(tokenizer, [texts[i] for i in val_docs], out / "val.bin")
         info = {"n_documents": len(texts), "n_train_documents": len(train_docs),
                 "n_train_tokens": int(lengths.sum()), "vocab_size": len(tokenizer),
+                "vocab_size_requested": self.cfg.vocab_size,
                 "config": asdict(self.cfg), "seed": self.seed}
         (out / "info.json").write_text(json.dumps(info, indent=2))
 
@@ -172,7 +186,12 @@ class TextDataModule(L.LightningDataModule):
         from transformers import AutoTokenizer
         self.tokenizer = AutoTokenizer.from_pretrained(self.dir / "tokenizer")
         self.train_set = BlockDataset(self.dir / "train.bin", self.cfg.block_size)
-        self.val_set = BlockDataset(self.dir / "val.bin", self.cfg.block_size)
+        self.val_set = BlockDataset(self.dir / "val.bin", self.cfg.block_size, "validation")
+        if self.cfg.tokenizer == "bpe" and self.vocab_size > self.cfg.vocab_size:
+            log.warning("data.vocab_size=%d is below what a byte-level BPE can have (its 256 "
+                        "bytes and the end-of-text token): the tokenizer has %d tokens (both "
+                        "numbers are in meta.json: config.data.vocab_size, vocab_size)",
+                        self.cfg.vocab_size, self.vocab_size)
 
     @property
     def vocab_size(self) -> int:
