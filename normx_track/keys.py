@@ -22,6 +22,11 @@ def auroc_key(prefix: str = PREFIX) -> str:
     return f"{prefix}auroc/function_word"
 
 
+# How many types (count >= min_count) the function-word labels put in each class:
+# label "function", "content" or "unlabelled" (word pieces, placeholders, names, ...).
+FUNCTION_WORD_N = "normx/function_word/n_{label}"
+
+
 def norm_key(stat: str, prefix: str = PREFIX) -> str:
     """e.g. normx/norm/mean, normx/norm/n_nonfinite, normx/norm/bucket_00/mean"""
     return f"{prefix}norm/{stat}"

@@ -200,8 +200,13 @@ def test_function_word_labels():
     surfaces = [" the", "The", " cat", "ing", ",", "<|endoftext|>", " ", " 1990", " Of ", "\n",
                 "\u2019", "\ufffd", "\u010a"]
     labels = function_word_labels(surfaces, {"the", "of"})
+    # no corpus: tokens without a word-start mark ("The", "ing", "Ċ") may be pieces
     np.testing.assert_array_equal(
-        labels, [1, 1, 0, 0, np.nan, np.nan, np.nan, np.nan, 1, np.nan, np.nan, np.nan, 0])
+        labels, [1, np.nan, 0, np.nan, np.nan, np.nan, np.nan, np.nan, 1, np.nan, np.nan, np.nan,
+                 np.nan])
+    # with a corpus: "The" begins its document, "ing" continues " cat"
+    labels = function_word_labels(surfaces, {"the", "of"}, [np.array([1, 2, 3, 0, 2])])
+    np.testing.assert_array_equal(labels[:4], [1, 1, 0, np.nan])
 
 
 WORDS = {" cat": [7], "cat": [7], " dog": [3], " big": [9], "big": [9], " unbelievable": [4, 5],

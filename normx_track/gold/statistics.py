@@ -7,7 +7,7 @@ Signals are arrays of length V indexed by token id:
   +-W tokens inside documents; NaN for tokens without co-occurrences.
 - ``information_gain_corrected``: information_gain minus the same KL computed on a seeded
   shuffle of the stream (see :func:`shuffle_documents`).
-- ``function_word``: 1.0 / 0.0 / NaN labels (see :func:`function_word_labels`).
+- ``function_word``: 1.0 / 0.0 / NaN labels on whole words (see :func:`function_word_labels`).
 
 How the co-occurrence KL is computed fast (no Python loop over tokens)
 -----------------------------------------------------------------------
@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from normx_track.errors import InputError
+from normx_track.gold.word_labels import label_function_words
 from normx_track.record.atomic import atomic_open
 
 
@@ -410,28 +411,19 @@ def cache_key(*parts: str | bytes | int) -> str:
 
 
 # ------------------------------------------------------------ labels and lexicons
-def function_word_labels(surfaces: Sequence[str], function_words: set[str]) -> np.ndarray:
+def function_word_labels(surfaces: Sequence[str], function_words: Iterable[str],
+                         documents: Iterable[np.ndarray] | None = None, *,
+                         tokens: Sequence[str] | None = None,
+                         special_ids: Iterable[int] = ()) -> np.ndarray:
     """Float [V]: 1.0 function word, 0.0 content word, NaN neither.
 
-    ``surfaces`` holds each token's text as the tokenizer decodes it alone
-    (:func:`normx_track.training.data.tokenizer.surface_forms`), not its vocabulary string: GPT-2's
-    byte-level vocabulary spells a newline "Ċ" and a curly quote "âĢĻ", which look
-    alphabetic. A token is stripped of whitespace and lowercased, then labelled 1.0 if it
-    is in ``function_words`` (compared lowercased), 0.0 if it is alphabetic
-    (``str.isalpha``) and not in the set, and NaN otherwise: punctuation, digits,
-    whitespace, partial UTF-8 bytes and special tokens such as ``<|endoftext|>`` say
-    nothing about the function/content contrast. Word-internal pieces (e.g. "ing") are
-    alphabetic and count as content; labelling them is left to the caller's vocabulary.
+    Labels sit on whole words: from each type's occurrences in ``documents`` (the gold
+    statistics stream) when given, else from its decoded text and word-start mark; see
+    :mod:`normx_track.gold.word_labels` (which also gives each type's reason and the
+    class counts, `label_function_words`).
     """
-    lexicon = {w.lower() for w in function_words}
-    labels = np.full(len(surfaces), np.nan)
-    for i, surface in enumerate(surfaces):
-        word = surface.strip().lower()
-        if word in lexicon:
-            labels[i] = 1.0
-        elif word.isalpha():
-            labels[i] = 0.0
-    return labels
+    return label_function_words(surfaces, function_words, documents, tokens=tokens,
+                                special_ids=special_ids).labels
 
 
 class LexiconError(InputError):

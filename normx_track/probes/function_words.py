@@ -7,9 +7,13 @@ pass a file (``tracker.function_words=FILE``: words separated by whitespace or n
 reference grammars define them (Quirk et al. 1985, *A Comprehensive Grammar of the English
 Language*; Biber et al. 1999, *Longman Grammar of Spoken and Written English*):
 determiners and quantifiers, pronouns, prepositions, conjunctions, auxiliary and modal
-verbs, and the particles ``not``/``to``/existential ``there``, plus the clitics a byte-level
-BPE splits off ("'s", "n't", ...). Adverbs and other open-class words are left out on
-purpose, even frequent ones ("very", "just"): the signal separates closed from open class.
+verbs, and the particles ``not``/``to``/existential ``there``, plus the clitics as a
+byte-level BPE splits them off: "'s", "'re", "'ve", "'ll", "'d", "'m", and both "n't" and
+"'t" (GPT-2's rule splits "don't" as "don" + "'t"). Labels sit on whole words and on
+clitics as their tokens occur (`normx_track.gold.word_labels`). "I" is listed with its
+capital: a word listed so is always capitalised, so it is never taken for a proper noun.
+Adverbs and other open-class words are left out on purpose, even frequent ones ("very",
+"just"): the signal separates closed from open class.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ class FunctionWordsError(InputError):
 _DETERMINERS = """a an the this that these those my your his her its our their some any no
     every each either neither all both half several many much more most few fewer less
     least enough such what which whose whatever whichever another other"""
-_PRONOUNS = """i me myself we us ourselves you yourself yourselves he him himself she
+_PRONOUNS = """I me myself we us ourselves you yourself yourselves he him himself she
     herself it itself they them themselves mine yours hers ours theirs one ones someone
     somebody something anyone anybody anything everyone everybody everything nobody
     nothing none who whom whoever whomever"""
@@ -40,7 +44,7 @@ _CONJUNCTIONS = """and but or nor so yet because although though while whereas i
     whether once lest when whenever where wherever"""
 _AUXILIARIES = """be am is are was were been being have has had having do does did doing
     will would shall should can could may might must ought"""
-_PARTICLES = """not there 's 're 've 'll 'd 'm n't"""
+_PARTICLES = """not there 's 're 've 'll 'd 'm n't 't"""
 
 ENGLISH: frozenset[str] = frozenset(
     " ".join((_DETERMINERS, _PRONOUNS, _PREPOSITIONS, _CONJUNCTIONS, _AUXILIARIES,
