@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from analysis.replay import main as replay
-from conftest import ROOT, TINY, run_train, subprocess_env
+from conftest import ROOT, TINY, run_train, subprocess_env, train_in_one_process
 from normx_track.record import store as records
 from normx_track.tracker.lightning import NormTracker, tracker_state
 from normx_track.record.checkpoint_writer import AtomicCheckpointIO
 from normx_track.training.config import Config, ConfigError, TrackerConfig, validate
 from normx_track.gold.statistics import GoldStatistics, compute_gold
-from normx_track.record.store import RecordLock, RecordLockedError, RecordWriteError, read_metrics
+from normx_track.record.store import RecordLock, RecordLockedError, AtomicWriteError, read_metrics
 
 QUICK = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=1",
                                                                      "logger=none"]
@@ -99,49 +99,39 @@ CASES = [
 ]
 
 
-# Each case is `python train.py <overrides>` as a user would run it; all cases run in one
-# driver process (Hydra's main called once per case) so the imports are paid once.
-DRIVER = textwrap.dedent("""
-    import contextlib, io, json, runpy, sys
-    results = {{}}
-    for case, argv in json.load(open({cases!r})).items():
-        sys.argv = ["train.py", *argv]
-        err = io.StringIO()
-        code = 0
-        with contextlib.redirect_stderr(err):
-            try:
-                runpy.run_path({root!r} + "/train.py", run_name="__main__")
-            except SystemExit as exit:
-                code = exit.code if isinstance(exit.code, int) else 1
-            except BaseException as exc:  # a traceback would reach the user
-                import traceback
-                traceback.print_exc()
-                code = 1
-        results[case] = {{"code": code, "stderr": err.getvalue()}}
-    json.dump(results, open({out!r}, "w"))
-""")
+# Every `python train.py` run of this module whose process is not the point (the bad inputs,
+# the resumes below) runs in one driver process, planned here and run before the tests that
+# read it; these tests share one xdist worker, which runs the driver once.
+DRIVEN = pytest.mark.xdist_group("test_reliability_driver")
+
+
+def plan_bad_inputs(tmp: Path) -> dict[str, list[str]]:
+    files = bad_files(tmp)
+    return {case: [*QUICK, *overrides(files), f"hydra.run.dir={tmp / 'runs' / str(i)}"]
+            for i, (case, overrides, _) in enumerate(CASES)}
 
 
 @pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory, cache_dir) -> dict[str, dict]:
-    tmp = tmp_path_factory.mktemp("bad")
-    files = bad_files(tmp)
-    cases = {case: [*QUICK, *overrides(files), f"hydra.run.dir={tmp / 'runs' / str(i)}"]
-             for i, (case, overrides, _) in enumerate(CASES)}
-    (tmp / "cases.json").write_text(json.dumps(cases))
-    script = tmp / "driver.py"
-    script.write_text(DRIVER.format(root=str(ROOT), cases=str(tmp / "cases.json"),
-                                    out=str(tmp / "results.json")))
-    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env=subprocess_env(cache_dir))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((tmp / "results.json").read_text())
+def driven(tmp_path_factory, cache_dir, tiny_run) -> tuple[Path, dict[str, dict]]:
+    """(the folder the planned runs use, each run's exit code, stdout and stderr)."""
+    tmp = tmp_path_factory.mktemp("driven")
+    plan = plan_bad_inputs(tmp)
+    for planner in (plan_truncated_checkpoint, plan_resume_without_an_override,
+                    plan_moved_run, plan_failed_resume):
+        plan.update(planner(tmp, tiny_run))
+    return tmp, train_in_one_process(cache_dir, plan)
 
 
+def succeeded(result: dict) -> dict:
+    assert result["code"] == 0, f"train.py failed ({result['code']}):\n{result['stderr'][-4000:]}"
+    return result
+
+
+@DRIVEN
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_naming_it_with_exit_2(case, bad_runs, cache_dir):
+def test_bad_input_is_one_line_naming_it_with_exit_2(case, driven, cache_dir):
     name, _, expected = case
-    result = bad_runs[name]
+    result = driven[1][name]
     assert result["code"] == 2, result["stderr"][-2000:]
     assert "Traceback" not in result["stderr"], result["stderr"][-2000:]
     last = result["stderr"].strip().splitlines()[-1]
@@ -160,20 +150,20 @@ def test_one_bad_input_through_a_real_process(cache_dir, tmp_path):
 
 
 def test_the_error_that_names_the_file_is_the_one_reported():
-    """A full disk stops a snapshot (RecordWriteError), then the CSV logger fails as
+    """A full disk stops a snapshot (AtomicWriteError), then the CSV logger fails as
     Lightning shuts down: train.py reports the first, not the later traceback."""
     import train
 
     try:
         try:
-            raise RecordWriteError(28, "could not write run/normx/metrics.jsonl (No space left "
+            raise AtomicWriteError(28, "could not write run/normx/metrics.jsonl (No space left "
                                        "on device); the previous version is intact")
-        except RecordWriteError:
+        except AtomicWriteError:
             raise OSError(28, "No space left on device: csv/metrics.csv")
     except OSError as err:
-        cause = train.user_facing(err, (RecordWriteError,))
-    assert isinstance(cause, RecordWriteError) and "metrics.jsonl" in str(cause)
-    assert train.user_facing(ValueError("x"), (RecordWriteError,)) is None
+        cause = train.user_facing(err, (AtomicWriteError,))
+    assert isinstance(cause, AtomicWriteError) and "metrics.jsonl" in str(cause)
+    assert train.user_facing(ValueError("x"), (AtomicWriteError,)) is None
 
 
 def test_stats_tokens_zero_is_rejected_and_null_means_the_whole_stream():
@@ -182,30 +172,44 @@ def test_stats_tokens_zero_is_rejected_and_null_means_the_whole_stream():
     validate(Config(tracker=TrackerConfig(stats_tokens=None)))
 
 
-def test_truncated_checkpoint_on_resume_is_named(tiny_run, cache_dir, tmp_path):
-    run = tmp_path / "run"
+def plan_truncated_checkpoint(tmp: Path, tiny_run: Path) -> dict[str, list[str]]:
+    run = tmp / "truncated"
     (run / "checkpoints").mkdir(parents=True)
     whole = (tiny_run / "checkpoints" / "step_00000004.ckpt").read_bytes()
     (run / "checkpoints" / "last.ckpt").write_bytes(whole[: len(whole) // 2])
-    proc = run_train(cache_dir, *QUICK, "ckpt_path=last", f"hydra.run.dir={run}", check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "last.ckpt: cannot read checkpoint" in proc.stderr.strip().splitlines()[-1]
+    return {"truncated": [*QUICK, "ckpt_path=last", f"hydra.run.dir={run}"]}
+
+
+@DRIVEN
+def test_truncated_checkpoint_on_resume_is_named(driven):
+    proc = driven[1]["truncated"]
+    assert proc["code"] == 2 and "Traceback" not in proc["stderr"]
+    assert "last.ckpt: cannot read checkpoint" in proc["stderr"].strip().splitlines()[-1]
 
 
 # -- resume whatever the settings ------------------------------------------------------------
-def test_resume_without_repeating_an_override_continues_the_same_record(cache_dir, tmp_path):
+def plan_resume_without_an_override(tmp: Path, tiny_run: Path) -> dict[str, list[str]]:
+    run = tmp / "forgot_override"
+    base = [o for o in TINY if not o.startswith("tracker.every_n_steps")] + ["logger=none"]
+    return {"every 2": [*base, "tracker.every_n_steps=2", "tracker.log_spaced=false",
+                        f"hydra.run.dir={run}"],
+            "every 2, as it was": ["--copy", str(run / "normx"), str(tmp / "forgot_first" / "normx")],
+            "every 2, resumed": [*base, "tracker.log_spaced=false", "trainer.max_steps=12",
+                                 f"ckpt_path={run / 'checkpoints' / 'step_00000004.ckpt'}",
+                                 f"hydra.run.dir={run}"]}
+
+
+@DRIVEN
+def test_resume_without_repeating_an_override_continues_the_same_record(driven):
     """First run snapshots every 2 steps; the resume (from step 4) forgets the override
     (the preset's every 4): one record, no rows lost, tokens_seen continuing, the change
     named."""
-    run = tmp_path / "run"
-    base = [o for o in TINY if not o.startswith("tracker.every_n_steps")] + ["logger=none"]
-    run_train(cache_dir, *base, "tracker.every_n_steps=2", "tracker.log_spaced=false",
-              f"hydra.run.dir={run}")
-    first = read_metrics(run)
+    tmp, results = driven
+    run = tmp / "forgot_override"
+    succeeded(results["every 2"])
+    first = read_metrics(tmp / "forgot_first")
     assert [r["step"] for r in first] == [0, 2, 4, 6, 8]
-    proc = run_train(cache_dir, *base, "tracker.log_spaced=false", "trainer.max_steps=12",
-                     f"ckpt_path={run / 'checkpoints' / 'step_00000004.ckpt'}",
-                     f"hydra.run.dir={run}")
+    proc = succeeded(results["every 2, resumed"])
     assert not list(run.glob("normx.replaced-*")), "the record was set aside"
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [0, 2, 4, 8, 12]
@@ -214,27 +218,37 @@ def test_resume_without_repeating_an_override_continues_the_same_record(cache_di
     assert rows[2] == first[2]  # rows up to the checkpoint are the first run's
     meta = json.loads((run / "normx" / "meta.json").read_text())
     assert meta["resumed"] == [{"at_step": 4, "changed": {"every_n_steps": [2, 4]}}]
-    assert "every_n_steps: 2 -> 4" in proc.stdout + proc.stderr
+    assert "every_n_steps: 2 -> 4" in proc["stdout"] + proc["stderr"]
     overrides = (run / ".hydra" / "overrides.yaml").read_text()
     assert "tracker.every_n_steps=2" in overrides, "the first run's job files were rewritten"
     assert list((run / ".hydra").glob("resume-*/overrides.yaml"))
 
 
-def test_a_moved_run_resumed_with_the_tracker_off_then_other_gold(tiny_run, cache_dir, tmp_path):
+def plan_moved_run(tmp: Path, tiny_run: Path) -> dict[str, list[str]]:
+    moved = tmp / "moved"
+    shutil.copytree(tiny_run, moved)
+    return {"moved, tracker off": [*TINY, "tracker=off", "trainer.max_steps=12",
+                                   "ckpt_path=last", f"hydra.run.dir={moved}"],
+            "moved, tracker off, as it was": ["--copy", str(moved / "checkpoints"),
+                                              str(tmp / "moved_checkpoints_12")],
+            "moved, other gold": [*TINY, "trainer.max_steps=16", "tracker.window=3",
+                                  "ckpt_path=last", f"hydra.run.dir={moved}"]}
+
+
+@DRIVEN
+def test_a_moved_run_resumed_with_the_tracker_off_then_other_gold(tiny_run, driven):
     """The run folder was moved, then resumed (`ckpt_path=last`) with `tracker=off` to step
     12, then with the tracker and another co-occurrence window to 16. last.ckpt keeps its
     name; the W&B run goes on under its id; the record is continued, not replaced, with
     tokens_seen over the untracked stretch estimated from a batch (meta.json says so); and
     the gold the first rows were measured against is kept, the change named."""
-    moved = tmp_path / "moved"
-    shutil.copytree(tiny_run, moved)
-    run_train(cache_dir, *TINY, "tracker=off", "trainer.max_steps=12", "ckpt_path=last",
-              f"hydra.run.dir={moved}")
-    checkpoints = moved / "checkpoints"
+    tmp, results = driven
+    moved = tmp / "moved"
+    succeeded(results["moved, tracker off"])
+    checkpoints = tmp / "moved_checkpoints_12"
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 12
     assert not list(checkpoints.glob("*-v*.ckpt"))  # Lightning's "last-v1" when it forgot
-    proc = run_train(cache_dir, *TINY, "trainer.max_steps=16", "tracker.window=3",
-                     "ckpt_path=last", f"hydra.run.dir={moved}")
+    proc = succeeded(results["moved, other gold"])
     run_id = (moved / "wandb" / "normx-run-id").read_text()
     pieces = sorted((moved / "wandb").glob("offline-run-*"))
     assert len(pieces) == 3 and all(p.name.endswith(f"-{run_id}") for p in pieces)
@@ -249,28 +263,33 @@ def test_a_moved_run_resumed_with_the_tracker_off_then_other_gold(tiny_run, cach
                                              "tokens_per_step": tokens_per_step}
 
     assert meta["resumed"] == [{"at_step": 12, "changed": {"window": [5, 3]}}]
-    assert "window: 5 -> 3" in proc.stdout + proc.stderr
+    assert "window: 5 -> 3" in proc["stdout"] + proc["stderr"]
     earlier = GoldStatistics.load(moved / "normx" / "gold.until_step_00000012.npz")
     assert earlier.same_as(GoldStatistics.load(tiny_run / "normx" / "gold.npz"))
     now = GoldStatistics.load(moved / "normx" / "gold.npz")
     assert now.window == 3 and not now.same_as(earlier)
 
 
-def test_a_failed_resume_leaves_the_job_files_and_the_sweep_grouping_alone(tiny_run, cache_dir,
-                                                                          tmp_path):
+def plan_failed_resume(tmp: Path, tiny_run: Path) -> dict[str, list[str]]:
+    job = tmp / "sweep" / "0"
+    job.mkdir(parents=True)
+    for part in (".hydra", "normx", "checkpoints"):
+        shutil.copytree(tiny_run / part, job / part)
+    return {"failed resume": [*QUICK, "model.n_layer=3", "tracker.probe_file=/nowhere.jsonl",
+                              "ckpt_path=last", f"hydra.run.dir={job}"]}
+
+
+@DRIVEN
+def test_a_failed_resume_leaves_the_job_files_and_the_sweep_grouping_alone(tiny_run, driven):
     from analysis.load import load_sweep
 
-    sweep = tmp_path / "sweep"
-    (sweep / "0").mkdir(parents=True)
-    job = sweep / "0"
-    for part in (".hydra", "normx", "checkpoints"):
-        os.system(f"cp -r {tiny_run / part} {job / part}")
-    before = (job / ".hydra" / "overrides.yaml").read_bytes()
-    proc = run_train(cache_dir, *QUICK, "model.n_layer=3", "tracker.probe_file=/nowhere.jsonl",
-                     "ckpt_path=last", f"hydra.run.dir={job}", check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    tmp, results = driven
+    sweep, job = tmp / "sweep", tmp / "sweep" / "0"
+    before = (tiny_run / ".hydra" / "overrides.yaml").read_bytes()  # as copied
+    proc = results["failed resume"]
+    assert proc["code"] == 2 and "Traceback" not in proc["stderr"]
     # A resume that builds another model than the checkpoint's says which settings differ.
-    last = proc.stderr.strip().splitlines()[-1]
+    last = proc["stderr"].strip().splitlines()[-1]
     assert "last.ckpt: its weights do not fit this run's model (model.n_layer: 1 -> 3" in last, last
     assert (job / ".hydra" / "overrides.yaml").read_bytes() == before
     (run,) = load_sweep(sweep)
@@ -376,7 +395,7 @@ def test_a_checkpoint_that_cannot_be_written_is_named(tmp_path, monkeypatch):
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(RecordWriteError, match=r"could not write .*last\.ckpt"):
+    with pytest.raises(AtomicWriteError, match=r"could not write .*last\.ckpt"):
         AtomicCheckpointIO().save_checkpoint({"x": torch.ones(3)}, path)
     assert path.read_bytes() == before and not list(path.parent.glob(".*.tmp"))
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
-from conftest import TINY, run_train
+from conftest import TINY, run_train, tiny_config, train_in_one_process
 
 
 def test_tiny_run_writes_wandb_offline_run_and_checkpoints(tiny_run: Path):
@@ -23,11 +24,11 @@ def test_tiny_run_writes_wandb_offline_run_and_checkpoints(tiny_run: Path):
 
 
 def test_resume_continues_the_step_count(tiny_run: Path, cache_dir: Path, tmp_path: Path):
+    from normx_track.training.run import run
+
     out = tmp_path / "resumed"
     ckpt = tiny_run / "checkpoints" / "step_00000004.ckpt"
-    overrides = [o for o in TINY if not o.startswith("trainer.max_steps")]
-    run_train(cache_dir, *overrides, "trainer.max_steps=12", "logger=csv",
-              f"ckpt_path={ckpt}", f"hydra.run.dir={out}")
+    run(tiny_config(out, cache_dir, "trainer.max_steps=12", "logger=csv", f"ckpt_path={ckpt}"))
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 12
     steps = sorted(p.name for p in (out / "checkpoints").glob("step_*.ckpt"))
@@ -37,9 +38,12 @@ def test_resume_continues_the_step_count(tiny_run: Path, cache_dir: Path, tmp_pa
     assert min(logged) >= 4, f"resumed run logged steps from {min(logged)}"
 
 
-def test_multirun_two_jobs(cache_dir: Path, tmp_path: Path):
+def test_multirun_jobs_get_their_own_folders_configs_and_wandb_runs(cache_dir: Path,
+                                                                    tmp_path: Path):
+    """Two jobs of a local (basic launcher: one process) sweep: each its folder, checkpoint,
+    Hydra job files and W&B run."""
     sweep = tmp_path / "sweep"
-    run_train(cache_dir, "-m", *TINY, "trainer.max_steps=2", "tracker=off", "logger=csv",
+    run_train(cache_dir, "-m", *TINY, "trainer.max_steps=2", "tracker=off", "logger=wandb",
               "seed=0,1", f"hydra.sweep.dir={sweep}")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [j.name for j in jobs] == ["0", "1"]
@@ -47,38 +51,48 @@ def test_multirun_two_jobs(cache_dir: Path, tmp_path: Path):
         assert (job / "checkpoints" / "last.ckpt").exists()
         assert f"seed={job.name}" in (job / ".hydra" / "overrides.yaml").read_text()
         assert f"seed: {job.name}" in (job / ".hydra" / "config.yaml").read_text()
-
-
-def test_each_job_of_a_local_sweep_gets_its_own_wandb_run(cache_dir: Path, tmp_path: Path):
-    sweep = tmp_path / "sweep"
-    run_train(cache_dir, "-m", *TINY, "trainer.max_steps=2", "tracker=off", "logger=wandb",
-              "seed=0,1", f"hydra.sweep.dir={sweep}")
-    for job in ("0", "1"):
-        runs = list((sweep / job / "wandb").glob("offline-run-*"))
-        assert len(runs) == 1, f"job {job} has W&B runs {runs}"
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"job {job.name} has W&B runs {runs}"
         config = (runs[0] / "files" / ".hydra" / "config.yaml").read_text()
-        assert f"seed: {job}" in config
+        assert f"seed: {job.name}" in config
 
 
-def test_typo_in_key_names_the_key(cache_dir: Path):
-    proc = run_train(cache_dir, "trainer.max_stepz=5", check=False)
-    assert proc.returncode != 0
-    assert "max_stepz" in proc.stderr
+# The config errors, each `python train.py <override>`, all in one driver process.
+CONFIG_ERRORS = {"typo": ["trainer.max_stepz=5"], "group option": ["model=gpt2_huge"],
+                 "negative steps": ["trainer.max_steps=-5"], "wrong type": ["data.batch_size=lots"]}
 
 
-def test_unknown_group_option_lists_the_choices(cache_dir: Path):
-    proc = run_train(cache_dir, "model=gpt2_huge", check=False)
-    assert proc.returncode != 0
-    assert "model/gpt2_huge" in proc.stderr and "gpt2_nano" in proc.stderr
+@pytest.fixture(scope="module")
+def config_errors(cache_dir: Path) -> dict[str, dict]:
+    return train_in_one_process(cache_dir, CONFIG_ERRORS)
 
 
-def test_negative_step_count_names_the_key(cache_dir: Path):
-    proc = run_train(cache_dir, "trainer.max_steps=-5", check=False)
-    assert proc.returncode != 0
-    assert "trainer.max_steps must be > 0, got -5" in proc.stderr
+GROUP = pytest.mark.xdist_group("test_train_config_errors")  # one worker runs the driver
 
 
-def test_wrong_type_names_the_key(cache_dir: Path):
-    proc = run_train(cache_dir, "data.batch_size=lots", check=False)
-    assert proc.returncode != 0
-    assert "batch_size" in proc.stderr
+@GROUP
+def test_typo_in_key_names_the_key(config_errors):
+    proc = config_errors["typo"]
+    assert proc["code"] != 0
+    assert "max_stepz" in proc["stderr"]
+
+
+@GROUP
+def test_unknown_group_option_lists_the_choices(config_errors):
+    proc = config_errors["group option"]
+    assert proc["code"] != 0
+    assert "model/gpt2_huge" in proc["stderr"] and "gpt2_nano" in proc["stderr"]
+
+
+@GROUP
+def test_negative_step_count_names_the_key(config_errors):
+    proc = config_errors["negative steps"]
+    assert proc["code"] != 0
+    assert "trainer.max_steps must be > 0, got -5" in proc["stderr"]
+
+
+@GROUP
+def test_wrong_type_names_the_key(config_errors):
+    proc = config_errors["wrong type"]
+    assert proc["code"] != 0
+    assert "batch_size" in proc["stderr"]
