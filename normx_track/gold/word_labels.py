@@ -25,9 +25,9 @@ corpus, so "a" and "in" inside "Samoa" and "Dublin" are no articles or prepositi
 A type takes the category of at least ``SHARE`` (0.5) of its occurrences, in this order:
 placeholder (neither), clitic or negated host (function), not mostly a whole word
 (a word-internal piece: neither), then its decoded text: listed (function, unless a
-proper noun: neither), alphabetic (content). Specials, and types whose decoded text holds
-no letter (punctuation, digits, whitespace, partial UTF-8 bytes) or is a ``<...>``
-placeholder, are neither whatever the corpus says.
+proper noun: neither), alphabetic (content). Specials, ``<...>`` placeholders, and types
+whose decoded text holds no letter (punctuation, digits, whitespace, partial UTF-8 bytes)
+and is not listed, are neither whatever the corpus says (the synthetic corpus lists ".").
 
 Without a corpus, and for types the corpus never shows, the surface rule: a word-start
 marked token (every token, in a vocabulary without markers) is labelled by its text, a
@@ -49,7 +49,6 @@ WORD_START_MARKS = ("Ġ", "▁")
 CONTINUATION_MARK = "##"
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u02bc": "'"})
 _PLACEHOLDER = re.compile(r"<[^\s<>]+>")
-_PLACEHOLDER_TOKENS = 16   # the longest placeholder looked for, in tokens
 # Why a type got its label; FUNCTION_REASONS give 1.0, "content" 0.0, the rest NaN.
 REASONS = ("function", "clitic", "clitic_host", "content", "piece", "placeholder",
            "proper_noun", "not_a_word", "special")
@@ -116,7 +115,7 @@ class _Types:
     n: np.ndarray          # "n", when "n't" is listed
     t_form: np.ndarray     # "'t" / "n't"
     t_suffix: np.ndarray   # bare "t"
-    angle: np.ndarray      # holds "<": may open a placeholder
+    length: np.ndarray     # characters of the decoded text
     never: np.ndarray      # reason code where the text alone rules a label out, else -1
 
 
@@ -139,8 +138,8 @@ def _types(surfaces: Sequence[str], tokens: Sequence[str] | None, words: Iterabl
     for i, core in enumerate(cores):
         if _PLACEHOLDER.fullmatch(core):
             never[i] = _CODE["placeholder"]
-        elif not any(ch.isalpha() for ch in core):
-            never[i] = _CODE["not_a_word"]
+        elif not any(ch.isalpha() for ch in core) and core.lower() not in lexicon:
+            never[i] = _CODE["not_a_word"]   # a listed "." (the synthetic corpus's) counts
     never[[i for i in special_ids if 0 <= i < len(surfaces)]] = _CODE["special"]
     return _Types(
         lead=flags(lambda i: surfaces[i][:1].isalnum()),
@@ -156,7 +155,7 @@ def _types(surfaces: Sequence[str], tokens: Sequence[str] | None, words: Iterabl
         n=flags(lambda i: lower[i] == "n" and "n't" in clitics),
         t_form=flags(lambda i: lower[i] in ("'t", "n't")),
         t_suffix=flags(lambda i: lower[i] == "t" and not marked[i] and "'t" in clitics),
-        angle=flags(lambda i: "<" in surfaces[i]), never=never)
+        length=np.array([len(x) for x in surfaces], np.int64), never=never)
 
 
 # ------------------------------------------------------------ occurrences in the corpus
@@ -189,7 +188,7 @@ def _tally(ids: np.ndarray, first: np.ndarray, last: np.ndarray, ty: _Types,
     clitic_c = ty.n[ids] & _at_next(neg_start, last)
     internal &= ~clitic_c           # "do" + "n't": the n starts the clitic
     begins, ends = ~internal, ~_at_next(internal, last)
-    placeholder = _placeholders(ids, last, ty.angle, surfaces)
+    placeholder = _placeholders(ids, first, surfaces, ty.length)
     clitic = (clitic_a | clitic_b | clitic_c) & ~placeholder
     whole = begins & ends & ~placeholder & ~clitic
     host = (begins & ~clitic_c & ~placeholder
@@ -200,22 +199,21 @@ def _tally(ids: np.ndarray, first: np.ndarray, last: np.ndarray, ty: _Types,
     return np.stack([np.bincount(ids[e], minlength=len(surfaces)) for e in events])
 
 
-def _placeholders(ids: np.ndarray, last: np.ndarray, angle: np.ndarray,
-                  surfaces: Sequence[str]) -> np.ndarray:
-    """Occurrences inside a ``<...>`` span of the decoded text (no whitespace inside),
-    looked for from each token holding a "<" (rare: a Python loop over those only)."""
-    inside = np.zeros(ids.size, bool)
-    doc_last = np.flatnonzero(last)
-    for j in np.flatnonzero(angle[ids]):
-        end = min(int(doc_last[np.searchsorted(doc_last, j)]) + 1, j + _PLACEHOLDER_TOKENS)
-        pieces = [surfaces[t] for t in ids[j:end]]
-        bounds = np.cumsum([len(p) for p in pieces])
-        text = "".join(pieces)
-        for at in (k for k, ch in enumerate(pieces[0]) if ch == "<"):
-            match = _PLACEHOLDER.match(text, at)
-            if match:
-                inside[j:j + int(np.searchsorted(bounds, match.end())) + 1] = True
-    return inside
+def _placeholders(ids: np.ndarray, first: np.ndarray, surfaces: Sequence[str],
+                  lengths: np.ndarray) -> np.ndarray:
+    """Occurrences inside a ``<...>`` span (no whitespace inside) of the chunk's decoded
+    text: one regex pass over the text, spans mapped back to tokens by character offsets."""
+    text = "".join(map(surfaces.__getitem__, ids.tolist()))
+    ends = np.cumsum(lengths[ids])
+    spans = np.array([m.span() for m in _PLACEHOLDER.finditer(text)], np.int64).reshape(-1, 2)
+    a = np.searchsorted(ends, spans[:, 0], side="right")       # token of the first character
+    b = np.searchsorted(ends, spans[:, 1] - 1, side="right")   # ... and of the last
+    doc = np.cumsum(first)
+    a, b = a[doc[a] == doc[b]], b[doc[a] == doc[b]]              # never across documents
+    delta = np.zeros(ids.size + 1, np.int64)
+    np.add.at(delta, a, 1)
+    np.add.at(delta, b + 1, -1)
+    return np.cumsum(delta[:-1]) > 0
 
 
 def _chunks(documents: Iterable[np.ndarray], chunk_tokens: int):
@@ -259,7 +257,7 @@ def _decide(ty: _Types, tally: np.ndarray | None) -> np.ndarray:
         name = t["capital_mid"] / np.maximum(t["whole"], 1) >= SHARE
         corpus_rule = np.select(
             [share["placeholder"] >= SHARE, share["clitic"] >= SHARE,
-             share["clitic_host"] >= SHARE, share["whole"] < SHARE, ~ty.word,
+             share["clitic_host"] >= SHARE, share["whole"] < SHARE, ~ty.word & ~ty.listed,
              ty.listed & ty.capital & ~ty.exempt & name, ty.listed],
             [_CODE[r] for r in ("placeholder", "clitic", "clitic_host", "piece", "not_a_word",
                                 "proper_noun", "function")],
