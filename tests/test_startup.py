@@ -169,3 +169,136 @@ def test_the_run_folder_checks(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == tmp_path else real(p, m))
     with pytest.raises(RunFolderError, match=rf"{tmp_path}: cannot write there"):
         check_run_folder(tmp_path / "new")
+
+
+# -- the POOR cases: one `error:` line (exit 2, no traceback), or a documented warning ------
+def plan_poor_cases(tmp: Path, run: Path) -> tuple[list[dict], dict[str, Path]]:
+    """(the driver's cases, the folders they use)."""
+    (tmp / "one_line.txt").write_text("a single line of text is a single document\n")
+    # Three documents of about 20 tokens each: two train (a block of 32 fits), one validates.
+    (tmp / "three_short.txt").write_text("qwertyuiopasdfghjklz\nxcvbnmpoiuytrewqlkjh\n"
+                                         "zaqxswcdevfrbgtnhymj\n")
+    (tmp / "a_file").write_text("not a folder\n")
+    used = {name: copy_run(run, tmp / name) for name in
+            ("resume_readonly", "other_arch", "no_last_ckpt", "fresh_in_used")}
+    (used["no_last_ckpt"] / "checkpoints" / "last.ckpt").unlink()  # killed between the two
+    (tmp / "normx_file" / "normx").parent.mkdir()
+    (tmp / "normx_file" / "normx").write_text("x")
+    (tmp / "garbled_lock").mkdir()
+    (tmp / "garbled_lock" / "normx.lock").write_text("}{ not json")
+    (tmp / "readonly").mkdir()
+    d = {"readonly": tmp / "readonly", "vocab": tmp / "vocab", "sweep": tmp / "sweep", **used}
+    quick = [o for o in QUICK]
+    cases = [
+        ("betas_one", [*quick, "optim.betas=[0.9]"]),
+        ("one_document", [*quick, "data=text_files", f"data.files=[{tmp / 'one_line.txt'}]"]),
+        ("short_validation", [*quick, "data=text_files",
+                              f"data.files=[{tmp / 'three_short.txt'}]", "data.val_fraction=0.34"]),
+        ("run_dir_is_a_file", [*quick, f"hydra.run.dir={tmp / 'a_file'}"]),
+        ("normx_is_a_file", [*quick, f"hydra.run.dir={tmp / 'normx_file'}"]),
+        ("readonly_fresh", [*quick, f"hydra.run.dir={d['readonly']}"]),
+        ("readonly_resume", [*quick, "ckpt_path=last", f"hydra.run.dir={d['resume_readonly']}"]),
+        ("garbled_lock", [*quick, f"hydra.run.dir={tmp / 'garbled_lock'}"]),
+        ("other_arch", [*quick, "ckpt_path=last", "model.arch=llama",
+                        f"hydra.run.dir={d['other_arch']}"]),
+        ("no_last_ckpt", [*quick, "ckpt_path=last", "trainer.max_steps=9",
+                          f"hydra.run.dir={d['no_last_ckpt']}"]),
+        ("vocab_size_10", [*quick, "data.vocab_size=10", f"hydra.run.dir={d['vocab']}"]),
+        ("fresh_in_used", [*quick, f"hydra.run.dir={d['fresh_in_used']}"]),
+        ("sweep_bad_job", ["-m", *quick, "tracker=off", "optim.lr=0.003,-1,0.002",
+                           f"hydra.sweep.dir={d['sweep']}"]),
+    ]
+    readonly = {"readonly_fresh": [str(d["readonly"])],
+                "readonly_resume": [str(d["resume_readonly"])]}
+    plan = []
+    for name, argv in cases:
+        if "-m" not in argv and not any(a.startswith("hydra.run.dir=") for a in argv):
+            argv.append(f"hydra.run.dir={tmp / 'runs' / name}")
+        plan.append({"name": name, "argv": argv, "readonly": readonly.get(name, [])})
+    return plan, d
+
+
+@pytest.fixture(scope="module")
+def poor(tiny_run, cache_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("poor")
+    cases, folders = plan_poor_cases(tmp, tiny_run)
+    return run_cases(tmp, cache_dir, cases), folders
+
+
+ONE_LINE = [
+    ("betas_one", "optim.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), got [0.9]"),
+    ("one_document", "one_line.txt: 1 document, but training and validation need one each"),
+    ("short_validation", "fewer than one block (data.block_size=32); give more documents "
+                         "or a larger data.val_fraction"),
+    ("run_dir_is_a_file", "a_file: the run folder is a file; choose another hydra.run.dir"),
+    ("normx_is_a_file", "normx_file/normx: a file where the run keeps its record folder"),
+    ("readonly_fresh", "readonly: cannot write there (read-only or not yours)"),
+    ("readonly_resume", "resume_readonly: cannot write there (read-only or not yours)"),
+    ("garbled_lock", "normx.lock: the lock file is unreadable"),
+    ("other_arch", "its weights do not fit this run's model (model.arch: gpt2 -> llama"),
+]
+
+
+@pytest.mark.parametrize("case", ONE_LINE, ids=[c[0] for c in ONE_LINE])
+def test_bad_input_at_start_up_is_one_line(case, poor):
+    results, _ = poor
+    name, expected = case
+    result = results[name]
+    assert result["code"] == 2, result["stderr"][-3000:]
+    assert "Traceback" not in result["stderr"] + result["stdout"], result["stderr"][-3000:]
+    assert last_line(result).startswith("error: ") and expected in last_line(result), \
+        last_line(result)
+
+
+def test_a_refused_folder_is_left_as_it_was(poor):
+    _, folders = poor
+    assert sorted(p.name for p in folders["readonly"].iterdir()) == []  # not even a lock
+    resumed = folders["resume_readonly"]
+    assert not list(resumed.glob("*.replaced-*")) and not (resumed / "normx.lock").exists()
+    assert not list((resumed / ".hydra").glob("resume-*"))
+
+
+def test_ckpt_path_last_without_last_ckpt_resumes_from_the_newest_step(poor):
+    results, folders = poor
+    result = results["no_last_ckpt"]
+    assert result["code"] == 0, result["stderr"][-3000:]
+    said = result["stdout"] + result["stderr"]
+    assert "ckpt_path=last: no" in said and "resuming from" in said and \
+        "step_00000008.ckpt, the newest step checkpoint" in said
+    last = torch.load(folders["no_last_ckpt"] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 9
+
+
+def test_a_vocab_size_below_the_byte_alphabet_is_warned_and_both_recorded(poor):
+    results, folders = poor
+    result = results["vocab_size_10"]
+    assert result["code"] == 0, result["stderr"][-3000:]
+    assert "data.vocab_size=10 is below what a byte-level BPE can have" in \
+        result["stdout"] + result["stderr"]
+    meta = json.loads((folders["vocab"] / "normx" / "meta.json").read_text())
+    assert meta["config"]["data"]["vocab_size"] == 10 and meta["vocab_size"] == 257
+
+
+def test_a_fresh_run_sets_the_earlier_runs_figures_aside(poor, tiny_run):
+    results, folders = poor
+    assert results["fresh_in_used"]["code"] == 0, results["fresh_in_used"]["stderr"][-3000:]
+    run = folders["fresh_in_used"]
+    for part in ("figures", "checkpoints", "normx"):
+        (aside,) = run.glob(f"{part}.replaced-*")
+        assert tree(aside) == tree(tiny_run / part)
+    assert not (run / "figures").exists()  # this run (no W&B) made none of its own
+
+
+def test_a_sweep_names_its_bad_job_runs_the_others_and_sums_up(poor):
+    results, folders = poor
+    result = results["sweep_bad_job"]
+    lines = result["stderr"].strip().splitlines()
+    assert result["code"] == 2 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
+    (named,) = [line for line in lines if line.startswith("error: job 1 (")]
+    assert named.endswith("optim.lr=-1): optim.lr must be > 0, got -1.0"), named
+    assert lines[-1] == "sweep: 3 jobs: 2 finished, 1 failed (job 1), 0 skipped"
+    sweep = folders["sweep"]
+    for job in ("0", "2"):
+        assert (sweep / job / "checkpoints" / "last.ckpt").exists()
+    assert not (sweep / "1" / ".hydra").exists() and not (sweep / "1" / "checkpoints").exists()
+    assert not list(sweep.glob(".normx_sweep-*"))
