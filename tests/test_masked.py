@@ -343,18 +343,25 @@ def test_masked_rows_rank_neither_the_mask_nor_specials_by_default(wordpiece):
         assert with_specials[b].tolist() == [j < n and j != t for j in range(len(ids))]
 
 
-def test_pair_and_blimp_accuracy_by_pll(bytelevel):
+@pytest.mark.parametrize("leading_space", [True, False])
+def test_pair_and_blimp_accuracy_by_pll(bytelevel, leading_space):
     tok = bytelevel
     model = make("roberta", vocab=len(tok))
-    row = MaskedEvidenceProbe(PAIRS, tok)(model)
+    probe = MaskedEvidenceProbe(PAIRS, tok, leading_space=leading_space)
+    row = probe(model)
+    # Byte-level BPE marks word starts: running text puts a space before the sentence.
+    space = " " if leading_space else ""
+    first = f"{space}{PAIRS[0].prefix} {PAIRS[0].good}"
+    assert probe.sentences[0][0] == tok(first)["input_ids"]
+    assert tok.convert_ids_to_tokens(probe.sentences[0][0])[1] == ("Ġthe" if space else "the")
     prefixed = [p for p in PAIRS if p.has_prefix]
-    plls = {s: sum(brute_force_pll(model, tok, s))
+    plls = {s: sum(brute_force_pll(model, tok, space + s))
             for p in prefixed for s in (f"{p.prefix} {p.good}", f"{p.prefix} {p.bad}")}
-    ref = np.mean([plls[f"{p.prefix} {p.good}"] > plls[f"{p.prefix} {p.bad}"] for p in prefixed])
+    correct = [plls[f"{p.prefix} {p.good}"] > plls[f"{p.prefix} {p.bad}"] for p in prefixed]
     assert row[PAIR_N_PAIRS] == len(prefixed)
-    assert row[PAIR_ACCURACY] == pytest.approx(ref)
+    assert row[PAIR_ACCURACY] == pytest.approx(np.mean(correct))
     blimp = PAIRS[-1]
-    good, bad = (sum(brute_force_pll(model, tok, s))
+    good, bad = (sum(brute_force_pll(model, tok, space + s))
                  for s in (blimp.sentence_good, blimp.sentence_bad))
     assert row[BLIMP_ACCURACY] == float(good > bad)
     # The same metric names as the causal probe, so curves line up across objectives.

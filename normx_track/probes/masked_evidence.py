@@ -6,7 +6,8 @@ Choices (documented here once)
 ------------------------------
 * Input. The good sentence's one-prefix form with the target word replaced by ONE mask:
   ``[CLS] prefix [MASK] [SEP]`` (``<s> ... </s>`` for RoBERTa). The prefix is tokenised
-  as the causal probe does it (`files.encode_pairs`: cue words mark all their pieces).
+  as the causal probe does it (`files.encode_pairs`: cue words mark all their pieces;
+  running text, after a space where the tokenizer marks word starts, by default).
 * Single-token targets, as the authors: a pair whose good or bad word continues the
   prefix as several tokens gives accuracy only and is counted in
   ``normx/evidence_n_multitoken_target``.
@@ -38,7 +39,8 @@ from normx_track.keys import (
     EVIDENCE_N_MULTITOKEN_TARGET, EVIDENCE_N_PAIRS, EVIDENCE_N_PAIRS_CONTRASTIVE,
     MASK_ACCURACY, MASK_N_PAIRS, METHODS, PAIR_ACCURACY, PAIR_ACCURACY_BY_UID, PAIR_N_PAIRS)
 from normx_track.probes.evidence import _Alignment, key_part, seeded_subset
-from normx_track.probes.files import MinimalPair, encode_pairs, load_probe_file, pad_id
+from normx_track.probes.files import (MinimalPair, encode_pairs, load_probe_file,
+                                      marks_word_starts, pad_id)
 from normx_track.probes.pll import encode_sentences, pll_scores
 
 __all__ = ["MaskedEvidenceProbe", "MaskedRows", "masked_rows"]
@@ -85,12 +87,13 @@ def _special_ids(tokenizer) -> tuple[int, int, int]:
             first("mask_token_id"))
 
 
-def masked_rows(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None = None
-                ) -> tuple[MaskedRows | None, list[int]]:
+def masked_rows(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None = None,
+                leading_space: bool = True) -> tuple[MaskedRows | None, list[int]]:
     """The rows of the single-token pairs, and the indices (into ``pairs``) of the pairs
     they came from; None when no pair is single-token."""
     # Three positions go to [CLS], [SEP] and the mask: the prefix keeps the rest.
-    enc = encode_pairs(pairs, tokenizer, None if max_length is None else max_length - 2)
+    enc = encode_pairs(pairs, tokenizer, None if max_length is None else max_length - 2,
+                       leading_space)
     start, end, mask = _special_ids(tokenizer)
     single = [i for i in range(len(enc))
               if len(enc.good_tokens[i]) == 1 and len(enc.bad_tokens[i]) == 1]
@@ -127,9 +130,12 @@ class MaskedEvidenceProbe:
                  batch_size: int = 128, layers: str | Sequence[int] = "all", seed: int = 0, *,
                  max_pairs: int | None = None, max_length: int | None = None,
                  contrastive: bool = True, norm_factor: str = "word_embedding",
-                 rank_specials: bool = False, by_uid: bool = True, pll_batch_size: int = 512):
+                 rank_specials: bool = False, by_uid: bool = True, pll_batch_size: int = 512,
+                 leading_space: bool = True):
         """As `EvidenceProbe`; ``rank_specials`` ranks [CLS]/[SEP] as the authors' code
-        does; ``pll_batch_size``: masked copies per forward pass of the PLL."""
+        does; ``pll_batch_size``: masked copies per forward pass of the PLL;
+        ``leading_space``: probe text as running text (`files.encode_pairs`; the PLL's
+        sentences after a space where the tokenizer marks word starts)."""
         if isinstance(pairs, (str, Path)):
             pairs = load_probe_file(pairs)
         if batch_size < 1:
@@ -138,7 +144,7 @@ class MaskedEvidenceProbe:
         if not pairs:
             raise ValueError("no minimal pairs for the masked evidence probe")
         self.prefixed = [p for p in pairs if p.has_prefix]
-        self.rows, single = (masked_rows(self.prefixed, tokenizer, max_length)
+        self.rows, single = (masked_rows(self.prefixed, tokenizer, max_length, leading_space)
                              if self.prefixed else (None, []))
         self.n_multitoken = len(self.prefixed) - len(single)
         self.with_sentences = [p for p in pairs if p.has_sentences]
@@ -150,7 +156,8 @@ class MaskedEvidenceProbe:
                  + [p.sentence_bad for p in self.with_sentences])
         self.sources = ([p.source for p in self.prefixed] * 2
                         + [p.source for p in self.with_sentences] * 2)
-        self.sentences = encode_sentences(tokenizer, texts)
+        space = " " if leading_space and marks_word_starts(tokenizer) else ""
+        self.sentences = encode_sentences(tokenizer, [space + text for text in texts])
         self._check_lengths(max_length)
         self.mask_id, self.pad_id = int(tokenizer.mask_token_id), pad_id(tokenizer)
         self.batch_size, self.layers, self.pll_batch_size = batch_size, layers, pll_batch_size
