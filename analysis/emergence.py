@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator  # noqa: E402
 
 from normx_track.gold import emergence as E  # noqa: E402
 from normx_track.keys import correlation_key  # noqa: E402
@@ -50,8 +51,16 @@ def compute(run: Run, band: float = E.DEFAULT_BAND, min_count: int | None = None
     steps, norms = run.norms("input_norm")
     if len(steps) < 2:
         raise F.Skipped(f"{run.record}: {len(steps)} readable snapshot(s); emergence needs two")
-    return E.emergence(steps, norms, counts, run.min_count if min_count is None else min_count,
-                       band, n_perm, seed)
+    if norms.shape[1] != len(counts):
+        raise F.Skipped(f"{run.record}: the snapshots hold {norms.shape[1]} norms but gold.npz "
+                        f"counts {len(counts)} token types (another vocabulary?)")
+    min_count = run.min_count if min_count is None else min_count
+    frequent = counts >= min_count
+    if not (frequent & np.isfinite(norms).all(axis=0)).any():
+        raise F.Skipped(f"{run.record}: no token type seen >= {min_count} times has a finite "
+                        f"input_norm in every snapshot ({int(frequent.sum())} are seen that "
+                        "often: NaN or inf norms, did training diverge?)")
+    return E.emergence(steps, norms, counts, min_count, band, n_perm, seed)
 
 
 def token_table(run: Run, em: E.Emergence) -> pd.DataFrame:
@@ -107,6 +116,17 @@ def _log_limits(values: np.ndarray, pad: float = 1.6) -> tuple[float, float]:
     return float(values.min()) / pad, float(values.max()) * pad
 
 
+def _settling_ticks(ax, steps: np.ndarray, most: int = 10) -> None:
+    """Settling steps are snapshot steps: label those when few, else plain log decades
+    (100, not 10^2)."""
+    if len(steps) <= most:
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_yticks(steps, [f"{s:g}" for s in steps])
+    else:
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def scatter(table: pd.DataFrame, title: str = "") -> Figure:
     """Settling step against count (log), function words marked; the types that never
     settle, or settle by chance, are counted in the title. Settling steps are never 0 (the
@@ -126,6 +146,7 @@ def scatter(table: pd.DataFrame, title: str = "") -> Figure:
     ax.set_yscale("log")
     ax.set_xlim(*_log_limits(settled["count"].to_numpy(np.float64)))
     ax.set_ylim(*_log_limits(settled["settling_step"].to_numpy(np.float64)))
+    _settling_ticks(ax, np.unique(settled["settling_step"]))
     ax.set_xlabel("count in the statistics corpus (log)")
     ax.set_ylabel("settling step (log)")
     chance = int(table.get("settles_by_chance", pd.Series(False)).sum())
@@ -269,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         tables, figures = build(run, args.band, args.min_count, n_perm=args.n_perm,
                                 seed=args.seed)
         write(tables, figures, out, args.formats)
+        if "emergence" not in tables:  # why, in one line (the figures say it too)
+            print(f"no emergence table: {next(iter(figures.values()))}", file=sys.stderr)
         if "emergence" in tables:
             first, last = first_and_last(tables["emergence"], args.top)
             print("settle first:", ", ".join(map(repr, first["token"])))

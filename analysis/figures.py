@@ -5,6 +5,7 @@ be checked against the record they were drawn from."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -425,8 +426,9 @@ def evidence_by_layer(frame: pd.DataFrame, title: str = "") -> Figure:
 def probe_curves(frame: pd.DataFrame, families: dict[str, str], log_steps: bool = False,
                  title: str = "") -> Figure:
     """A panel per probe key family present (e.g. pair_accuracy, evidence_ap/<method>), a
-    line per method; the random baselines grey and dashed. A per-paradigm family (one key
-    per UID, up to BLiMP's dozens) gets a wide panel of its own below, its legend beside it."""
+    line per method, each method one colour in every panel and named once in a key above
+    them; the random baselines grey (dashed, dotted, ...). A per-paradigm family (one key per
+    UID, up to BLiMP's dozens) gets a full-width panel below, its legend beside it."""
     panels = [(label, YLABELS.get(template, ""), keys, "{uid}" in template)
               for template, label in families.items() if (keys := family_keys(frame, template))]
     if not panels:
@@ -437,20 +439,34 @@ def probe_curves(frame: pd.DataFrame, families: dict[str, str], log_steps: bool 
     steps = _column(frame, "step")
     methods = list(dict.fromkeys(k.rsplit("/", 1)[-1] for *_, keys, by_uid in panels
                                  if not by_uid for k in keys))
-    shared = dict(zip(methods, _colors(len(methods))))  # a method keeps its colour
+    real = [m for m in methods if not m.startswith("random")]
+    style = {m: ("0.5", ("--", ":", "-.")[i % 3])
+             for i, m in enumerate(m for m in methods if m.startswith("random"))}
+    style.update({m: (c, "-") for m, c in zip(real, _colors(len(real)))})
+    key_axes = []
     for ax, (label, ylabel, keys, by_uid) in zip(axes, panels):
         names = [k.rsplit("/", 1)[-1] for k in keys]
-        color = dict(zip(names, _colors(len(names)))) if by_uid else shared  # distinct UIDs
+        own = dict(zip(names, ((c, "-") for c in _colors(len(names)))))  # distinct UIDs
         for key, method in zip(keys, names):
-            random = method.startswith("random")
-            ax.plot(steps, _column(frame, key), "--" if random else "-", marker=".",
-                    color="0.5" if random else color[method], label=method, gid=key)
-        ax.set_title(label, fontsize="medium")
+            color, line = (own if by_uid else style)[method]
+            ax.plot(steps, _column(frame, key), line, marker=".", color=color, label=method,
+                    gid=key)
+        ax.set_title(textwrap.fill(label, 40), fontsize="medium")
         ax.set_ylabel(ylabel)
         _step_axis(ax, log_steps)
-        if len(keys) > 1:
+        if by_uid:
             _legend(ax)
-    if title:
+        elif len(keys) > 1:
+            key_axes.append(ax)
+    if key_axes:  # one key for the method panels, above them, the title its heading
+        seen: dict[str, object] = {}  # (a suptitle beside an "outside" legend overlaps it)
+        for ax in key_axes:
+            for handle, name in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(name, handle)
+        fig.legend(list(seen.values()), list(seen), loc="outside upper center",
+                   ncols=min(len(seen), 7), fontsize="small", title=title or None,
+                   title_fontsize="large", frameon=False)
+    elif title:
         fig.suptitle(title)
     return fig
 
@@ -512,7 +528,7 @@ def grouped_curves(agg: pd.DataFrame, panels: list[tuple[str, str]], labels: Seq
             ax.plot(steps, mean, marker=".", color=color[label], gid=f"{label}|{key}",
                     label=f"{label} (n={int(curve['n'].max())})")
             ax.fill_between(steps, lo, hi, color=color[label], alpha=0.18, lw=0)
-        ax.set_title(panel_title, fontsize="medium")
+        ax.set_title(textwrap.fill(panel_title, 44), fontsize="medium")
         ax.set_ylabel(metric_ylabel(key))
         _step_axis(ax, log_steps)
     _legend(axes[0], fontsize="x-small")
