@@ -100,8 +100,9 @@ class _Alignment:
         """Rows ``keep`` of [B, T] ``scores``; ``ranked`` the positions in the ranking."""
         for name, s in scores.items():
             self.ap.setdefault(name, []).extend(average_precision_rows(s, relevant, ranked)[keep])
-            self.dp.setdefault(name, []).extend(
-                dot_product_alignment_rows(s, relevant, ranked)[keep])
+            with np.errstate(invalid="ignore"):  # rows with nothing ranked: NaN, not kept
+                dp = dot_product_alignment_rows(s, relevant, ranked)
+            self.dp.setdefault(name, []).extend(dp[keep])
         random_ap, random_dp = random_baselines_rows(relevant, ranked)
         self.ap.setdefault(random_name, []).extend(random_ap[keep])
         self.dp.setdefault(random_name, []).extend(random_dp[keep])
