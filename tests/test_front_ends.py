@@ -50,6 +50,19 @@ def assert_spearman_is_scipys(run: Path) -> None:
     assert last["normx/spearman/self_information"] == pytest.approx(rho, abs=1e-9)
 
 
+def assert_analysis_reads(run: Path) -> None:
+    """analysis reads any front end's record (the report is built from the same two)."""
+    import matplotlib.pyplot as plt
+
+    from analysis import curves, emergence
+    from analysis.load import load_run
+
+    assert curves.build_figures(load_run(run))
+    tables, _ = emergence.build(load_run(run), n_boot=20, n_perm=5)
+    assert len(tables["emergence"]) > 0
+    plt.close("all")
+
+
 class _KillAt:
     """Stands in for a kill: the loop stops dead at `step`, after the checkpoint at 10."""
 
@@ -79,6 +92,7 @@ def test_the_plain_loop_records_the_schedule_and_resumes_without_gap_or_duplicat
     assert [r["step"] for r in read_metrics(broken)][-1] == 12  # recorded after checkpoint 10
     plain.train(broken, 20, overrides, resume=True)
     assert_same_rows(read_metrics(broken), rows)
+    assert_analysis_reads(broken)
 
 
 def test_the_hf_trainer_callback_records_the_schedule_and_resumes_from_checkpoint_10(
@@ -111,6 +125,7 @@ def test_the_hf_trainer_callback_records_the_schedule_and_resumes_from_checkpoin
     trainer, _ = hf.build_trainer(broken, 20, overrides)
     trainer.train(resume_from_checkpoint=str(broken / "checkpoint-10"))
     assert_same_rows(read_metrics(broken), rows)
+    assert_analysis_reads(broken)
 
 
 def test_the_trainer_callback_state_also_restores_through_the_trainer_state(tmp_path, overrides):
