@@ -82,8 +82,8 @@ def test_without_a_corpus_marked_tokens_are_labelled_by_their_text():
                                   tokens=tokenizer.convert_ids_to_tokens(range(7)))
     np.testing.assert_array_equal(labels, [1.0, 0.0, 1.0, np.nan, np.nan, np.nan, 1.0])
     # ... and with a corpus: "▁the" begins a word though "cat"'s text has no space
-    labels = function_word_labels(["the", "cat", "s", "of"], ENGLISH, [np.array([0, 1, 2, 3, 0, 1])],
-                                  tokens=["▁the", "▁cat", "s", "▁of"])
+    labels = function_word_labels(["the", "cat", "s", "of"], ENGLISH,
+                                  [np.array([0, 1, 2, 3, 0, 1])], tokens=["▁the", "▁cat", "s", "▁of"])
     np.testing.assert_array_equal(labels, [1.0, 0.0, np.nan, 1.0])
     # WordPiece marks the other side: "##" pieces continue a word
     labels = function_word_labels(["the", "cat", "s", "of", "ing"], ENGLISH,
@@ -150,7 +150,7 @@ WIKI = """ = Samoa =
  The band played in Dublin in May , and the US tour came after it .
  = = Dublin = = 
  Dublin is a city in Ireland . It is the largest city on the island , and it 's growing .
- In Dublin the main road is the M50 @-@ motorway , built in the 1990s at a cost of 1 @,@ 000 million .
+ In Dublin the main road is the M50 @-@ motorway , built in the 1990s for 1 @,@ 000 million .
  The writers of Dublin were reading and singing ; the <unk> was amazing .
  He said that he did n't go , and she said that she could n't stay in the city .
  The US ambassador met the mayor of Dublin in May 2001 , when the city was changing .
@@ -236,7 +236,9 @@ def brute_force_labels(surfaces, docs, words, special_ids):
     labels = np.full(len(surfaces), np.nan)
     for v, surface in enumerate(surfaces):
         core, c = low(surface), tally[v]
-        if v in special_ids or re.fullmatch(r"<[^\s<>]+>", core) or not re.search(r"[^\W\d_]", core):
+        if v in special_ids or re.fullmatch(r"<[^\s<>]+>", core):
+            continue
+        if not re.search(r"[^\W\d_]", core) and core not in lexicon:
             continue
         if c["n"] == 0:
             continue   # the surface rule, tested above
@@ -244,7 +246,7 @@ def brute_force_labels(surfaces, docs, words, special_ids):
             continue
         if c["clitic"] >= c["n"] / 2 or c["host"] >= c["n"] / 2:
             labels[v] = 1.0
-        elif c["whole"] < c["n"] / 2 or not core.isalpha():
+        elif c["whole"] < c["n"] / 2 or not (core.isalpha() or core in lexicon):
             continue
         elif core in lexicon:
             name = surface.strip()[:1].isupper() and core not in exempt and \

@@ -281,6 +281,8 @@ def label_function_words(surfaces: Sequence[str], function_words: Iterable[str],
     (Metaspace decodes "▁the" alone as "the"); ``special_ids``: never labelled.
     """
     words = list(function_words)
+    if tokens is not None and len(tokens) != len(surfaces):
+        raise ValueError(f"{len(tokens)} vocabulary strings for {len(surfaces)} decoded texts")
     ty = _types(surfaces, tokens, words, special_ids)
     tally = None
     if documents is not None:
