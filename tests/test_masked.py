@@ -387,3 +387,90 @@ def test_probe_refuses_a_causal_model_and_long_sentences(wordpiece):
     short = BertForMaskedLM(bert_config(len(wordpiece), max_position_embeddings=8))
     with pytest.raises(ValueError, match=r"f:\d: a sentence takes \d+ positions .* has 8"):
         probe(short)
+
+
+# --------------------------------------------------------------------------- training
+def test_masking_collator_follows_bert_recipe_and_seeds_by_block(bytelevel):
+    from normx_track.training.data.masking import MaskingCollator
+    tok = bytelevel
+    g = torch.Generator().manual_seed(0)
+    body = torch.randint(5, len(tok), (256, 30), generator=g)
+    ids = torch.cat([torch.zeros(256, 1, dtype=torch.long), body,
+                     torch.full((256, 1), 2)], dim=1)  # <s> ... </s>
+    items = [{"input_ids": row, "index": i} for i, row in enumerate(ids)]
+    batch = MaskingCollator(tok, 0.15, seed=7)(items)
+    chosen = batch["labels"] != -100
+    assert torch.equal(batch["labels"][chosen], ids[chosen])  # labels: the original tokens
+    assert not chosen[:, [0, -1]].any()  # specials are never chosen
+    share = chosen[:, 1:-1].float().mean().item()
+    assert 0.13 < share < 0.17  # 15 % of 7,680 tokens
+    as_mask = (batch["input_ids"] == tok.mask_token_id)[chosen].float().mean().item()
+    kept = (batch["input_ids"] == ids)[chosen].float().mean().item()
+    assert 0.75 < as_mask < 0.85 and 0.06 < kept < 0.15  # 80 % [MASK], 10 % kept (+ chance)
+    assert torch.equal(batch["input_ids"][~chosen], ids[~chosen])
+    again = MaskingCollator(tok, 0.15, seed=7)(items)
+    assert torch.equal(again["input_ids"], batch["input_ids"])  # a pure function of the blocks
+    other = MaskingCollator(tok, 0.15, seed=7)([{**x, "index": x["index"] + 1} for x in items])
+    assert not torch.equal(other["labels"], batch["labels"])
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word(bytelevel):
+    from normx_track.training.data.masking import MaskingCollator, word_starts
+    tok = bytelevel
+    text = " ".join(TEXT[:6])
+    ids = torch.tensor(tok(text)["input_ids"])
+    items = [{"input_ids": ids, "index": i} for i in range(64)]
+    batch = MaskingCollator(tok, 0.3, whole_word=True, seed=1)(items)
+    special = np.isin(ids.numpy(), tok.all_special_ids)
+    # A word starts at a "Ġ" piece, at a special token and right after one.
+    starts = word_starts(tok)[ids.numpy()] | special | np.roll(special, 1)
+    word = np.cumsum(starts)
+    assert (np.bincount(word) >= 2).any()  # words of several pieces are exercised
+    chosen = (batch["labels"] != -100).numpy()
+    assert chosen.any()
+    for row in chosen:
+        for w in np.unique(word[row]):
+            assert row[word == w].all()  # a chosen word is chosen whole
+    assert (batch["input_ids"].numpy()[chosen] == tok.mask_token_id).all()
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_masked_language_model_builds_tied_and_trains_on_masked_tokens(arch):
+    from normx_track.training.config import ModelConfig, OptimConfig
+    from normx_track.training.model import LanguageModel
+    pad = 1 if arch == "roberta" else 0
+    cfg = ModelConfig(arch=arch, n_layer=1, n_embd=32, n_head=2, n_positions=16)
+    module = LanguageModel.from_configs(cfg, OptimConfig(), 90, 2, 10, pad_token_id=pad,
+                                        bos_token_id=0)
+    model = module.model
+    assert is_masked_lm(model)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert encoder_context_size(model) == 16  # n_positions real positions, RoBERTa too
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 90, (2, 16), generator=g)
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 7] = 11, 12
+    loss = module._loss({"input_ids": ids, "labels": labels})
+    module.eval()
+    logits = model(input_ids=ids).logits
+    ref = torch.nn.functional.cross_entropy(logits[[0, 1], [3, 7]], torch.tensor([11, 12]))
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+def test_roberta_tiny_run_records_the_masked_curves(tmp_path, cache_dir):
+    import json
+
+    from conftest import tiny_config
+    from normx_track.training.run import run
+    run(tiny_config(tmp_path / "run", cache_dir, "model=roberta_tiny", "logger=none",
+                    "trainer.max_steps=4", "tracker.every_n_steps=4"))
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "normx" / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    for key in (EVIDENCE_AP.format(method="normxlogit"), EVIDENCE_N_PAIRS, MASK_ACCURACY,
+                PAIR_ACCURACY, EVIDENCE_N_MULTITOKEN_TARGET, "normx/spearman/information_gain",
+                "val/loss"):
+        assert key in last, key
+    assert math.isfinite(last["val/loss"]) and last[EVIDENCE_N_PAIRS] > 0
+    meta = json.loads((tmp_path / "run" / "normx" / "meta.json").read_text())
+    assert meta["config"]["model"]["arch"] == "roberta"

@@ -19,7 +19,7 @@ class ConfigError(InputError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "gpt2"  # gpt2 | gpt_neox | llama: any HF causal LM config family
+    arch: str = "gpt2"  # gpt2 | gpt_neox | llama (causal LMs) | bert | roberta (masked LMs)
     n_layer: int = 2
     n_embd: int = 128
     n_head: int = 4
@@ -27,6 +27,13 @@ class ModelConfig:
     n_positions: int = 128
     dropout: float = 0.0
     tie_word_embeddings: bool = True
+
+
+MASKED_ARCHS = ("bert", "roberta")  # model.arch values that build a masked LM
+
+
+def is_masked(arch: str) -> bool:
+    return arch in MASKED_ARCHS
 
 
 @dataclass
@@ -63,6 +70,11 @@ class DataConfig:
     block_size: int = 128
     batch_size: int = 16
     val_fraction: float = 0.05
+    # Masked LMs (model.arch=bert|roberta): DataCollatorForLanguageModeling's share of the
+    # non-special tokens to predict (80 % of them [MASK], 10 % random, 10 % kept), and
+    # whole-word masking (every piece of a chosen word; all of them [MASK]).
+    mlm_probability: float = 0.15
+    whole_word_mask: bool = False
     num_workers: Optional[int] = None  # loader processes; null: none on CPU, up to 4 a GPU
     cache_dir: str = ".cache/normx"
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
@@ -159,7 +171,7 @@ class Config:
 
 
 _CHOICES = {
-    "model.arch": ("gpt2", "gpt_neox", "llama"),
+    "model.arch": ("gpt2", "gpt_neox", "llama", "bert", "roberta"),
     "data.source": ("synthetic", "hub", "files"),
     "logger.kind": ("wandb", "csv", "tensorboard", "none"),
     "tracker.gradient_reduction": ("l1", "sum"),
@@ -170,7 +182,7 @@ _POSITIVE = (
     "data.synthetic.content_words_per_topic", "trainer.max_steps", "trainer.val_check_interval",
     "trainer.log_every_n_steps", "trainer.accumulate_grad_batches",
     "trainer.checkpoint_every_n_steps", "tracker.every_n_steps", "tracker.window", "optim.lr",
-    "tracker.faithfulness_length", "tracker.ig_steps",
+    "tracker.faithfulness_length", "tracker.ig_steps", "data.mlm_probability",
 )
 _POSITIVE_OR_NULL = {"tracker.stats_tokens": "the whole training stream",
                      "trainer.loss_chunk_tokens": "the loss over all tokens at once",
@@ -179,7 +191,7 @@ _NON_NEGATIVE = ("optim.warmup_steps", "optim.weight_decay", "data.num_workers",
                  "tracker.min_count", "model.dropout", "trainer.gradient_clip_val",
                  "tracker.faithfulness_examples",
                  "logger.finish_timeout_s")
-_FRACTIONS = ("data.val_fraction", "optim.min_lr_ratio", "model.dropout",
+_FRACTIONS = ("data.val_fraction", "optim.min_lr_ratio", "model.dropout", "data.mlm_probability",
               "data.synthetic.attractor_probability")
 
 
@@ -275,6 +287,13 @@ def validate(cfg: Config) -> Config:
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise ConfigError(f"optim.betas must be two numbers in [0, 1) (AdamW's beta1, beta2), "
                           f"got {betas}")
+    if is_masked(cfg.model.arch) and cfg.data.block_size < 3:
+        raise ConfigError(f"data.block_size must be >= 3 for a masked LM (its blocks are "
+                          f"[CLS] ... [SEP]), got {cfg.data.block_size}")
+    if is_masked(cfg.model.arch) and cfg.trainer.loss_chunk_tokens:
+        raise ConfigError(f"trainer.loss_chunk_tokens is for causal LMs (the next-token "
+                          f"loss); model.arch={cfg.model.arch} trains on masked tokens: set "
+                          f"trainer.loss_chunk_tokens=null")
     if not 0 <= cfg.seed < 2**32:  # numpy's and Lightning's seed range
         raise ConfigError(f"seed must be in [0, 2**32), got {cfg.seed}")
     if cfg.model.n_embd % cfg.model.n_head:

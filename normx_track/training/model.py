@@ -1,5 +1,5 @@
-"""The LightningModule: any HF causal LM built from a config (no weights downloaded),
-AdamW with linear warm-up and cosine decay."""
+"""The LightningModule: any HF causal LM, or a BERT/RoBERTa masked LM, built from a
+config (no weights downloaded), AdamW with linear warm-up and cosine decay."""
 from __future__ import annotations
 
 import math
@@ -9,16 +9,31 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
+                          PretrainedConfig)
 
-from normx_track.training.config import ConfigError, ModelConfig, OptimConfig
+from normx_track.training.config import ConfigError, ModelConfig, OptimConfig, is_masked
 
-def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> PretrainedConfig:
-    """Translate our GPT-2-style size names into the chosen architecture's config."""
+
+def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int,
+                    pad_token_id: int | None = None, bos_token_id: int | None = None
+                    ) -> PretrainedConfig:
+    """Translate our GPT-2-style size names into the chosen architecture's config. Masked
+    LMs take the tokenizer's pad ([PAD]/<pad>) and bos ([CLS]/<s>) ids."""
     inner = cfg.n_inner or 4 * cfg.n_embd
-    common = dict(vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+    bos = eos_token_id if bos_token_id is None else bos_token_id
+    common = dict(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos_token_id,
                   tie_word_embeddings=cfg.tie_word_embeddings)
-    if cfg.arch == "gpt2":
+    if is_masked(cfg.arch):
+        pad = 0 if pad_token_id is None else pad_token_id
+        # RoBERTa's position ids start after the pad id: n_positions real ones need more rows.
+        positions = cfg.n_positions + (pad + 1 if cfg.arch == "roberta" else 0)
+        sizes = dict(num_hidden_layers=cfg.n_layer, hidden_size=cfg.n_embd,
+                     num_attention_heads=cfg.n_head, intermediate_size=inner,
+                     max_position_embeddings=positions, pad_token_id=pad,
+                     hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+                     type_vocab_size=1 if cfg.arch == "roberta" else 2)
+    elif cfg.arch == "gpt2":
         sizes = dict(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, n_inner=inner,
                      n_positions=cfg.n_positions, resid_pdrop=cfg.dropout,
                      embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
@@ -76,7 +91,8 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class LanguageModel(L.LightningModule):
-    """Wraps `self.model`, a `transformers` causal LM; batches are dicts with `input_ids`."""
+    """Wraps `self.model`, a `transformers` causal LM or masked LM (``self.masked``);
+    batches are dicts with `input_ids` (and, for a masked LM, the collator's `labels`)."""
 
     def __init__(self, hf_config: dict[str, Any], optim: dict[str, Any], max_steps: int,
                  compile_model: bool = False, loss_chunk_tokens: int | None = None):
@@ -90,7 +106,12 @@ class LanguageModel(L.LightningModule):
                               f"linear_cross_entropy (torch 2.13 has it); this torch is "
                               f"{torch.__version__}: set trainer.loss_chunk_tokens=null")
         config = AutoConfig.for_model(**hf_config)
-        self.model = AutoModelForCausalLM.from_config(config)
+        self.masked = is_masked(config.model_type)
+        if self.masked and loss_chunk_tokens:
+            raise ConfigError("trainer.loss_chunk_tokens is for causal LMs: set "
+                              "trainer.loss_chunk_tokens=null for a masked LM")
+        auto = AutoModelForMaskedLM if self.masked else AutoModelForCausalLM
+        self.model = auto.from_config(config)
         self.compile_model, self.loss_chunk_tokens = compile_model, loss_chunk_tokens
         self._compiled: torch.nn.Module | None = None  # see on_fit_start
         self.optim = OptimConfig(**{**optim, "betas": tuple(optim["betas"])})
@@ -101,8 +122,10 @@ class LanguageModel(L.LightningModule):
     @classmethod
     def from_configs(cls, model: ModelConfig, optim: OptimConfig, vocab_size: int,
                      eos_token_id: int, max_steps: int, compile_model: bool = False,
-                     loss_chunk_tokens: int | None = None) -> "LanguageModel":
-        hf_config = build_hf_config(model, vocab_size, eos_token_id).to_dict()
+                     loss_chunk_tokens: int | None = None, pad_token_id: int | None = None,
+                     bos_token_id: int | None = None) -> "LanguageModel":
+        hf_config = build_hf_config(model, vocab_size, eos_token_id, pad_token_id,
+                                    bos_token_id).to_dict()
         optim_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(optim).items()}
         return cls(hf_config, optim_dict, max_steps, compile_model, loss_chunk_tokens)
 
@@ -124,6 +147,9 @@ class LanguageModel(L.LightningModule):
         # No use_cache=False: without a cache HF checks the positions for packed sequences,
         # a read back from the GPU at every step (tests/test_host_sync.py).
         compiled = self._compiled is not None and self.training
+        if self.masked:  # the masked-token loss, on the collator's labels (-100 elsewhere)
+            model = self._compiled if compiled else self.model
+            return model(input_ids=ids, labels=batch["labels"]).loss
         if not self.loss_chunk_tokens:
             model = self._compiled if compiled else self.model
             return model(input_ids=ids, labels=ids).loss

@@ -18,7 +18,7 @@ from normx_track.record.checkpoint_writer import AtomicCheckpointIO
 from normx_track.record.checkpoint_loader import (CheckpointError, first_line,
                                                   read_lightning_checkpoint)
 from normx_track.record.store import RecordLock, check_run_folder, set_aside
-from normx_track.training.config import Config, ConfigError, TrainerConfig, to_dict
+from normx_track.training.config import Config, ConfigError, TrainerConfig, is_masked, to_dict
 from normx_track.training.data.datamodule import TextDataModule
 from normx_track.training.loggers import build_loggers, finish_loggers
 from normx_track.training.model import LanguageModel, flops_per_token
@@ -219,13 +219,18 @@ def _run(cfg: Config, out: Path, on_start, after_fit: AfterFit | None) -> float 
     on_gpu = uses_cuda(cfg.trainer)
     if on_gpu:  # TF32 matmuls where fp32 remains (bf16-mixed keeps some)
         torch.set_float32_matmul_precision("high")
-    datamodule = TextDataModule(cfg.data, seed=cfg.seed, on_gpu=on_gpu)
+    masked = is_masked(cfg.model.arch)  # a BERT/RoBERTa masked LM: its tokens, masked batches
+    datamodule = TextDataModule(cfg.data, seed=cfg.seed, on_gpu=on_gpu,
+                                specials=cfg.model.arch if masked else None)
     datamodule.prepare_data()
     datamodule.setup()
+    tokenizer = datamodule.tokenizer
     model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
                                        datamodule.eos_token_id, cfg.trainer.max_steps,
                                        compile_model=cfg.trainer.compile,
-                                       loss_chunk_tokens=cfg.trainer.loss_chunk_tokens)
+                                       loss_chunk_tokens=cfg.trainer.loss_chunk_tokens,
+                                       pad_token_id=tokenizer.pad_token_id if masked else None,
+                                       bos_token_id=tokenizer.cls_token_id if masked else None)
     if ckpt_path is not None:
         check_resume_fits(ckpt_path, model)
     check_optimizer(model)

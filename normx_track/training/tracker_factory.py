@@ -10,7 +10,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from normx_track.tracker.lightning import NormTracker
-from normx_track.training.config import Config, TrackerConfig, to_dict
+from normx_track.training.config import Config, TrackerConfig, is_masked, to_dict
 from normx_track.training.data.datamodule import TextDataModule
 from normx_track.training.data.tokenizer import surface_forms
 from normx_track.gold.statistics import GoldStatistics, cache_key, compute_gold, load_lexicon
@@ -18,6 +18,7 @@ from normx_track.gold.word_labels import label_function_words
 from normx_track.probes.blimp import is_blimp_spec, load_blimp
 from normx_track.probes.evidence import EvidenceProbe
 from normx_track.probes.faithfulness import FaithfulnessProbe
+from normx_track.probes.masked_evidence import MaskedEvidenceProbe
 from normx_track.probes.function_words import resolve_function_words
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,15 @@ def lexicon_signals(paths: list[str], datamodule: TextDataModule) -> dict[str, n
 
 
 def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path | None,
-                 held_out: np.ndarray, max_length: int | None = None) -> list:
+                 held_out: np.ndarray, max_length: int | None = None,
+                 masked: bool = False) -> list:
     """The probes `t` asks for: evidence on `t.probe_file` (a file or a BLiMP spec; else
     the corpus's own `probe_file`), faithfulness on `held_out` tokens. ``max_length``:
-    the model's context size."""
+    the model's context size. ``masked``: a masked LM's probes (the same metric names)."""
     probes: list = []
     probe_file = t.probe_file or probe_file
+    if masked:
+        return _masked_probes(t, seed, tokenizer, probe_file, max_length)
     if t.evidence and probe_file:
         pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
         # null: every pair (0 meant that in records written before 0 was refused)
@@ -87,6 +91,21 @@ def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path 
     return probes
 
 
+def _masked_probes(t: TrackerConfig, seed: int, tokenizer, probe_file, max_length) -> list:
+    """Evidence the authors' way, mask accuracy and PLL-word-l2r accuracy; faithfulness
+    with [MASK] as the replacement is not built yet."""
+    if t.faithfulness_examples:
+        log.warning("tracker.faithfulness_examples: faithfulness is not measured for masked "
+                    "LMs yet")
+    if not (t.evidence and probe_file):
+        return []
+    pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
+    return [MaskedEvidenceProbe(pairs, tokenizer, seed=seed,
+                                max_pairs=t.max_probe_pairs or None, max_length=max_length,
+                                layers="all" if t.evidence_by_layer else "last",
+                                leading_space=t.probe_leading_space)]
+
+
 def probes_for_record(meta: dict) -> list:
     """The same probes a recorded run used (for replay), from its meta.json."""
     if "data_dir" not in meta or "tracker" not in meta.get("config", {}):
@@ -101,9 +120,10 @@ def probes_for_record(meta: dict) -> list:
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
     synthetic = data_dir / "synthetic" / "probes.jsonl"
     held_out = np.memmap(data_dir / "val.bin", dtype=np.int32, mode="r")
+    model = meta["config"]["model"]
     return build_probes(tracker, meta["config"]["seed"], tokenizer,
                         synthetic if synthetic.exists() else None, held_out,
-                        meta["config"]["model"]["n_positions"])
+                        model["n_positions"], is_masked(model.get("arch", "gpt2")))
 
 
 def tracker_arguments(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> dict:
@@ -118,7 +138,8 @@ def tracker_arguments(cfg: Config, datamodule: TextDataModule, out_dir: Path) ->
                 every_n_steps=t.every_n_steps, log_spaced=t.log_spaced, min_count=t.min_count,
                 signals=lexicon_signals(t.lexicons, datamodule),
                 probes=build_probes(t, cfg.seed, datamodule.tokenizer, datamodule.probe_file,
-                                    datamodule.val_set.tokens, cfg.model.n_positions),
+                                    datamodule.val_set.tokens, cfg.model.n_positions,
+                                    is_masked(cfg.model.arch)),
                 stop_on_nonfinite=t.stop_on_nonfinite, top_k_tokens=t.top_k_tokens,
                 meta={"config": to_dict(cfg), "data_dir": str(datamodule.dir.resolve())})
 

@@ -27,24 +27,30 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from normx_track.training.config import DataConfig
 from normx_track.training.data.sources import DataSourceError, load_texts
 from normx_track.training.data.synthetic import SyntheticConfig, generate_corpus, write_corpus
+from normx_track.training.data.masking import MaskingCollator
 from normx_track.training.data.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 class BlockDataset(Dataset):
-    """Non-overlapping blocks of `block_size` tokens from a flat token file."""
+    """Non-overlapping blocks of `block_size` tokens from a flat token file. ``wrap`` (a
+    masked LM's (cls, sep) ids): each block is cls + `block_size` - 2 stream tokens + sep,
+    and carries its index (the masking collator seeds from it)."""
 
-    def __init__(self, path: Path, block_size: int, split: str = "training"):
+    def __init__(self, path: Path, block_size: int, split: str = "training",
+                 wrap: tuple[int, int] | None = None):
         n_tokens = path.stat().st_size // np.dtype(np.int32).itemsize
-        if n_tokens < block_size:  # (numpy cannot even map an empty file)
+        self.wrap = wrap
+        per_block = block_size - 2 if wrap is not None else block_size  # stream tokens
+        if n_tokens < per_block:  # (numpy cannot even map an empty file)
             raise DataSourceError(
                 f"the {split} split holds {n_tokens} tokens, fewer than one block "
                 f"(data.block_size={block_size}); give more documents"
                 + (" or a larger data.val_fraction" if split == "validation" else "")
                 + " or use smaller blocks")
         self.tokens = np.memmap(path, dtype=np.int32, mode="r")
-        self.block_size = block_size
+        self.block_size = per_block
 
     def __len__(self) -> int:
         return len(self.tokens) // self.block_size
@@ -52,7 +58,10 @@ class BlockDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         start = i * self.block_size
         block = np.asarray(self.tokens[start:start + self.block_size], dtype=np.int64)
-        return {"input_ids": torch.from_numpy(block)}
+        if self.wrap is None:
+            return {"input_ids": torch.from_numpy(block)}
+        cls, sep = self.wrap
+        return {"input_ids": torch.from_numpy(np.concatenate([[cls], block, [sep]])), "index": i}
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -91,10 +100,14 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return map(self.batch, itertools.count(self.start))
 
 
-def data_cache_key(cfg: DataConfig, seed: int) -> str:
+def data_cache_key(cfg: DataConfig, seed: int, specials: str | None = None) -> str:
+    # Masking settings change batches, not the token stream: not in the key.
     parts = {k: v for k, v in asdict(cfg).items()
-             if k not in ("block_size", "batch_size", "num_workers", "cache_dir", "streaming")}
+             if k not in ("block_size", "batch_size", "num_workers", "cache_dir", "streaming",
+                          "mlm_probability", "whole_word_mask")}
     parts["seed"] = seed
+    if specials is not None:  # a masked LM's tokenizer (causal runs keep their keys)
+        parts["specials"] = specials
     parts["files"] = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in cfg.files
                       if os.path.exists(f)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -113,13 +126,18 @@ def loader_workers(configured: int | None, on_gpu: bool) -> int:
 
 
 class TextDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, seed: int = 0, on_gpu: bool = False):
+    """``specials``: None for a causal LM; "bert" / "roberta" for a masked LM (its special
+    tokens in the trained tokenizer, blocks wrapped in them, batches masked)."""
+
+    def __init__(self, cfg: DataConfig, seed: int = 0, on_gpu: bool = False,
+                 specials: str | None = None):
         super().__init__()
         self.cfg = cfg
         self.seed = seed
+        self.specials = specials
         self.pin_memory = on_gpu  # page-locked batches: faster, asynchronous copies to a GPU
         self.num_workers = loader_workers(cfg.num_workers, on_gpu)
-        self.dir = Path(cfg.cache_dir) / data_cache_key(cfg, seed)
+        self.dir = Path(cfg.cache_dir) / data_cache_key(cfg, seed, specials)
         self.tokenizer = None
         self.batches_consumed = 0  # global batches; restored on resume so none is replayed
 
@@ -156,7 +174,12 @@ class TextDataModule(L.LightningDataModule):
         n_val = max(1, int(len(texts) * self.cfg.val_fraction)) if len(texts) > 1 else 0
         val_docs, train_docs = order[:n_val], order[n_val:]
         tokenizer = get_tokenizer(self.cfg.tokenizer, (texts[i] for i in train_docs),
-                                  self.cfg.vocab_size, out / "tokenizer")
+                                  self.cfg.vocab_size, out / "tokenizer", self.specials)
+        if self.specials and (tokenizer.mask_token_id is None or tokenizer.cls_token_id is None
+                              or tokenizer.sep_token_id is None):
+            raise DataSourceError(f"data.tokenizer={self.cfg.tokenizer}: a masked LM needs a "
+                                  f"tokenizer with mask, cls and sep tokens (data.tokenizer="
+                                  f"bpe trains one)")
         if not (out / "tokenizer").exists():
             tokenizer.save_pretrained(out / "tokenizer")
         lengths = self._write_tokens(tokenizer, [texts[i] for i in train_docs], out / "train.bin")
@@ -185,8 +208,12 @@ class TextDataModule(L.LightningDataModule):
             self.prepare_data()
         from transformers import AutoTokenizer
         self.tokenizer = AutoTokenizer.from_pretrained(self.dir / "tokenizer")
-        self.train_set = BlockDataset(self.dir / "train.bin", self.cfg.block_size)
-        self.val_set = BlockDataset(self.dir / "val.bin", self.cfg.block_size, "validation")
+        wrap = None
+        if self.specials:
+            wrap = (self.tokenizer.cls_token_id, self.tokenizer.sep_token_id)
+        self.train_set = BlockDataset(self.dir / "train.bin", self.cfg.block_size, wrap=wrap)
+        self.val_set = BlockDataset(self.dir / "val.bin", self.cfg.block_size, "validation",
+                                    wrap)
         if self.cfg.tokenizer == "bpe" and self.vocab_size > self.cfg.vocab_size:
             log.warning("data.vocab_size=%d is below what a byte-level BPE can have (its 256 "
                         "bytes and the end-of-text token): the tokenizer has %d tokens (both "
@@ -235,7 +262,8 @@ class TextDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = ResumableBatchSampler(len(self.train_set), self.cfg.batch_size, self.seed,
                                         self.batches_consumed, rank, world)
-        return DataLoader(self.train_set, batch_sampler=sampler, **self._loader_options())
+        return DataLoader(self.train_set, batch_sampler=sampler,
+                          **self._loader_options(self.seed))
 
     def state_dict(self) -> dict[str, Any]:
         # Called when a checkpoint is saved: every batch so far went into an optimizer step.
@@ -246,9 +274,14 @@ class TextDataModule(L.LightningDataModule):
         self.batches_consumed = int(state_dict["batches_consumed"])
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, **self._loader_options())
+        return DataLoader(self.val_set, batch_size=self.cfg.batch_size,
+                          **self._loader_options(self.seed + 1))
 
-    def _loader_options(self) -> dict[str, Any]:
+    def _loader_options(self, mask_seed: int) -> dict[str, Any]:
         # Persistent workers: validation every few hundred steps does not respawn them.
-        return dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
-                    persistent_workers=self.num_workers > 0)
+        options = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                       persistent_workers=self.num_workers > 0)
+        if self.specials:  # masked LM: the collator masks (seeded by the blocks' indices)
+            options["collate_fn"] = MaskingCollator(self.tokenizer, self.cfg.mlm_probability,
+                                                    self.cfg.whole_word_mask, mask_seed)
+        return options
