@@ -14,17 +14,18 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_train, subprocess_env
+from conftest import ROOT, TINY, subprocess_env, tiny_config
 from normx_track.record.store import list_snapshots, read_metrics
 from fake_wandb_server import FakeWandbServer
 from wandb_log import history
 
-LONG = [o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.checkpoint_every"))]
-LONG += ["trainer.max_steps=120", "trainer.checkpoint_every_n_steps=10", "logger=none"]
+STEPS = 60  # long enough to stop a run at step 30 and see it go on
+LONG = [*TINY, f"trainer.max_steps={STEPS}", "trainer.checkpoint_every_n_steps=10",
+        "logger=none"]
 
 
 # LONG's snapshots: every 4 steps (log-spaced before) and at every checkpoint (every 10).
-LONG_SNAPSHOTS = sorted({0, 1, 2} | set(range(4, 121, 4)) | set(range(10, 121, 10)))
+LONG_SNAPSHOTS = sorted({0, 1, 2} | set(range(4, STEPS + 1, 4)) | set(range(10, STEPS + 1, 10)))
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, step: int = 30) -> bool:
@@ -47,18 +48,23 @@ def rows_close(a: list[dict], b: list[dict]) -> None:
 
 @pytest.mark.timeout(400)
 def test_kill_9_then_resume_continues_the_record(cache_dir: Path, tmp_path: Path):
+    """Killed after its step-20 checkpoint of 40 (a process, as a user's is); the clean run
+    and the resume run in this process: the kill is what is tested."""
+    from normx_track.training.run import run
+
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    run_train(cache_dir, *LONG, f"hydra.run.dir={clean}")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *LONG,
+    kill = ["trainer.max_steps=40", "trainer.checkpoint_every_n_steps=10", "logger=none"]
+    run(tiny_config(clean, cache_dir, *kill))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, *kill,
                              f"hydra.run.dir={killed}"], cwd=ROOT, env=subprocess_env(cache_dir),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_checkpoint(proc, killed)
+    wait_for_checkpoint(proc, killed, step=20)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = read_metrics(killed)
-    assert before and before[-1]["step"] < 120, "the run finished before it could be killed"
+    assert before and before[-1]["step"] < 40, "the run finished before it could be killed"
     last = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)  # intact
-    run_train(cache_dir, *LONG, f"hydra.run.dir={killed}", "ckpt_path=last")
+    run(tiny_config(killed, cache_dir, *kill, "ckpt_path=last"))
     after = read_metrics(killed)
     kept = [r for r in before if r["step"] <= last["global_step"]]
     rows_close(after[: len(kept)], kept)  # nothing recorded up to the checkpoint was lost
@@ -117,7 +123,7 @@ def test_wandb_dying_mid_run_loses_nothing(cache_dir: Path, tmp_path: Path):
     csv = pd.read_csv(next((out / "csv").rglob("metrics.csv")))
     fallback = sorted(set(csv["step"][csv["train/loss"].notna()]))
     assert synced == list(range(len(synced))) and len(synced) >= 20  # a gap-free prefix
-    assert fallback == list(range(fallback[0], 120))  # and a gap-free rest
+    assert fallback == list(range(fallback[0], STEPS))  # and a gap-free rest
     # Rows in flight when the service died went to the CSV too: none is in neither.
     assert fallback[0] <= len(synced) <= 30
 
@@ -145,6 +151,6 @@ def test_wandb_server_gone_mid_run_neither_hangs_nor_loses_rows(cache_dir: Path,
     assert "wandb sync" in (out / "train.log").read_text()
     assert [r["step"] for r in read_metrics(out)] == LONG_SNAPSHOTS
     kept = history(next((out / "wandb").glob("run-*/run-*.wandb")))
-    assert sorted({r["trainer/global_step"] for r in kept if "train/loss" in r}) == list(range(120))
+    assert sorted({r["trainer/global_step"] for r in kept if "train/loss" in r}) == list(range(STEPS))
     tracked = sorted({r["trainer/global_step"] for r in kept if "normx/spearman/information_gain" in r})
     assert tracked == LONG_SNAPSHOTS
