@@ -174,10 +174,25 @@ class Run:
                 if arrays is not None and key in arrays:
                     steps.append(step)
                     rows.append(np.asarray(arrays[key], np.float64))
-            width = min((len(r) for r in rows), default=0)
-            matrix = np.stack([r[:width] for r in rows]) if rows else np.zeros((0, 0))
+            steps, rows = self._same_length(key, steps, rows)
+            matrix = np.stack(rows) if rows else np.zeros((0, 0))
             self._norm_cache[key] = (steps, matrix)
         return self._norm_cache[key]
+
+    def _same_length(self, key: str, steps: list[int], rows: list[np.ndarray]
+                     ) -> tuple[list[int], list[np.ndarray]]:
+        """Snapshots whose `key` has another length than the gold's vocabulary (or, without
+        gold counts, than most snapshots') are skipped, and named."""
+        lengths = [len(r) for r in rows]
+        if len(set(lengths)) <= 1:
+            return steps, rows
+        counts = self.gold.get("counts")
+        expected = len(counts) if counts is not None else max(set(lengths), key=lengths.count)
+        odd = [s for s, n in zip(steps, lengths) if n != expected]
+        self.warn(f"{self.record / 'snapshots'}: the snapshots at steps {odd} hold {key} of "
+                  f"another length than {expected} (another vocabulary?); skipped")
+        kept = [(s, r) for s, r in zip(steps, rows) if len(r) == expected]
+        return [s for s, _ in kept], [r for _, r in kept]
 
     def setting(self, key: str) -> str | None:
         """The value of a config key for grouping: what the record says the run ran with
@@ -310,6 +325,20 @@ def sweep_frame(runs: list[Run], group_by: list[str]) -> tuple[pd.DataFrame, lis
             frame.insert(2 + i, key, values[key])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True), labels
+
+
+def mixed_vocabularies(runs: list[Run], group_by: list[str]) -> list[str]:
+    """Groups whose runs had different vocabularies (meta.json's vocab_hash): averaging
+    their curves mixes corpora or tokenizers. One line per such group."""
+    shown = varying_keys(runs, group_by)
+    groups: dict[str, dict[str, list[str]]] = {}
+    for run in runs:
+        label = group_label({k: run.setting(k) for k in group_by}, shown)
+        vocab = str(run.meta.get("vocab_hash"))[:12]
+        groups.setdefault(label, {}).setdefault(vocab, []).append(run.name)
+    return [f"group {label!r} holds runs of {len(by_vocab)} vocabularies (" + "; ".join(
+                f"{', '.join(names)}" for names in by_vocab.values()) + ")"
+            for label, by_vocab in groups.items() if len(by_vocab) > 1]
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:

@@ -27,6 +27,8 @@ from normx_track.record.store import (RecordLock, RecordLockedError, RecordWrite
                                  record_dir, set_aside)
 from normx_track.tracker.snapshot import NormMetrics, norm_arrays
 from normx_track.training.config import TrackerConfig
+
+from .load import non_negative_int
 from normx_track.training.tracker_factory import probes_for_record
 
 
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--like", type=Path, help="a run dir whose gold, vocab and settings to use")
     parser.add_argument("--gold", type=Path, help="gold.npz (with --vocab) when not --like")
     parser.add_argument("--vocab", type=Path, help="vocab.json: token strings by id")
-    parser.add_argument("--min-count", type=int, default=None)
+    parser.add_argument("--min-count", type=non_negative_int, default=None)
     parser.add_argument("--out", type=Path, required=True, help="run dir to write normx/ into")
     args = parser.parse_args(argv)
     try:

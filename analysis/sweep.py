@@ -36,7 +36,7 @@ from normx_track.keys import OUTPUT_PREFIX, PREFIX, auroc_key, correlation_key
 from . import figures as F
 from .emergence import curve_table
 from .load import (NoRecordError, RecordWarning, Run, cli_warnings, default_group_keys,
-                   load_sweep, metric_columns, sweep_frame, varying_keys)
+                   load_sweep, metric_columns, mixed_vocabularies, sweep_frame, varying_keys)
 
 SUMMARY_COLUMNS = ["n_runs", "final_mean", "final_std", "peak_mean", "peak_std",
                    "peak_step_mean", "peak_step_std"]
@@ -203,6 +203,8 @@ def parser() -> argparse.ArgumentParser:
                         "e.g. 'normx/spearman/*'")
     p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT",
                    help="figure formats (default: png svg)")
+    p.add_argument("--mix-vocabularies", action="store_true",
+                   help="average runs of different vocabularies (vocab_hash) within a group")
     return p
 
 
@@ -213,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
             runs = load_sweep(args.multirun_dir)
         except NoRecordError as err:
             print(f"error: {err}", file=sys.stderr)
+            return 2
+        mixed = [] if args.mix_vocabularies else mixed_vocabularies(
+            runs, args.group_by if args.group_by is not None else default_group_keys(runs))
+        if mixed:
+            print(f"error: {mixed[0]}: their curves would be averaged across corpora or "
+                  "tokenizers; group by the data keys too (e.g. --group-by data.files seed) "
+                  "or pass --mix-vocabularies", file=sys.stderr)
             return 2
         figures, table, frame, labels = build_sweep(runs, args.group_by, args.band,
                                                 args.log_steps, args.metrics)

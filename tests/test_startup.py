@@ -302,3 +302,167 @@ def test_a_sweep_names_its_bad_job_runs_the_others_and_sums_up(poor):
         assert (sweep / job / "checkpoints" / "last.ckpt").exists()
     assert not (sweep / "1" / ".hydra").exists() and not (sweep / "1" / "checkpoints").exists()
     assert not list(sweep.glob(".normx_sweep-*"))
+
+
+# -- replay, explain, checkpoints and analysis: one line, or a warning that says why --------
+def test_a_full_disk_at_a_checkpoint_says_so(tmp_path, monkeypatch):
+    from normx_track.record import checkpoint_writer
+    from normx_track.record.atomic import AtomicWriteError
+
+    def torch_on_a_full_disk(obj, handle, *a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64")
+
+    monkeypatch.setattr(torch, "save", torch_on_a_full_disk)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(AtomicWriteError) as err:  # room left: torch's reason, the file named
+        checkpoint_writer.AtomicCheckpointIO().save_checkpoint({}, path)
+    assert "last.ckpt (" in str(err.value) and "unexpected pos" in str(err.value)
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+    monkeypatch.setattr(checkpoint_writer.os, "fstatvfs", lambda fd: Full)
+    with pytest.raises(AtomicWriteError) as err:
+        checkpoint_writer.AtomicCheckpointIO().save_checkpoint({}, path)
+    assert str(err.value).endswith(f"could not write {path}: no space left on device; the "
+                                   "previous version is intact") and err.value.errno == 28
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+@pytest.fixture()
+def record_copy(tiny_run, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "normx", run / "normx")
+    shutil.copytree(tiny_run / "checkpoints", run / "checkpoints")
+    return run
+
+
+def replay_error(argv: list[str], capsys) -> str:
+    from analysis.replay import main as replay
+
+    with pytest.raises(SystemExit) as stop:
+        replay(argv)
+    message = str(stop.value.code) if not isinstance(stop.value.code, int) else \
+        capsys.readouterr().err
+    assert "Traceback" not in message
+    return message
+
+
+def test_replay_names_an_unreadable_meta_or_gold_file(record_copy, tmp_path, capsys):
+    ckpt = str(record_copy / "checkpoints" / "step_00000004.ckpt")
+    argv = [ckpt, "--like", str(record_copy), "--out", str(tmp_path / "out")]
+    meta = record_copy / "normx" / "meta.json"
+    text = meta.read_text()
+    meta.write_text(text[: len(text) // 2])
+    message = replay_error(argv, capsys)
+    assert f"{meta}: unreadable (JSONDecodeError" in message and "no such" not in message
+    meta.write_text(text)
+    np_obj = __import__("numpy").array([{"a": 1}], dtype=object)
+    __import__("numpy").savez(record_copy / "normx" / "gold.npz", counts=np_obj)
+    message = replay_error(argv, capsys)
+    assert str(record_copy / "normx" / "gold.npz") in message and "not a readable gold file" \
+        in message and "allow_pickle" not in message
+
+
+def test_replay_ignores_and_names_tracker_keys_it_does_not_know(record_copy, tmp_path, capsys):
+    from analysis.replay import main as replay
+    from normx_track.record.store import read_metrics
+
+    meta_path = record_copy / "normx" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["tracker"]["from_a_later_version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    replay([str(record_copy / "checkpoints" / "step_00000004.ckpt"), "--like",
+            str(record_copy), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert "tracker setting(s) ['from_a_later_version'] unknown to this version" in err
+    assert [r["step"] for r in read_metrics(out)] == [4]
+
+
+def test_replay_refuses_a_negative_min_count(record_copy, tmp_path, capsys):
+    from analysis.replay import main as replay
+
+    with pytest.raises(SystemExit) as stop:
+        replay([str(record_copy / "checkpoints" / "last.ckpt"), "--like", str(record_copy),
+                "--out", str(tmp_path / "out"), "--min-count", "-3"])
+    assert stop.value.code == 2 and "--min-count: must be >= 0, got -3" in capsys.readouterr().err
+
+
+def test_explain_refuses_another_corpus_tokenizer_of_the_same_size(tiny_run, tmp_path, capsys):
+    from normx_track.attribution.explain import main as explain
+
+    own = Path(json.loads((tiny_run / "normx" / "meta.json").read_text())["data_dir"])
+    spec = json.loads((own / "tokenizer" / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]  # two tokens swap ids: same size, other words per id
+    first, second = sorted(vocab, key=vocab.get)[300:302]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    other = tmp_path / "other_tokenizer"
+    shutil.copytree(own / "tokenizer", other)
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    ckpt = str(tiny_run / "checkpoints" / "last.ckpt")
+    assert explain([ckpt, "the cat", "--tokenizer", str(other)]) == 2
+    assert "--tokenizer: not the tokenizer of the run" in capsys.readouterr().err
+    assert explain([ckpt, "the cat", "--tokenizer", str(own / "tokenizer")]) == 0
+
+
+@pytest.mark.parametrize("tool", ["curves", "report", "emergence"])
+def test_analysis_of_a_read_only_run_folder_suggests_out(tool, record_copy, monkeypatch,
+                                                         capsys, tmp_path):
+    import importlib
+
+    main = importlib.import_module(f"analysis.{tool}").main
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == record_copy
+                        else real(p, m))
+    assert main([str(record_copy)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"error: {record_copy}: cannot write there (read-only or not a folder); pass --out " \
+        "DIR to write elsewhere"
+    assert not (record_copy / "figures").exists()
+
+
+def test_emergence_skips_snapshots_of_another_length_and_says_why_nothing_settles(
+        record_copy, capsys):
+    import numpy as np
+    from analysis.emergence import main as emergence
+    from normx_track.record.store import list_snapshots
+
+    with pytest.raises(SystemExit) as stop:
+        emergence([str(record_copy), "--min-count", "-3"])
+    assert stop.value.code == 2
+    snapshots = list_snapshots(record_copy)
+    odd = snapshots[max(snapshots)]
+    with np.load(odd) as data:
+        arrays = {k: data[k] for k in data.files}
+    np.savez(odd, **{**arrays, "input_norm": arrays["input_norm"][:-5]})
+    capsys.readouterr()
+    assert emergence([str(record_copy), "--formats", "png"]) == 0
+    assert f"snapshots at steps [{max(snapshots)}] hold input_norm of another length than " \
+        f"{len(arrays['input_norm'])}" in capsys.readouterr().err
+    assert (record_copy / "figures" / "emergence.csv").exists()
+    n_types = len(np.load(record_copy / "normx" / "gold.npz")["counts"])
+    for path in list_snapshots(record_copy).values():  # a run whose norms all went NaN
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        np.savez(path, **{**arrays, "input_norm": np.full(n_types, np.nan)})
+    capsys.readouterr()
+    assert emergence([str(record_copy), "--formats", "png"]) == 0
+    err = capsys.readouterr().err
+    assert "no emergence table:" in err and "has a finite input_norm in every snapshot" in err
+
+
+def test_a_sweep_does_not_average_runs_of_different_vocabularies_unless_asked(record_copy,
+                                                                               tmp_path, capsys):
+    from analysis.sweep import main as sweep
+
+    root = tmp_path / "multirun"
+    for job in ("0", "1"):
+        shutil.copytree(record_copy / "normx", root / job / "normx")
+    meta_path = root / "1" / "normx" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["vocab_hash"] = "another corpus"
+    meta_path.write_text(json.dumps(meta))
+    assert sweep([str(root), "--group-by", "seed", "--formats", "png"]) == 2
+    assert "holds runs of 2 vocabularies" in capsys.readouterr().err
+    assert sweep([str(root), "--group-by", "seed", "--formats", "png",
+                  "--mix-vocabularies"]) == 0
