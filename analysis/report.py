@@ -35,9 +35,11 @@ from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, 
 from .sweep import build_sweep, emergence_summary
 
 # The summary's metrics: plain and frequency-controlled Spearman side by side, the AUROC,
-# accuracy and evidence AP (key prefixes, as the tracker and probes define them).
+# accuracy and evidence AP (key prefixes, as the tracker and probes define them), and the
+# losses with the steps they were measured at.
 HEADLINE = (correlation_key("spearman", ""), correlation_key("partial_spearman", ""),
-            auroc_key(), K.PAIR_ACCURACY, K.BLIMP_ACCURACY, K.EVIDENCE_AP.split("{")[0])
+            auroc_key(), K.PAIR_ACCURACY, K.BLIMP_ACCURACY, K.EVIDENCE_AP.split("{")[0],
+            *K.LOSS_KEYS)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;

@@ -212,6 +212,9 @@ def test_the_loss_panel_plots_each_loss_at_the_step_it_was_measured(tmp_path):
         np.testing.assert_array_equal(lines[key].get_ydata(), [expected[s] for s in want_steps])
         assert lines[key].axes.get_xscale() == "symlog"  # the correlations' step axis
         assert lines[key].axes.get_ylabel()
+    summary = report.run_report(load_run(run_dir)).split("<h2>Summary</h2>")[1].split("<h2>")[0]
+    for key in ("train/loss", "val/loss", "val/loss_step"):  # the last row's, in the summary
+        assert f'<td class="t">{key}</td><td>{rows[-1][key]:.4g}</td>' in summary
     # an older record (no loss keys): the panel is left out
     old = F.correlations(load_run(hand_record(tmp_path / "old", with_loss=False)).frame)
     assert not {"train/loss", "val/loss"} & set(lines_by_gid(old))
