@@ -204,7 +204,9 @@ class Run:
         if key in self.overrides:
             return _plain_str(self.overrides[key])
         value = _dotted(_hydra_config(self.path), key)
-        return None if value is None else _plain_str(value)
+        if isinstance(value, dict):  # a config group left at its default: its option's name
+            value = _dotted(_hydra_config(self.path, "hydra.yaml"), f"hydra.runtime.choices.{key}")
+        return None if value is None or isinstance(value, dict) else _plain_str(value)
 
 
 # -- sweeps ------------------------------------------------------------------------------
@@ -396,8 +398,8 @@ def _plain_str(value: Any) -> str:
 _HYDRA_CONFIGS: dict[Path, dict[str, Any]] = {}
 
 
-def _hydra_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / ".hydra" / "config.yaml"
+def _hydra_config(run_dir: Path, name: str = "config.yaml") -> dict[str, Any]:
+    path = Path(run_dir) / ".hydra" / name
     if path not in _HYDRA_CONFIGS:
         config = {}
         if path.exists():

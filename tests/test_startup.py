@@ -466,3 +466,13 @@ def test_a_sweep_does_not_average_runs_of_different_vocabularies_unless_asked(re
     assert "holds runs of 2 vocabularies" in capsys.readouterr().err
     assert sweep([str(root), "--group-by", "seed", "--formats", "png",
                   "--mix-vocabularies"]) == 0
+
+
+def test_a_config_group_left_at_its_default_is_labelled_by_its_option(record_copy):
+    from analysis.load import load_run
+
+    (record_copy / ".hydra").mkdir()
+    (record_copy / ".hydra" / "config.yaml").write_text("data:\n  source: synthetic\n")
+    (record_copy / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      data: synthetic\n")
+    assert load_run(record_copy).setting("data") == "synthetic"  # not the section's dict
