@@ -19,7 +19,6 @@ import atexit
 import json
 import logging
 import os
-import shutil
 import sys
 import traceback
 from pathlib import Path
