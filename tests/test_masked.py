@@ -457,20 +457,91 @@ def test_masked_language_model_builds_tied_and_trains_on_masked_tokens(arch):
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
 
 
-def test_roberta_tiny_run_records_the_masked_curves(tmp_path, cache_dir):
-    import json
-
+@pytest.fixture(scope="module")
+def roberta_run(tmp_path_factory, cache_dir):
+    """`train.py model=roberta_tiny debug=tiny`, 4 steps, a snapshot and checkpoint at 4."""
     from conftest import tiny_config
     from normx_track.training.run import run
-    run(tiny_config(tmp_path / "run", cache_dir, "model=roberta_tiny", "logger=none",
+    out = tmp_path_factory.mktemp("roberta") / "run"
+    run(tiny_config(out, cache_dir, "model=roberta_tiny", "logger=none",
                     "trainer.max_steps=4", "tracker.every_n_steps=4"))
-    rows = [json.loads(line) for line in
-            (tmp_path / "run" / "normx" / "metrics.jsonl").read_text().splitlines()]
-    last = rows[-1]
+    return out
+
+
+def _rows(record):
+    import json
+    return [json.loads(line) for line in (record / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_roberta_tiny_run_records_the_masked_curves(roberta_run):
+    import json
+    last = _rows(roberta_run / "normx")[-1]
     for key in (EVIDENCE_AP.format(method="normxlogit"), EVIDENCE_N_PAIRS, MASK_ACCURACY,
                 PAIR_ACCURACY, EVIDENCE_N_MULTITOKEN_TARGET, "normx/spearman/information_gain",
                 "val/loss"):
         assert key in last, key
     assert math.isfinite(last["val/loss"]) and last[EVIDENCE_N_PAIRS] > 0
-    meta = json.loads((tmp_path / "run" / "normx" / "meta.json").read_text())
+    meta = json.loads((roberta_run / "normx" / "meta.json").read_text())
     assert meta["config"]["model"]["arch"] == "roberta"
+
+
+def test_replay_of_masked_lm_checkpoints_gives_the_live_rows(roberta_run, tmp_path):
+    from analysis.replay import main
+    from normx_track.record.checkpoint_loader import load_model
+    ckpt = roberta_run / "checkpoints" / "step_00000004.ckpt"
+    assert isinstance(load_model(ckpt).model, RobertaForMaskedLM)
+    main([str(roberta_run / "checkpoints" / "step_00000004.ckpt"), "--like", str(roberta_run),
+          "--out", str(tmp_path / "replayed")])
+    live = {r["step"]: r for r in _rows(roberta_run / "normx")}[4]
+    replayed = _rows(tmp_path / "replayed" / "normx")[-1]
+    assert replayed["step"] == 4
+    for key in (EVIDENCE_AP.format(method="normxlogit"), PAIR_ACCURACY, MASK_ACCURACY,
+                "normx/spearman/information_gain"):
+        assert replayed[key] == pytest.approx(live[key], abs=1e-6), key
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_trained_tokenizer_has_the_masked_specials(tmp_path, family):
+    from normx_track.training.data.tokenizer import MASKED_SPECIALS, train_bpe
+    tok = train_bpe(TEXT, 300, tmp_path, family)
+    order, names = MASKED_SPECIALS[family]
+    for name in ("pad_token", "cls_token", "sep_token", "mask_token"):
+        assert getattr(tok, name + "_id") == order.index(names[name])
+    tokens = tok.convert_ids_to_tokens(tok(f"the keys {tok.mask_token} on")["input_ids"])
+    # [CLS] ... [SEP] around the text; the mask takes the space before it (no lone "Ġ")
+    assert tokens[0] == names["cls_token"] and tokens[-1] == names["sep_token"]
+    assert tokens[tokens.index(names["mask_token"]) - 1] != "Ġ"
+
+
+@pytest.fixture(scope="module")
+def trained_roberta(tmp_path_factory):
+    from normx_track.training.data.tokenizer import train_bpe
+    tok = train_bpe(TEXT, 300, tmp_path_factory.mktemp("tok"), "roberta")
+    return make("roberta", vocab=len(tok)), tok
+
+
+def test_explain_a_masked_lm_at_its_mask(trained_roberta):
+    from normx_track.attribution.explain import ExplainError, explain, format_table
+    from normx_track.probes.files import continuation_tokens
+    model, tok = trained_roberta
+    text = "the keys to the cabinet <mask> on the table ."
+    e = explain(model, tok, text, target="are", foil="is")
+    ids = tok(text)["input_ids"]
+    t = ids.index(tok.mask_token_id)
+    good, bad = (continuation_tokens(tok, w, "the keys to the cabinet")[0] for w in ("are", "is"))
+    a = attribute_masked(model, torch.tensor([ids]), t, target=good, foil=bad)
+    assert e.masked and e.position == t and e.token_ids == ids
+    assert e.target_id == good and e.foil_id == bad
+    np.testing.assert_allclose(e.normxlogit, a.normxlogit[0].numpy(), atol=ATOL)
+    assert np.isnan(e.normxlogit[t]) and np.isfinite(np.delete(e.normxlogit, t)).all()
+    assert f"at the mask, position {t}" in format_table(e)
+    for bad_text in ("the keys to the cabinet are", "the <mask> to the <mask>"):
+        with pytest.raises(ExplainError, match="one mask"):
+            explain(model, tok, bad_text)
+
+
+def test_explain_cli_on_a_masked_lm_checkpoint(roberta_run, capsys):
+    from normx_track.attribution.explain import main
+    ckpt = roberta_run / "checkpoints" / "step_00000004.ckpt"
+    assert main([str(ckpt), "the cat <mask> here"]) == 0
+    assert "at the mask" in capsys.readouterr().out

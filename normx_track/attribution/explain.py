@@ -20,9 +20,11 @@ The explained prediction is the model's next token after the whole text (its arg
 ``--target WORD`` (scored on the first token of " " + WORD, like the evidence probes);
 ``--foil WORD`` makes the scores contrastive (target minus foil); ``--layer N`` reads the
 hidden states after layer N (0 = embeddings) through the final norm and the head (logit
-lens) instead of the last layer. It prints a table of tokens with the norm factor
-(||E[x_i]||), LogAt and NormXLogit, and with ``--html`` writes a self-contained coloured
-view. Errors (unreadable or corrupt checkpoint, missing tokenizer, bad layer) print one
+lens) instead of the last layer. A masked LM (BERT/RoBERTa) explains its prediction at the
+mask token the text holds once ("The keys to the cabinet <mask> here"), the text with its
+special tokens; every other position is attributed. It prints a table of tokens with the
+norm factor (||E[x_i]||), LogAt and NormXLogit, and with ``--html`` writes a
+self-contained coloured view. Errors (unreadable or corrupt checkpoint, missing tokenizer, bad layer) print one
 line naming the problem and exit with status 2.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 
 from normx_track.record import checkpoint_loader as checkpoints
+from normx_track.attribution.masked import encoder_context_size, is_masked_lm
 from normx_track.attribution.normxlogit import attribute, context_size
 from normx_track.errors import InputError
 from normx_track.record.store import read_json, vocab_hash
@@ -139,6 +142,7 @@ class Explanation:
     layer: int | None = None  # None: last layer
     n_layers: int = 0
     note: str = ""  # how a multi-token target (or a shared start with the foil) was read
+    masked: bool = False  # a masked LM's prediction at the mask (position), not after it
 
 
 def _decode(tokenizer, token_id: int) -> str:
@@ -187,11 +191,34 @@ def _targets(tokenizer, text: str, ids: list[int], target: str | None, foil: str
     return ids + good[:n], good[n], bad[n], note
 
 
+def _masked_targets(tokenizer, text: str, ids: list[int], target: str | None,
+                    foil: str | None):
+    """A masked LM's (input ids, target id, foil id, note): the text (with its special
+    tokens) holds the mask once; a word is read as its first token after the text before
+    the mask (one mask holds one token)."""
+    target, foil = _word("--target", target), _word("--foil", foil)
+    mask = tokenizer.mask_token_id
+    if mask is None or ids.count(mask) != 1:
+        raise ExplainError(f"a masked LM explains the prediction at one mask: put "
+                           f"{tokenizer.mask_token or 'the mask token'!r} in the text once")
+    context = text[: text.index(tokenizer.mask_token)].strip()
+    first = {w: continuation_tokens(tokenizer, w, context) for w in (target, foil) if w}
+    if target and foil and first[target][0] == first[foil][0]:
+        raise ExplainError(f"--target {target!r} and --foil {foil!r} begin with the same "
+                           "token: one mask cannot tell them apart")
+    note = "; ".join(f"{w!r} is {len(t)} tokens; explaining its first at the mask"
+                     for w, t in first.items() if len(t) > 1)
+    target_id, foil_id = (first[w][0] if w else None for w in (target, foil))
+    return ids, target_id, foil_id, note
+
+
 def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = None,
             foil: str | None = None, layer: int | None = None,
             norm_factor: str = "word_embedding") -> Explanation:
-    """NormXLogit / LogAt of every token of ``text`` for the prediction after it."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    """NormXLogit / LogAt of every token of ``text`` for the prediction after it (a causal
+    LM), or at the mask token in it (a masked LM, the text with its special tokens)."""
+    masked = is_masked_lm(model)
+    ids = tokenizer(text, add_special_tokens=masked)["input_ids"]
     if not ids:
         raise ExplainError("the text has no tokens")
     vocab_rows = model.get_input_embeddings().weight.shape[0]
@@ -199,10 +226,12 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
     if max(ids) >= vocab_rows:
         raise ExplainError(f"the tokenizer gives token id {max(ids)} but the model has only "
                            f"{vocab_rows} embeddings: wrong tokenizer?")
-    limit = context_size(model)
+    limit = encoder_context_size(model) if masked else context_size(model)
     if limit is not None and len(ids) > limit:
         raise ExplainError(f"the text is {len(ids)} tokens; the model takes at most {limit}")
-    ids, target_id, foil_id, note = _targets(tokenizer, text, ids, target, foil)
+    ids, target_id, foil_id, note = (_masked_targets if masked else _targets)(
+        tokenizer, text, ids, target, foil)
+    position = ids.index(tokenizer.mask_token_id) if masked else None
     if limit is not None and len(ids) > limit:
         raise ExplainError(f"the text and the tokens target and foil share take {len(ids)} "
                            f"positions; the model takes at most {limit}")
@@ -212,7 +241,7 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
     layers = "last" if layer is None else [layer]
     try:
         a = attribute(model, torch.tensor([ids]), target=target_id, foil=foil_id, layers=layers,
-                      norm_factor=norm_factor)
+                      norm_factor=norm_factor, position=position)
     except ValueError as err:
         raise ExplainError(checkpoints.first_line(err)) from None
     probs = a.logits[0].softmax(-1)
@@ -231,7 +260,8 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
         top=[(_decode(tokenizer, i), float(p)) for p, i in zip(top_p.tolist(), top_i.tolist())],
         foil_id=foil_id, foil=None if foil_id is None else _decode(tokenizer, foil_id),
         foil_prob=None if foil_id is None else float(probs[foil_id]),
-        layer=None if layer is None else int(a.layers[0]), n_layers=int(n_layers), note=note)
+        layer=None if layer is None else int(a.layers[0]), n_layers=int(n_layers), note=note,
+        masked=masked)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -242,7 +272,8 @@ def _what(e: Explanation) -> str:
     layer = f"layer {e.layer} of {e.n_layers} (logit lens)" if e.layer is not None \
         else f"last layer ({e.n_layers})"
     note = f" ({e.note})" if e.note else ""
-    return f"explaining {what} after position {e.position}, {layer}{note}"
+    where = f"at the mask, position {e.position}" if e.masked else f"after position {e.position}"
+    return f"explaining {what} {where}, {layer}{note}"
 
 
 def format_table(e: Explanation) -> str:
@@ -324,7 +355,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m normx_track.attribution.explain",
         description="Explain a model's next-token prediction with NormXLogit and LogAt.")
     p.add_argument("checkpoint", help="a LanguageModel .ckpt or a Hugging Face model directory")
-    p.add_argument("text", help="the text whose next token is explained")
+    p.add_argument("text", help="the text whose next token is explained (a masked LM: the "
+                                "text with the tokenizer's mask token in it, once)")
     p.add_argument("--target", help="explain this word (its first token) instead of the argmax")
     p.add_argument("--foil", help="contrast with this word: scores are target - foil")
     p.add_argument("--layer", type=int, help="layer to read (0 = embeddings; default: last)")

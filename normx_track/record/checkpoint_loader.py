@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
 
 from normx_track.errors import InputError
 
@@ -70,6 +70,14 @@ def _tied_names(model: torch.nn.Module) -> set[str]:
     return tied
 
 
+_MASKED_TYPES = ("bert", "roberta")  # model types that load as masked LMs
+
+
+def _auto_class(model_type: str | None):
+    """BERT/RoBERTa load with their MLM head; every other model as a causal LM."""
+    return AutoModelForMaskedLM if model_type in _MASKED_TYPES else AutoModelForCausalLM
+
+
 def load_lightning(path: str | Path) -> LoadedModel:
     """The HF model inside a `LanguageModel` checkpoint, in eval mode."""
     checkpoint = read_lightning_checkpoint(path)
@@ -78,7 +86,8 @@ def load_lightning(path: str | Path) -> LoadedModel:
         raise CheckpointError(f"{path}: not a normx LanguageModel checkpoint (expected "
                               "'hyper_parameters' with 'hf_config' and a 'state_dict')")
     try:
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hparams["hf_config"]))
+        config = AutoConfig.for_model(**hparams["hf_config"])
+        model = _auto_class(config.model_type).from_config(config)
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: cannot build the model from its hf_config "
                               f"({first_line(err)})") from None
@@ -108,7 +117,8 @@ def _step_from_name(name: str) -> int | None:
 def load_pretrained(name_or_dir: str, revision: str | None = None) -> LoadedModel:
     """An HF directory or hub name (with `revision`, e.g. Pythia's "step1000")."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_dir, revision=revision)
+        config = AutoConfig.from_pretrained(name_or_dir, revision=revision)
+        model = _auto_class(config.model_type).from_pretrained(name_or_dir, revision=revision)
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"{name_or_dir}{'@' + revision if revision else ''}: cannot "
                               f"load a Hugging Face model ({first_line(err)})") from None

@@ -6,14 +6,15 @@ import logging
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tokenizers import ByteLevelBPETokenizer, processors
+from tokenizers import AddedToken, ByteLevelBPETokenizer, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
 # Masked LMs' special tokens, in id order (RoBERTa's <s>=0 <pad>=1 </s>=2, BERT's [PAD]=0),
 # and which is which. Documents end with the separator (the stream's EOS); a block is
-# wrapped in cls ... sep (datamodule), and tokenizer(text) adds them (PLL).
+# wrapped in cls ... sep (datamodule), and tokenizer(text) adds them (PLL). The mask takes
+# the space before it (lstrip, as roberta-base's): "the <mask> is" has no stray "Ġ".
 MASKED_SPECIALS = {
     "bert": (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
              dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
@@ -32,6 +33,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, directory: str | Path,
     directory = Path(directory)
     tokens, names = ([EOS], dict(eos_token=EOS, bos_token=EOS, unk_token=EOS)) \
         if specials is None else MASKED_SPECIALS[specials]
+    if specials is not None:
+        tokens = [AddedToken(t, lstrip=True, special=True, normalized=False)
+                  if t == names["mask_token"] else t for t in tokens]
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(_batched(texts), vocab_size=vocab_size, min_frequency=2,
                             special_tokens=tokens, show_progress=False)
