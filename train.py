@@ -194,7 +194,7 @@ class JobStart:
 def report_job(status: str, message: str = "", input_error: bool = False) -> None:
     """One line for the sweep's summary (a sweep's jobs may run in other processes)."""
     path = os.environ.get(SWEEP_STATUS)
-    if not path:
+    if not path or process_rank() != 0:  # a DDP job's other ranks inherit the variable
         return
     job = HydraConfig.get().job
     line = json.dumps({"num": job.num, "status": status, "message": message,
@@ -345,7 +345,8 @@ def main(dict_cfg: DictConfig) -> float | None:
         job.abandon()
         release_start_lock()
         raise
-    report_job("finished")
+    if in_sweep:
+        report_job("finished")
     return result
 
 
