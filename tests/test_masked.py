@@ -545,3 +545,20 @@ def test_explain_cli_on_a_masked_lm_checkpoint(roberta_run, capsys):
     ckpt = roberta_run / "checkpoints" / "step_00000004.ckpt"
     assert main([str(ckpt), "the cat <mask> here"]) == 0
     assert "at the mask" in capsys.readouterr().out
+
+
+def test_masked_lm_settings_are_checked():
+    from normx_track.training.config import Config, ConfigError, validate
+    cfg = Config()
+    cfg.model.arch = "roberta"
+    validate(cfg)
+    for key, value, message in (("data.mlm_probability", 0.0, "data.mlm_probability must be > 0"),
+                                ("data.mlm_probability", 1.0, r"data.mlm_probability must be in"),
+                                ("trainer.loss_chunk_tokens", 64, "loss_chunk_tokens is for causal"),
+                                ("data.block_size", 2, "block_size must be >= 3")):
+        bad = Config()
+        bad.model.arch = "roberta"
+        section, name = key.split(".")
+        setattr(getattr(bad, section), name, value)
+        with pytest.raises(ConfigError, match=message):
+            validate(bad)
