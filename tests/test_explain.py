@@ -80,7 +80,7 @@ def test_cli_explains_a_checkpoint_and_writes_html(run_dir, tmp_path):
 
 
 def run_main(capsys, *args):
-    """The CLI in-process (the subprocess tests above cover `python -m`)."""
+    """The CLI in-process (the first test covers `python -m` and its exit status)."""
     code = main([str(a) for a in args])
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -111,13 +111,13 @@ def test_cli_table_matches_attribute(run_dir, capsys):
     assert e.foil_id == foil and e.target_id == int(a.target[0]) and e.layer == 0
 
 
-def test_truncated_checkpoint_exits_2_naming_the_file(run_dir, tmp_path):
+def test_truncated_checkpoint_exits_2_naming_the_file(run_dir, tmp_path, capsys):
     data = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
     bad = tmp_path / "broken.ckpt"
     bad.write_bytes(data[: len(data) // 2])
-    proc = cli(bad, TEXT, "--tokenizer", run_dir / "tokenizer")
-    assert proc.returncode == 2
-    assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
+    code, _, err = run_main(capsys, bad, TEXT, "--tokenizer", run_dir / "tokenizer")
+    assert code == 2
+    assert str(bad) in err and "Traceback" not in err
 
 
 
