@@ -464,7 +464,8 @@ def roberta_run(tmp_path_factory, cache_dir):
     from normx_track.training.run import run
     out = tmp_path_factory.mktemp("roberta") / "run"
     run(tiny_config(out, cache_dir, "model=roberta_tiny", "logger=none",
-                    "trainer.max_steps=4", "tracker.every_n_steps=4"))
+                    "trainer.max_steps=4", "tracker.every_n_steps=4",
+                    "tracker.faithfulness_examples=2", "tracker.faithfulness_length=12"))
     return out
 
 
@@ -478,7 +479,7 @@ def test_roberta_tiny_run_records_the_masked_curves(roberta_run):
     last = _rows(roberta_run / "normx")[-1]
     for key in (EVIDENCE_AP.format(method="normxlogit"), EVIDENCE_N_PAIRS, MASK_ACCURACY,
                 PAIR_ACCURACY, EVIDENCE_N_MULTITOKEN_TARGET, "normx/spearman/information_gain",
-                "val/loss"):
+                "normx/comprehensiveness/normxlogit", "val/loss"):
         assert key in last, key
     assert math.isfinite(last["val/loss"]) and last[EVIDENCE_N_PAIRS] > 0
     meta = json.loads((roberta_run / "normx" / "meta.json").read_text())
@@ -496,7 +497,7 @@ def test_replay_of_masked_lm_checkpoints_gives_the_live_rows(roberta_run, tmp_pa
     replayed = _rows(tmp_path / "replayed" / "normx")[-1]
     assert replayed["step"] == 4
     for key in (EVIDENCE_AP.format(method="normxlogit"), PAIR_ACCURACY, MASK_ACCURACY,
-                "normx/spearman/information_gain"):
+                "normx/spearman/information_gain", "normx/comprehensiveness/normxlogit"):
         assert replayed[key] == pytest.approx(live[key], abs=1e-6), key
 
 
@@ -562,3 +563,74 @@ def test_masked_lm_settings_are_checked():
         setattr(getattr(bad, section), name, value)
         with pytest.raises(ConfigError, match=message):
             validate(bad)
+
+
+# --------------------------------------------------------------------------- faithfulness
+def test_masked_faithfulness_by_brute_force(wordpiece):
+    from scipy.stats import spearmanr
+
+    from normx_track.keys import COMPREHENSIVENESS, LOO_SPEARMAN, SUFFICIENCY
+    from normx_track.probes.masked_faithfulness import MaskedFaithfulnessProbe
+    tok = wordpiece
+    model = make("bert", vocab=len(tok))
+    stream = np.array(tok(" ".join(TEXT[:8]), add_special_tokens=False)["input_ids"])
+    fractions = (0.0, 0.3, 0.5, 1.0)
+    probe = MaskedFaithfulnessProbe([stream], tok, n_examples=3, length=10, fractions=fractions,
+                                    methods=["normxlogit", "logat", "norm", "loo"])
+    row = probe(model)
+
+    def p(ids, t, y):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids])).logits[0, t].softmax(-1)[y].item()
+
+    E = model.get_input_embeddings().weight.detach()
+    comp = {m: [] for m in ("normxlogit", "logat", "norm", "loo")}
+    suff, rho = {m: [] for m in comp}, {m: [] for m in comp}
+    for ids, t in zip(probe.input_ids.tolist(), probe.t.tolist()):
+        assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+        assert ids[t] == tok.mask_token_id and 0 < t < len(ids) - 1
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        y = int(out.logits[0, t].argmax())
+        p_full = p(ids, t, y)
+        cands = [i for i in range(1, len(ids) - 1) if i != t]
+        head = model.cls(out.hidden_states[-1])[0, :, y].detach()
+        by_hand = {"logat": [float(head[i]) for i in cands],
+                   "norm": [float(E[ids[i]].norm()) for i in cands]}
+        by_hand["normxlogit"] = [a * b for a, b in zip(by_hand["logat"], by_hand["norm"])]
+        loo = []
+        for i in cands:
+            copy = list(ids)
+            copy[i] = tok.mask_token_id
+            loo.append(p_full - p(copy, t, y))
+        by_hand["loo"] = loo
+        for m, s in by_hand.items():
+            order = sorted(range(len(cands)), key=lambda k: -s[k])  # stable: ties by position
+            c_vals, s_vals = [], []
+            for frac in fractions:
+                top = {cands[k] for k in order[: int(frac * len(cands) + 1e-9)]}
+                removed = [tok.mask_token_id if i in top else x for i, x in enumerate(ids)]
+                kept = [tok.mask_token_id if i in cands and i not in top else x
+                        for i, x in enumerate(ids)]
+                c_vals.append(p_full - p(removed, t, y))
+                s_vals.append(p_full - p(kept, t, y))
+            comp[m].append(np.mean(c_vals))
+            suff[m].append(np.mean(s_vals))
+            rho[m].append(spearmanr(s, loo).statistic)
+    for m in comp:
+        assert row[COMPREHENSIVENESS.format(method=m)] == pytest.approx(np.mean(comp[m]), abs=1e-5)
+        assert row[SUFFICIENCY.format(method=m)] == pytest.approx(np.mean(suff[m]), abs=1e-5)
+        assert row[LOO_SPEARMAN.format(method=m)] == pytest.approx(np.mean(rho[m]), abs=1e-6)
+
+
+def test_masked_faithfulness_with_captum_leaves_no_gradients(wordpiece):
+    from normx_track.keys import COMPREHENSIVENESS, IG_COMPLETENESS_ERROR
+    from normx_track.probes.masked_faithfulness import MaskedFaithfulnessProbe
+    model = make("bert", vocab=len(wordpiece))
+    stream = np.array(wordpiece(" ".join(TEXT[:8]), add_special_tokens=False)["input_ids"])
+    row = MaskedFaithfulnessProbe([stream], wordpiece, n_examples=2, length=10, captum=True,
+                                  ig_steps=8, fractions=(0.0, 0.5))(model)
+    for m in ("saliency", "input_x_gradient", "integrated_gradients", "normxlogit", "random"):
+        assert math.isfinite(row[COMPREHENSIVENESS.format(method=m)]), m
+    assert math.isfinite(row[IG_COMPLETENESS_ERROR])
+    assert all(p.grad is None for p in model.parameters())

@@ -19,6 +19,7 @@ from normx_track.probes.blimp import is_blimp_spec, load_blimp
 from normx_track.probes.evidence import EvidenceProbe
 from normx_track.probes.faithfulness import FaithfulnessProbe
 from normx_track.probes.masked_evidence import MaskedEvidenceProbe
+from normx_track.probes.masked_faithfulness import MaskedFaithfulnessProbe
 from normx_track.probes.function_words import resolve_function_words
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path 
     probes: list = []
     probe_file = t.probe_file or probe_file
     if masked:
-        return _masked_probes(t, seed, tokenizer, probe_file, max_length)
+        return _masked_probes(t, seed, tokenizer, probe_file, held_out, max_length)
     if t.evidence and probe_file:
         pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
         # null: every pair (0 meant that in records written before 0 was refused)
@@ -91,19 +92,27 @@ def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path 
     return probes
 
 
-def _masked_probes(t: TrackerConfig, seed: int, tokenizer, probe_file, max_length) -> list:
-    """Evidence the authors' way, mask accuracy and PLL-word-l2r accuracy; faithfulness
-    with [MASK] as the replacement is not built yet."""
+def _masked_probes(t: TrackerConfig, seed: int, tokenizer, probe_file, held_out,
+                   max_length) -> list:
+    """A masked LM's: evidence the authors' way, mask accuracy and PLL-word-l2r accuracy;
+    faithfulness with [MASK] as the replacement."""
+    probes: list = []
+    if t.evidence and probe_file:
+        pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
+        probes.append(MaskedEvidenceProbe(pairs, tokenizer, seed=seed,
+                                          max_pairs=t.max_probe_pairs or None,
+                                          max_length=max_length,
+                                          layers="all" if t.evidence_by_layer else "last",
+                                          leading_space=t.probe_leading_space))
+    elif t.evidence:
+        log.info("no probe file (tracker.probe_file): evidence alignment is not measured")
     if t.faithfulness_examples:
-        log.warning("tracker.faithfulness_examples: faithfulness is not measured for masked "
-                    "LMs yet")
-    if not (t.evidence and probe_file):
-        return []
-    pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
-    return [MaskedEvidenceProbe(pairs, tokenizer, seed=seed,
-                                max_pairs=t.max_probe_pairs or None, max_length=max_length,
-                                layers="all" if t.evidence_by_layer else "last",
-                                leading_space=t.probe_leading_space)]
+        probes.append(MaskedFaithfulnessProbe(
+            [np.asarray(held_out)], tokenizer, n_examples=t.faithfulness_examples,
+            length=t.faithfulness_length, captum=t.captum, seed=seed,
+            fractions=t.faithfulness_fractions, ig_steps=t.ig_steps,
+            gradient_reduction=t.gradient_reduction))
+    return probes
 
 
 def probes_for_record(meta: dict) -> list:
