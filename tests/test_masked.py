@@ -484,6 +484,11 @@ def test_roberta_tiny_run_records_the_masked_curves(roberta_run):
     assert math.isfinite(last["val/loss"]) and last[EVIDENCE_N_PAIRS] > 0
     meta = json.loads((roberta_run / "normx" / "meta.json").read_text())
     assert meta["config"]["model"]["arch"] == "roberta"
+    gold = np.load(roberta_run / "normx" / "gold.npz")
+    assert gold["counts"][2] > 0  # </s> ends every document ...
+    assert np.isnan(gold["information_gain"][[0, 1, 2, 3, 4]]).all()  # ... but no special
+    seen = np.flatnonzero(gold["counts"] > 0)
+    assert np.isfinite(gold["information_gain"][seen[seen >= 5]]).all()  # is gold
 
 
 def test_replay_of_masked_lm_checkpoints_gives_the_live_rows(roberta_run, tmp_path):

@@ -38,6 +38,20 @@ def cached_gold(datamodule: TextDataModule, cfg: Config) -> GoldStatistics:
     return gold
 
 
+def without_specials(gold: GoldStatistics, special_ids) -> GoldStatistics:
+    """The gold signals NaN at the special tokens, so no correlation uses them (counts
+    and function-word labels as they are)."""
+    ids = np.asarray(sorted(set(special_ids)), dtype=np.int64)
+    ids = ids[ids < gold.vocab_size]
+    for name in gold.names():
+        if name in ("counts", "function_word"):
+            continue
+        values = np.array(getattr(gold, name), dtype=np.float64)
+        values[ids] = np.nan
+        setattr(gold, name, values)
+    return gold
+
+
 def function_word_signal(datamodule: TextDataModule, gold: GoldStatistics, t: TrackerConfig,
                          function_words: set[str]) -> np.ndarray:
     """Function-word labels on whole words, read off the gold statistics stream."""
@@ -140,6 +154,8 @@ def tracker_arguments(cfg: Config, datamodule: TextDataModule, out_dir: Path) ->
     lexicons, probes and the schedule (examples/ build any front end from these)."""
     t = cfg.tracker
     gold = cached_gold(datamodule, cfg)
+    if is_masked(cfg.model.arch):  # [SEP] ends every document: no word of the language
+        gold = without_specials(gold, datamodule.tokenizer.all_special_ids)
     function_words = resolve_function_words(t.function_words, datamodule.function_words())
     if function_words:
         gold.function_word = function_word_signal(datamodule, gold, t, function_words)
