@@ -337,7 +337,8 @@ def test_two_runs_started_into_one_folder(cache_dir, tmp_path):
          f"hydra.run.dir={run}"], env=subprocess_env(cache_dir), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run / "normx.lock").exists() and time.time() < deadline:
+    # (the lock comes before Hydra writes the job files: wait until training has begun)
+    while not (run / "normx" / "meta.json").exists() and time.time() < deadline:
         time.sleep(0.2)
     assert (run / "normx.lock").exists(), "the first run never took the lock"
     first.send_signal(signal.SIGSTOP)  # paused mid-run: it holds the folder, deterministically
