@@ -7,8 +7,9 @@ own definition):
   min_count; the first on ties);
 * within frequency: the Spearman inside each log-frequency bin at every snapshot, the
   bin-wise answer to "what does the norm know beyond frequency" beside the partial
-  correlation. Bins are quantiles of log count over the types with count >= the run's
-  min_count, so each holds about as many types (a tie in count never straddles two bins).
+  correlation. Bins split log count into equal widths over the types with count >= the
+  run's min_count (each spans the same factor of frequency); a bin of fewer than 30 types
+  joins its neighbour.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from normx_track.gold.metrics import correlations
 from .load import Run
 
 CUTOFFS = (1, 5, 10, 20, 50, 100)
-N_BINS = 5
+N_BINS, MIN_TYPES = 6, 30
 NOT_SIGNALS = ("counts", "function_word")
 
 
@@ -88,21 +89,32 @@ def wide_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def frequency_bins(counts: np.ndarray, min_count: int, n_bins: int = N_BINS
-                   ) -> tuple[np.ndarray, list[str]]:
+def frequency_bins(counts: np.ndarray, min_count: int, n_bins: int = N_BINS,
+                   min_types: int = MIN_TYPES) -> tuple[np.ndarray, list[str]]:
     """Per type, its log-frequency bin (-1: count < min_count), and each bin's label
-    ("count lo–hi, n types"). Quantile edges of log count; repeated edges merge bins."""
+    ("count lo–hi, n types"). Bins split log(count) into equal widths, so each spans the same
+    factor of frequency; while a bin holds fewer than ``min_types`` types (the frequent end
+    of a Zipfian vocabulary), the smallest joins its smaller neighbour."""
     counts = np.asarray(counts, np.float64)
     use = (counts >= max(min_count, 1)) & (counts > 0)
     which = np.full(counts.shape, -1)
     if not use.any():
         return which, []
     logs = np.log(counts[use])
-    edges = np.unique(np.quantile(logs, np.linspace(0, 1, n_bins + 1))[1:-1])
+    edges = np.linspace(logs.min(), logs.max(), n_bins + 1)[1:-1]
     raw = np.searchsorted(edges, logs, side="right")  # a count's ties share a bin
-    present, which[use] = np.unique(raw, return_inverse=True)  # no empty bins
+    groups = [[b] for b in range(n_bins) if (raw == b).any()]
+    size = lambda g: int(np.isin(raw, g).sum())  # noqa: E731
+    while len(groups) > 1 and min(map(size, groups)) < min_types:
+        i = min(range(len(groups)), key=lambda j: size(groups[j]))  # the smallest joins
+        neighbours = [j for j in (i - 1, i + 1) if 0 <= j < len(groups)]
+        j = min(neighbours, key=lambda j: size(groups[j]))  # its smaller neighbour
+        groups[min(i, j)] = groups[min(i, j)] + groups[max(i, j)]
+        del groups[max(i, j)]
+    for k, group in enumerate(groups):
+        which[np.flatnonzero(use)[np.isin(raw, group)]] = k
     labels = []
-    for b in range(len(present)):
+    for b in range(len(groups)):
         members = counts[which == b]
         labels.append(f"count {members.min():.0f}–{members.max():.0f}, {members.size} types")
     return which, labels
@@ -121,14 +133,14 @@ def binned_spearman(norms: np.ndarray, values: np.ndarray, bins: np.ndarray,
     return out
 
 
-def beyond_frequency(run: Run, n_bins: int = N_BINS
+def beyond_frequency(run: Run, n_bins: int = N_BINS, min_types: int = MIN_TYPES
                      ) -> tuple[list[int], dict[str, np.ndarray], list[str]]:
     """(snapshot steps, {signal: [n_snapshots, n_bins] within-bin Spearman}, bin labels)."""
     steps, norms = run.norms("input_norm")
     counts = run.gold.get("counts")
     if not steps or counts is None:
         return steps, {}, []
-    bins, labels = frequency_bins(counts, run.min_count, n_bins)
+    bins, labels = frequency_bins(counts, run.min_count, n_bins, min_types)
     norms = norms[:, : len(counts)]
     return steps, {signal: binned_spearman(norms, values, bins, len(labels))
                    for signal, values in gold_signals(run.gold).items()}, labels

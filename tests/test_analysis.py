@@ -259,15 +259,20 @@ def test_min_count_table_equals_scipy_at_each_cutoff(tmp_path):
 def test_beyond_frequency_is_the_spearman_within_each_bin(tmp_path):
     run_dir = hand_record(tmp_path / "run")
     run = load_run(run_dir)
-    steps, binned, labels = robustness.beyond_frequency(run, n_bins=4)
+    steps, binned, labels = robustness.beyond_frequency(run, n_bins=4, min_types=10)
     snaps, g = snapshots(run_dir), gold(run_dir)
     counts = g["counts"]
-    which, _ = robustness.frequency_bins(counts, 5, 4)
+    which, _ = robustness.frequency_bins(counts, 5, 4, min_types=10)
     # the bins partition the types counted (count >= 5), rare to frequent, ties together
     assert ((which >= 0) == (counts >= 5)).all() and len(labels) == which.max() + 1 >= 3
     ranges = [(counts[which == b].min(), counts[which == b].max()) for b in range(len(labels))]
     assert all(hi < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))
     assert labels[0].startswith(f"count {ranges[0][0]}–{ranges[0][1]}, ")
+    # equal widths in log count (10 | 46 | 215 | 1000), the small frequent end joined inwards
+    hand = np.array([10] * 40 + [30] * 40 + [100] * 40 + [1000] * 5 + [9, 0])
+    hand_bins, names = robustness.frequency_bins(hand, 10, n_bins=3, min_types=30)
+    assert names == ["count 10–30, 80 types", "count 100–1000, 45 types"]
+    assert hand_bins.tolist() == [0] * 80 + [1] * 45 + [-1, -1]
     assert steps == sorted(snaps)
     for signal in ("self_information", "information_gain"):
         for b in range(len(labels)):
