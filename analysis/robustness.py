@@ -80,12 +80,12 @@ def wide_table(table: pd.DataFrame) -> pd.DataFrame:
     for signal, part in table.groupby("signal", sort=False):
         last = part[part["snapshot"] == "last"]
         out.append({"signal": signal, "snapshot": "", "statistic": "n types",
-                    **{f">= {c}": str(n) for c, n in zip(last["min_count"], last["n"])}})
+                    **{f"≥ {c}": str(n) for c, n in zip(last["min_count"], last["n"])}})
         for (snapshot, step), rows in part.groupby(["snapshot", "step"], sort=False):
             for stat, label in (("spearman", "Spearman"), ("partial_spearman", "partial")):
                 out.append({"signal": signal, "snapshot": f"{snapshot} (step {step})",
                             "statistic": label,
-                            **{f">= {c}": v for c, v in zip(rows["min_count"], rows[stat])}})
+                            **{f"≥ {c}": v for c, v in zip(rows["min_count"], rows[stat])}})
     return pd.DataFrame(out)
 
 

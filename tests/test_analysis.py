@@ -250,7 +250,7 @@ def test_min_count_table_equals_scipy_at_each_cutoff(tmp_path):
                         partial_by_residuals(x, y, counts[use]), abs=1e-9)
             assert part["n"].is_monotonic_decreasing and part["n"].nunique() == 6
     html_table = report.robustness_html(load_run(run_dir))
-    assert "&gt;= 100" in html_table and "peak (step" in html_table
+    assert "≥ 100" in html_table and "peak (step" in html_table
     last = table[(table["signal"] == "information_gain") & (table["snapshot"] == "last")]
     assert f"{last['spearman'].iloc[0]:.3f}" in html_table
 
