@@ -412,6 +412,17 @@ def test_masking_collator_follows_bert_recipe_and_seeds_by_block(bytelevel):
     assert torch.equal(again["input_ids"], batch["input_ids"])  # a pure function of the blocks
     other = MaskingCollator(tok, 0.15, seed=7)([{**x, "index": x["index"] + 1} for x in items])
     assert not torch.equal(other["labels"], batch["labels"])
+    # Each block's mask is its own: two half batches (two DDP ranks) mask as one batch does.
+    halves = [MaskingCollator(tok, 0.15, seed=7)(part) for part in (items[:100], items[100:])]
+    assert torch.equal(torch.cat([h["labels"] for h in halves]), batch["labels"])
+
+
+def test_masked_lm_sampler_carries_the_epoch_in_the_index():
+    from normx_track.training.data.datamodule import ResumableBatchSampler
+    plain = ResumableBatchSampler(10, 5, seed=0)
+    epochs = ResumableBatchSampler(10, 5, seed=0, epoch_in_index=True)
+    assert epochs.batch(1) == plain.batch(1)  # epoch 0: the block indices
+    assert epochs.batch(3) == [i + 10 for i in plain.batch(3)]  # epoch 1: + 1 * n_items
 
 
 def test_whole_word_masking_masks_every_piece_of_a_word(bytelevel):
@@ -639,3 +650,18 @@ def test_masked_faithfulness_with_captum_leaves_no_gradients(wordpiece):
         assert math.isfinite(row[COMPREHENSIVENESS.format(method=m)]), m
     assert math.isfinite(row[IG_COMPLETENESS_ERROR])
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_masked_lm_under_ddp_gives_the_single_process_rows(cache_dir, tmp_path):
+    """Two DDP ranks x batch 2 see (and mask) the single process's batches of 4."""
+    from conftest import TINY, run_train
+    from test_tracker import assert_rows_close, rows_of
+    common = [*TINY, "model=roberta_tiny", "logger=none", "trainer.precision=32-true"]
+    run_train(cache_dir, *common, f"hydra.run.dir={tmp_path / 'single'}")
+    run_train(cache_dir, *common, "data.batch_size=2", "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}")
+    single = rows_of(tmp_path / "single")
+    assert any(key == MASK_ACCURACY for key in single[-1])
+    assert_rows_close(rows_of(tmp_path / "ddp"), single, rtol=1e-4, atol=1e-6)

@@ -82,6 +82,34 @@ def next_token_loss(hidden: torch.Tensor, head: torch.nn.Linear, input_ids: torc
     return losses.float().mean()
 
 
+def _distributed() -> bool:
+    return (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1)
+
+
+def masked_token_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[2]: the summed cross-entropy over the masked tokens (labels != -100), and their
+    count (float32)."""
+    total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
+    return torch.stack([total, (labels != -100).sum().to(total.dtype)])
+
+
+def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the masked tokens of the GLOBAL batch. Ranks mask different
+    numbers of tokens, so a rank's own mean would weight them unequally: each rank's loss
+    is its sum over the count on all ranks, times the world size (DDP averages the ranks'
+    gradients), and its value is the global mean (what a rank logs), so N ranks train and
+    log as one process does."""
+    sums = masked_token_sums(logits, labels)
+    if not _distributed():
+        return sums[0] / sums[1].clamp(min=1)
+    world = torch.distributed.get_world_size()
+    both = sums.detach().clone()
+    torch.distributed.all_reduce(both)  # one collective: the global sum and count
+    share = sums[0] * world / both[1].clamp(min=1)  # this rank's part of the gradient
+    return share + (both[0] / both[1].clamp(min=1) - share).detach()
+
+
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up to 1, then cosine down to min_ratio at `total`."""
     if step < warmup:
@@ -112,6 +140,7 @@ class LanguageModel(L.LightningModule):
                               "trainer.loss_chunk_tokens=null for a masked LM")
         auto = AutoModelForMaskedLM if self.masked else AutoModelForCausalLM
         self.model = auto.from_config(config)
+        self._val_sums: torch.Tensor | None = None  # a masked LM's validation sums
         self.compile_model, self.loss_chunk_tokens = compile_model, loss_chunk_tokens
         self._compiled: torch.nn.Module | None = None  # see on_fit_start
         self.optim = OptimConfig(**{**optim, "betas": tuple(optim["betas"])})
@@ -149,7 +178,7 @@ class LanguageModel(L.LightningModule):
         compiled = self._compiled is not None and self.training
         if self.masked:  # the masked-token loss, on the collator's labels (-100 elsewhere)
             model = self._compiled if compiled else self.model
-            return model(input_ids=ids, labels=batch["labels"]).loss
+            return masked_token_loss(model(input_ids=ids).logits, batch["labels"])
         if not self.loss_chunk_tokens:
             model = self._compiled if compiled else self.model
             return model(input_ids=ids, labels=ids).loss
@@ -167,9 +196,29 @@ class LanguageModel(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self.masked:  # summed over the whole validation run (on_validation_epoch_end)
+            logits = self.model(input_ids=batch["input_ids"]).logits
+            sums = masked_token_sums(logits, batch["labels"])
+            self._val_sums = sums if self._val_sums is None else self._val_sums + sums
+            return
         loss = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/perplexity", torch.exp(loss), sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = None
+
+    def on_validation_epoch_end(self) -> None:
+        """A masked LM's validation loss: all masked tokens of the run (every rank's) over
+        their count, not a mean of batch means (batches mask different numbers)."""
+        if not self.masked or self._val_sums is None:
+            return
+        sums = self._val_sums.detach().clone()
+        if _distributed():
+            torch.distributed.all_reduce(sums)
+        loss = sums[0] / sums[1].clamp(min=1)
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/perplexity", torch.exp(loss))
 
     def configure_optimizers(self):
         # Shapes were read at construction: FSDP hands us flat 1-D shards with the same names.

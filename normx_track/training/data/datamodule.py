@@ -22,7 +22,7 @@ import logging
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from normx_track.training.config import DataConfig
 from normx_track.training.data.sources import DataSourceError, load_texts
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 class BlockDataset(Dataset):
     """Non-overlapping blocks of `block_size` tokens from a flat token file. ``wrap`` (a
     masked LM's (cls, sep) ids): each block is cls + `block_size` - 2 stream tokens + sep,
-    and carries its index (the masking collator seeds from it)."""
+    and carries the index it was asked for (the masking collator seeds from it; an index
+    past the end is the block index + epoch * len)."""
 
     def __init__(self, path: Path, block_size: int, split: str = "training",
                  wrap: tuple[int, int] | None = None):
@@ -56,12 +57,14 @@ class BlockDataset(Dataset):
         return len(self.tokens) // self.block_size
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        index, i = i, i % len(self)  # (a masked LM's sampler adds epoch * len to the index)
         start = i * self.block_size
         block = np.asarray(self.tokens[start:start + self.block_size], dtype=np.int64)
         if self.wrap is None:
             return {"input_ids": torch.from_numpy(block)}
         cls, sep = self.wrap
-        return {"input_ids": torch.from_numpy(np.concatenate([[cls], block, [sep]])), "index": i}
+        return {"input_ids": torch.from_numpy(np.concatenate([[cls], block, [sep]])),
+                "index": index}
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -72,7 +75,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
     see the same data per step as one process with an N times larger batch."""
 
     def __init__(self, n_items: int, batch_size: int, seed: int, start: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, epoch_in_index: bool = False):
         self.global_size = batch_size * world_size
         self.per_epoch = n_items // self.global_size
         if self.per_epoch < 1:
@@ -81,12 +84,15 @@ class ResumableBatchSampler(Sampler[list[int]]):
                              "or a smaller batch")
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
         self.start, self.rank = start, rank
+        # Indices epoch * n_items + item: a masked LM's blocks are masked anew each epoch.
+        self.epoch_in_index = epoch_in_index
         self._epoch, self._permutation = -1, np.arange(0)  # the last epoch's order, kept
 
     def batch(self, b: int) -> list[int]:
         epoch, i = divmod(b, self.per_epoch)
         start = i * self.global_size + self.rank * self.batch_size
-        return self._order(epoch)[start:start + self.batch_size].tolist()
+        order = self._order(epoch)[start:start + self.batch_size]
+        return (order + epoch * self.n_items if self.epoch_in_index else order).tolist()
 
     def _order(self, epoch: int) -> np.ndarray:
         # One permutation an epoch, kept: drawing it for every batch costs a pass over all
@@ -261,7 +267,8 @@ class TextDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = ResumableBatchSampler(len(self.train_set), self.cfg.batch_size, self.seed,
-                                        self.batches_consumed, rank, world)
+                                        self.batches_consumed, rank, world,
+                                        epoch_in_index=self.specials is not None)
         return DataLoader(self.train_set, batch_sampler=sampler,
                           **self._loader_options(self.seed))
 
@@ -274,7 +281,14 @@ class TextDataModule(L.LightningDataModule):
         self.batches_consumed = int(state_dict["batches_consumed"])
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.cfg.batch_size,
+        # Sharded by rank as the training batches are (the Trainer injects no sampler):
+        # N ranks evaluate the blocks one process does, not N copies of the first ones.
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(self.val_set, num_replicas=trainer.world_size,
+                                         rank=trainer.global_rank, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, sampler=sampler,
                           **self._loader_options(self.seed + 1))
 
     def _loader_options(self, mask_seed: int) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Masked-LM batches: transformers' `DataCollatorForLanguageModeling` on our packed blocks
 (DESIGN.md "Masked language models": 15 % of the non-special tokens, 80/10/10, labels
--100 elsewhere; whole-word masking as an option), with masks that are a pure function of
-the seed and the batch's block indices. So a resumed run masks the blocks it replays as
-the uninterrupted run did, and every evaluation masks the validation blocks alike (its
-loss curve compares like with like)."""
+-100 elsewhere; whole-word masking as an option), with each block's mask a pure function
+of the seed and the block's index (which carries the epoch: blocks are masked anew each
+epoch, RoBERTa's dynamic masking). So a resumed run masks the blocks it replays as the
+uninterrupted run did, N DDP ranks mask as one process does, and every evaluation masks
+the validation blocks alike (its loss curve compares like with like)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -40,16 +41,19 @@ class MaskingCollator:
         self.seed = seed
 
     def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
-        ids = torch.stack([item["input_ids"] for item in items])
-        index = [int(item["index"]) for item in items]
-        state = np.random.SeedSequence([self.seed, *index]).generate_state(2)
+        rows = [self._mask(item["input_ids"][None], int(item["index"])) for item in items]
+        return {"input_ids": torch.cat([r for r, _ in rows]),
+                "labels": torch.cat([label for _, label in rows])}
+
+    def _mask(self, ids: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block [1, T], masked with its own generator."""
+        state = np.random.SeedSequence([self.seed, index]).generate_state(2)
         self.collator.generator = torch.Generator().manual_seed(
             int(state[0]) << 32 | int(state[1]))
         special = torch.isin(ids, self.special)
-        inputs, labels = self.collator.torch_mask_tokens(
+        return self.collator.torch_mask_tokens(
             ids.clone(), special_tokens_mask=special.long(),
             offset_mapping=None if self.starts is None else self._offsets(ids))
-        return {"input_ids": inputs, "labels": labels}
 
     def _offsets(self, ids: torch.Tensor) -> np.ndarray:
         """Made-up character offsets [B, T, 2] that put a gap before each word start: the
