@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import json
 import re
 import sys
 import warnings
@@ -329,18 +330,29 @@ def sweep_frame(runs: list[Run], group_by: list[str]) -> tuple[pd.DataFrame, lis
     return pd.concat(frames, ignore_index=True), labels
 
 
+def _corpus(run: Run) -> str:
+    """What a run trained on: its data settings (another seed of the same settings is a
+    replicate, even where it draws the synthetic corpus, and so the vocabulary, anew), else
+    its vocabulary (meta.json's vocab_hash) for records without a config."""
+    data = (run.meta.get("config") or {}).get("data")
+    if isinstance(data, dict):
+        return json.dumps({k: v for k, v in data.items() if k not in ("cache_dir", "num_workers")},
+                          sort_keys=True)
+    return str(run.meta.get("vocab_hash"))
+
+
 def mixed_vocabularies(runs: list[Run], group_by: list[str]) -> list[str]:
-    """Groups whose runs had different vocabularies (meta.json's vocab_hash): averaging
-    their curves mixes corpora or tokenizers. One line per such group."""
+    """Groups whose runs trained on different corpora or tokenizers (other data settings;
+    without a config, other vocabularies): averaging their curves mixes them. One line per
+    such group."""
     shown = varying_keys(runs, group_by)
     groups: dict[str, dict[str, list[str]]] = {}
     for run in runs:
         label = group_label({k: run.setting(k) for k in group_by}, shown)
-        vocab = str(run.meta.get("vocab_hash"))[:12]
-        groups.setdefault(label, {}).setdefault(vocab, []).append(run.name)
-    return [f"group {label!r} holds runs of {len(by_vocab)} vocabularies (" + "; ".join(
-                f"{', '.join(names)}" for names in by_vocab.values()) + ")"
-            for label, by_vocab in groups.items() if len(by_vocab) > 1]
+        groups.setdefault(label, {}).setdefault(_corpus(run), []).append(run.name)
+    return [f"group {label!r} holds runs of {len(by_corpus)} corpora or tokenizers (" + "; ".join(
+                f"{', '.join(names)}" for names in by_corpus.values()) + ")"
+            for label, by_corpus in groups.items() if len(by_corpus) > 1]
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:

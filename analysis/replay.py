@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from normx_track.tracker.core import vocab_hash
+from normx_track.record.store import vocab_hash
 from normx_track.probes.base import run_probes
 from normx_track.record.checkpoint_loader import CheckpointError, LoadedModel, load_model
 from normx_track.gold.statistics import GoldStatistics

@@ -460,10 +460,15 @@ def test_a_sweep_does_not_average_runs_of_different_vocabularies_unless_asked(re
         shutil.copytree(record_copy / "normx", root / job / "normx")
     meta_path = root / "1" / "normx" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["vocab_hash"] = "another corpus"
+    # Another vocabulary from the same data settings is a replicate (a synthetic corpus
+    # drawn with another seed): averaged.
+    meta["vocab_hash"] = "another draw"
+    meta_path.write_text(json.dumps(meta))
+    assert sweep([str(root), "--group-by", "seed", "--formats", "png"]) == 0
+    meta["config"]["data"] = {**meta["config"]["data"], "source": "files", "files": ["b.txt"]}
     meta_path.write_text(json.dumps(meta))
     assert sweep([str(root), "--group-by", "seed", "--formats", "png"]) == 2
-    assert "holds runs of 2 vocabularies" in capsys.readouterr().err
+    assert "holds runs of 2 corpora or tokenizers" in capsys.readouterr().err
     assert sweep([str(root), "--group-by", "seed", "--formats", "png",
                   "--mix-vocabularies"]) == 0
 

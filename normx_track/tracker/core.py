@@ -15,8 +15,6 @@ the initialisation. Rank zero writes; under FSDP every rank calls it (the gather
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import platform
 from pathlib import Path
@@ -28,7 +26,7 @@ import torch
 from normx_track import __version__, keys
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.probes.base import Probe, run_probes
-from normx_track.record.store import RecordLock, RecordWriter, read_json, set_aside
+from normx_track.record.store import RecordLock, RecordWriter, read_json, set_aside, vocab_hash
 from normx_track.tracker.distributed import Distributed, TorchDistributed
 from normx_track.tracker.snapshot import (NormMetrics, find_language_model, full_params,
                                           is_sharded, norm_arrays)
@@ -70,12 +68,6 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             f"get_input_embeddings(), e.g. GPT2LMHeadModel), got {type(model).__name__} "
             "with none inside; pass the model itself (DDP, FSDP and torch.compile "
             "wrappers are looked through)") from None
-
-
-def vocab_hash(vocab: Sequence[str] | None) -> str | None:
-    if vocab is None:
-        return None
-    return hashlib.sha256(json.dumps(list(vocab)).encode()).hexdigest()
 
 
 class Tracker:
@@ -447,7 +439,9 @@ class Tracker:
             self.should_stop = True
 
     def _log(self, step: int, row: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        scalars = {k: v for k, v in row.items() if k != "step"}
+        # The losses are the training loop's own curves: the sinks have them already.
+        own = {"step", *keys.LOSS_KEYS, *map(keys.loss_step_key, keys.LOSS_KEYS)}
+        scalars = {k: v for k, v in row.items() if k not in own}
         for sink in self.loggers:
             try:  # the record is already on disk: a failing sink must not stop training
                 sink.log(scalars, step)
