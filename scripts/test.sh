@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the test extras and run the default (fast) test suite; slow tests: pytest -m slow
+# Install the test extras and run the default (fast) test suite; slow tests: bash scripts/test.sh -m slow
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh "[test]"
@@ -8,5 +8,7 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
         || echo "chromium could not be installed; the report rendering test will skip"
 fi
-export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-python -m pytest -q "$@"
+export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1
+# A worker a core (pytest-xdist); tests marked xdist_group (the DDP/FSDP ones, those reading
+# one driver process's runs) stay together on one worker. The 15 slowest are listed last.
+python -m pytest -q -n auto --dist loadgroup --durations=15 "$@"

@@ -134,13 +134,32 @@ def shared_dir(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     return out
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items):
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own hook
+def pytest_collection_modifyitems(config, items):
     # Multi-process (DDP, FSDP) tests one at a time: two at once on 2 cores would start
     # four ranks, and gloo's rendezvous can time out.
     for item in items:
         if re.search(r"ddp|fsdp", item.name):
             item.add_marker(pytest.mark.xdist_group("distributed"))
+    if getattr(config.option, "loadgroup", False):  # (set on xdist workers only)
+        for item in items:
+            mark_group_in_node_id(item)
+
+
+def mark_group_in_node_id(item) -> None:
+    """`--dist loadgroup` schedules by a `@group` suffix on the node id, which pytest-xdist
+    3.8 sets through `item._nodeid`: pytest 9 reads `item._id`, so without this the groups
+    are ignored and a group's module fixture (a driver process) runs once a worker."""
+    names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                    for m in item.iter_markers("xdist_group")})
+    suffix = "@" + "_".join(names)
+    if not names or item.nodeid.endswith(suffix):
+        return
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import NodeId
+        item._id = NodeId.parse(item.nodeid + suffix)
+    else:
+        item._nodeid = item.nodeid + suffix
 
 
 @pytest.fixture(scope="session")

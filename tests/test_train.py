@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, run_train, tiny_config, train_in_one_process
+from conftest import TINY, tiny_config, train_in_one_process
 
 
 def test_tiny_run_writes_wandb_offline_run_and_checkpoints(tiny_run: Path):
@@ -38,13 +38,27 @@ def test_resume_continues_the_step_count(tiny_run: Path, cache_dir: Path, tmp_pa
     assert min(logged) >= 4, f"resumed run logged steps from {min(logged)}"
 
 
-def test_multirun_jobs_get_their_own_folders_configs_and_wandb_runs(cache_dir: Path,
-                                                                    tmp_path: Path):
+# The train.py runs whose process is not the point (a sweep, the config errors): one driver
+# process runs them all, for the tests of one xdist worker to read.
+GROUP = pytest.mark.xdist_group("test_train_driver")
+
+
+@pytest.fixture(scope="module")
+def driven(cache_dir: Path, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    sweep = tmp_path_factory.mktemp("multirun") / "sweep"
+    runs = {"typo": ["trainer.max_stepz=5"], "group option": ["model=gpt2_huge"],
+            "negative steps": ["trainer.max_steps=-5"], "wrong type": ["data.batch_size=lots"],
+            "sweep": ["-m", *TINY, "trainer.max_steps=2", "tracker=off", "logger=wandb",
+                      "seed=0,1", f"hydra.sweep.dir={sweep}"]}
+    return sweep, train_in_one_process(cache_dir, runs)
+
+
+@GROUP
+def test_multirun_jobs_get_their_own_folders_configs_and_wandb_runs(driven):
     """Two jobs of a local (basic launcher: one process) sweep: each its folder, checkpoint,
     Hydra job files and W&B run."""
-    sweep = tmp_path / "sweep"
-    run_train(cache_dir, "-m", *TINY, "trainer.max_steps=2", "tracker=off", "logger=wandb",
-              "seed=0,1", f"hydra.sweep.dir={sweep}")
+    sweep, results = driven
+    assert results["sweep"]["code"] == 0, results["sweep"]["stderr"][-4000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [j.name for j in jobs] == ["0", "1"]
     for job in jobs:
@@ -57,17 +71,9 @@ def test_multirun_jobs_get_their_own_folders_configs_and_wandb_runs(cache_dir: P
         assert f"seed: {job.name}" in config
 
 
-# The config errors, each `python train.py <override>`, all in one driver process.
-CONFIG_ERRORS = {"typo": ["trainer.max_stepz=5"], "group option": ["model=gpt2_huge"],
-                 "negative steps": ["trainer.max_steps=-5"], "wrong type": ["data.batch_size=lots"]}
-
-
-@pytest.fixture(scope="module")
-def config_errors(cache_dir: Path) -> dict[str, dict]:
-    return train_in_one_process(cache_dir, CONFIG_ERRORS)
-
-
-GROUP = pytest.mark.xdist_group("test_train_config_errors")  # one worker runs the driver
+@pytest.fixture
+def config_errors(driven) -> dict[str, dict]:
+    return driven[1]
 
 
 @GROUP
