@@ -141,9 +141,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if re.search(r"ddp|fsdp", item.name):
             item.add_marker(pytest.mark.xdist_group("distributed"))
+        elif uses_a_module_fixture(item) and not item.get_closest_marker("xdist_group"):
+            # A module fixture (a driver process, a trained model) is built once: its users
+            # share a worker, else each worker would build it again.
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     if getattr(config.option, "loadgroup", False):  # (set on xdist workers only)
         for item in items:
             mark_group_in_node_id(item)
+
+
+def uses_a_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(defs[-1].scope == "module"
+                                    for defs in info.name2fixturedefs.values() if defs)
 
 
 def mark_group_in_node_id(item) -> None:

@@ -101,8 +101,7 @@ CASES = [
 
 # Every `python train.py` run of this module whose process is not the point (the bad inputs,
 # the resumes below) runs in one driver process, planned here and run before the tests that
-# read it; these tests share one xdist worker, which runs the driver once.
-DRIVEN = pytest.mark.xdist_group("test_reliability_driver")
+# read it (on one xdist worker: conftest.py).
 
 
 def plan_bad_inputs(tmp: Path) -> dict[str, list[str]]:
@@ -127,7 +126,6 @@ def succeeded(result: dict) -> dict:
     return result
 
 
-@DRIVEN
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_naming_it_with_exit_2(case, driven, cache_dir):
     name, _, expected = case
@@ -180,7 +178,6 @@ def plan_truncated_checkpoint(tmp: Path, tiny_run: Path) -> dict[str, list[str]]
     return {"truncated": [*QUICK, "ckpt_path=last", f"hydra.run.dir={run}"]}
 
 
-@DRIVEN
 def test_truncated_checkpoint_on_resume_is_named(driven):
     proc = driven[1]["truncated"]
     assert proc["code"] == 2 and "Traceback" not in proc["stderr"]
@@ -199,7 +196,6 @@ def plan_resume_without_an_override(tmp: Path, tiny_run: Path) -> dict[str, list
                                  f"hydra.run.dir={run}"]}
 
 
-@DRIVEN
 def test_resume_without_repeating_an_override_continues_the_same_record(driven):
     """First run snapshots every 2 steps; the resume (from step 4) forgets the override
     (the preset's every 4): one record, no rows lost, tokens_seen continuing, the change
@@ -235,7 +231,6 @@ def plan_moved_run(tmp: Path, tiny_run: Path) -> dict[str, list[str]]:
                                   "ckpt_path=last", f"hydra.run.dir={moved}"]}
 
 
-@DRIVEN
 def test_a_moved_run_resumed_with_the_tracker_off_then_other_gold(tiny_run, driven):
     """The run folder was moved, then resumed (`ckpt_path=last`) with `tracker=off` to step
     12, then with the tracker and another co-occurrence window to 16. last.ckpt keeps its
@@ -279,7 +274,6 @@ def plan_failed_resume(tmp: Path, tiny_run: Path) -> dict[str, list[str]]:
                               "ckpt_path=last", f"hydra.run.dir={job}"]}
 
 
-@DRIVEN
 def test_a_failed_resume_leaves_the_job_files_and_the_sweep_grouping_alone(tiny_run, driven):
     from analysis.load import load_sweep
 

@@ -39,8 +39,7 @@ def test_resume_continues_the_step_count(tiny_run: Path, cache_dir: Path, tmp_pa
 
 
 # The train.py runs whose process is not the point (a sweep, the config errors): one driver
-# process runs them all, for the tests of one xdist worker to read.
-GROUP = pytest.mark.xdist_group("test_train_driver")
+# process runs them all, for the tests below to read (on one xdist worker: conftest.py).
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,6 @@ def driven(cache_dir: Path, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     return sweep, train_in_one_process(cache_dir, runs)
 
 
-@GROUP
 def test_multirun_jobs_get_their_own_folders_configs_and_wandb_runs(driven):
     """Two jobs of a local (basic launcher: one process) sweep: each its folder, checkpoint,
     Hydra job files and W&B run."""
@@ -76,28 +74,24 @@ def config_errors(driven) -> dict[str, dict]:
     return driven[1]
 
 
-@GROUP
 def test_typo_in_key_names_the_key(config_errors):
     proc = config_errors["typo"]
     assert proc["code"] != 0
     assert "max_stepz" in proc["stderr"]
 
 
-@GROUP
 def test_unknown_group_option_lists_the_choices(config_errors):
     proc = config_errors["group option"]
     assert proc["code"] != 0
     assert "model/gpt2_huge" in proc["stderr"] and "gpt2_nano" in proc["stderr"]
 
 
-@GROUP
 def test_negative_step_count_names_the_key(config_errors):
     proc = config_errors["negative steps"]
     assert proc["code"] != 0
     assert "trainer.max_steps must be > 0, got -5" in proc["stderr"]
 
 
-@GROUP
 def test_wrong_type_names_the_key(config_errors):
     proc = config_errors["wrong type"]
     assert proc["code"] != 0
