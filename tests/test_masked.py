@@ -665,3 +665,26 @@ def test_masked_lm_under_ddp_gives_the_single_process_rows(cache_dir, tmp_path):
     single = rows_of(tmp_path / "single")
     assert any(key == MASK_ACCURACY for key in single[-1])
     assert_rows_close(rows_of(tmp_path / "ddp"), single, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow  # two train.py jobs and the sweep analysis: ~30 s on 2 busy cores
+def test_clm_vs_mlm_sweep_runs_and_groups_by_objective(cache_dir, tmp_path):
+    import csv
+
+    from analysis.sweep import main
+    from conftest import TINY, run_train
+    sweep = tmp_path / "sweep"
+    run_train(cache_dir, "-m", "experiment=clm_vs_mlm", *TINY, "logger=none", "seed=0",
+              f"hydra.sweep.dir={sweep}")
+    archs = {json_load(job / "normx" / "meta.json")["config"]["model"]["arch"]
+             for job in sweep.iterdir() if (job / "normx").is_dir()}
+    assert archs == {"gpt2", "roberta"}
+    assert main([str(sweep)]) == 0
+    with open(sweep / "analysis" / "summary.csv") as handle:
+        groups = {row["group"] for row in csv.DictReader(handle)}
+    assert groups == {"model=gpt2_nano", "model=roberta_tiny"}
+
+
+def json_load(path):
+    import json
+    return json.loads(path.read_text())
