@@ -70,6 +70,12 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             "wrappers are looked through)") from None
 
 
+def embedding_rows(lm: torch.nn.Module) -> int:
+    """Rows of the input embedding, also under FSDP (whose weights are flat shards)."""
+    embedding = lm.get_input_embeddings()
+    return int(getattr(embedding, "num_embeddings", None) or embedding.weight.shape[0])
+
+
 class Tracker:
     r"""Snapshot the word-embedding norms during training and record how they agree with
     gold importance signals, plus any probes (DESIGN.md "The durable record").
@@ -224,6 +230,7 @@ class Tracker:
         root = root if root is not None else model
         lm = unwrap_model(model)
         sharded = is_sharded(root)
+        losses = self._losses_over_ranks()  # a collective: every rank snapshots
         with full_params(root):  # FSDP: every rank gathers the whole model, collectively
             arrays = norm_arrays(lm)
             # Under FSDP all ranks run the probes in step, so any collective inside matches.
@@ -231,7 +238,7 @@ class Tracker:
         self.last_step = step
         row = None
         if self.dist.is_main:
-            row = {"step": step, "tokens_seen": self.tokens_seen, **self._loss_columns(),
+            row = {"step": step, "tokens_seen": self.tokens_seen, **losses,
                    **self._metrics(arrays), **probe_row}
             self.writer.write_snapshot(step, arrays)
             self.writer.append_metrics(row)
@@ -295,7 +302,7 @@ class Tracker:
 
     # -- the record's lifecycle ----------------------------------------------------------------
     def _check_embedding_rows(self, lm: torch.nn.Module) -> None:
-        rows = lm.get_input_embeddings().weight.shape[0]
+        rows = embedding_rows(lm)
         if rows < self.gold.vocab_size:
             raise ValueError(f"the model's embedding has {rows} rows but the gold statistics "
                              f"cover {self.gold.vocab_size} token types: wrong tokenizer?")
@@ -400,7 +407,7 @@ class Tracker:
             "model": {"class": type(lm).__name__,
                       "arch": config.to_dict() if hasattr(config, "to_dict") else None},
             "vocab_size": self.gold.vocab_size,
-            "embedding_rows": int(lm.get_input_embeddings().weight.shape[0]),
+            "embedding_rows": embedding_rows(lm),
             "vocab_hash": vocab_hash(self.vocab),
             "gold": sorted(self.signals),
             "gold_settings": {"window": self.gold.window, "n_tokens": self.gold.n_tokens,
@@ -419,10 +426,16 @@ class Tracker:
                 self._losses[key] = (float(row[key]), int(at))
 
     # -- after a snapshot ----------------------------------------------------------------------
-    def _loss_columns(self) -> dict[str, Any]:
+    def _losses_over_ranks(self) -> dict[str, Any]:
+        """The row's loss columns. A tensor is one rank's loss (Lightning's, a plain loop's):
+        averaged over the ranks, it is the global batch's, as one process would have it;
+        floats (the HF Trainer's logs) are global already."""
         columns: dict[str, Any] = {}
         for key in sorted(self._losses):
             value, at = self._losses[key]
+            if isinstance(value, torch.Tensor):
+                value = self.dist.mean(value.float())
+                self._losses[key] = (value, at)
             columns[key] = float(value)
             columns[keys.loss_step_key(key)] = int(at)
         return columns

@@ -20,6 +20,8 @@ class Distributed(Protocol):
 
     def any(self, flag: bool) -> bool: ...
 
+    def mean(self, value: torch.Tensor) -> torch.Tensor: ...
+
 
 class TorchDistributed:
     """`torch.distributed` when a process group is up (Accelerate, torchrun, Fabric), else
@@ -49,6 +51,13 @@ class TorchDistributed:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        if not self._active():
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total / dist.get_world_size()
+
 
 class StrategyDistributed:
     """A Lightning strategy's collectives (DDP, FSDP, or one device)."""
@@ -65,3 +74,6 @@ class StrategyDistributed:
 
     def any(self, flag: bool) -> bool:
         return bool(self.trainer.strategy.reduce_boolean_decision(bool(flag), all=False))
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(value, reduce_op="mean")
