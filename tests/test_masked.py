@@ -42,7 +42,7 @@ def wordpiece():
     """A WordPiece vocabulary small enough that many words are several pieces ("is" and
     "are" are one, "barks" and "laughs" several)."""
     wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(TEXT, vocab_size=90, min_frequency=1, show_progress=False,
+    wp.train_from_iterator(TEXT, vocab_size=80, min_frequency=1, show_progress=False,
                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     wp.post_processor = processors.BertProcessing(("[SEP]", wp.token_to_id("[SEP]")),
                                                   ("[CLS]", wp.token_to_id("[CLS]")))

@@ -21,7 +21,8 @@ from conftest import TINY, run_train
 from wandb_log import history
 from normx_track import NormTracker, compute_gold
 from normx_track.record import store as records
-from normx_track.tracker.lightning import batch_input_ids, snapshot_schedule
+from normx_track.tracker.core import snapshot_schedule
+from normx_track.tracker.tokens import batch_input_ids
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.record.store import AtomicWriteError, RecordWriter, read_metrics
 

@@ -87,6 +87,20 @@ def key_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text) or "none"
 
 
+def score_arrays(a, contrast=None) -> tuple[dict, dict, dict]:
+    """An attribution's scores as numpy: per method [B, T], per layer [L, B, T], and the
+    contrastive variants' (from the attribution explaining good against bad)."""
+    def numpy(tensors: dict) -> dict[str, np.ndarray]:
+        return {k: v.cpu().numpy() for k, v in tensors.items()}
+
+    scores = numpy({"normxlogit": a.normxlogit, "logat": a.logat, "norm": a.norm})
+    stacks = numpy({"normxlogit": a.normxlogit_layers, "logat": a.logat_layers}
+                   if a.layers else {})
+    contrastive = numpy({"normxlogit_contrastive": contrast.normxlogit,
+                         "logat_contrastive": contrast.logat} if contrast is not None else {})
+    return scores, stacks, contrastive
+
+
 class _Alignment:
     """Per-row AP and DP of each method, accumulated over batches."""
 
@@ -258,15 +272,7 @@ class EvidenceProbe:
         a, *c = attribute_many(model, batch.input_ids.to(device),
                                batch.attention_mask.to(device), explain, layers=self.layers,
                                norm_factor=self.norm_factor)
-
-        def numpy(tensors: dict) -> dict[str, np.ndarray]:
-            return {k: v.cpu().numpy() for k, v in tensors.items()}
-
-        scores = numpy({"normxlogit": a.normxlogit, "logat": a.logat, "norm": a.norm})
-        stacks = numpy({"normxlogit": a.normxlogit_layers, "logat": a.logat_layers}
-                       if a.layers else {})
-        contrastive = numpy({"normxlogit_contrastive": c[0].normxlogit,
-                             "logat_contrastive": c[0].logat} if c else {})
+        scores, stacks, contrastive = score_arrays(a, c[0] if c else None)
         good_logp = logprobs_from_states(model, a.final_states, batch.input_ids,
                                          [len(ctx) for ctx in batch.context],
                                          [len(g) for g in batch.good_tokens])

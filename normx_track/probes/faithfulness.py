@@ -153,6 +153,24 @@ def completeness_error(ig: Tensor, delta: Tensor) -> float:
     return nanmean((delta.abs() / change.abs()).cpu().numpy())
 
 
+def faithfulness_row(methods: Sequence[str], p_full: np.ndarray, probs: np.ndarray,
+                     scores: dict[str, list[np.ndarray]], loo: list[np.ndarray]) -> dict[str, float]:
+    """The probe's keys from p(y) of the intact examples [n], of the perturbed ones
+    [methods, fractions, n, (top-k removed, only top-k kept)], the methods' scores and
+    the leave-one-out drops, per example."""
+    n = len(p_full)
+    out: dict[str, float] = {}
+    for j, m in enumerate(methods):
+        out[COMPREHENSIVENESS.format(method=m)] = nanmean(
+            comprehensiveness(p_full, probs[j, :, :, 0]))
+        out[SUFFICIENCY.format(method=m)] = nanmean(sufficiency(p_full, probs[j, :, :, 1]))
+        out[LOO_SPEARMAN.format(method=m)] = nanmean(
+            spearman(scores[m][b], loo[b]) for b in range(n))
+    out[FAITHFULNESS_N_EXAMPLES] = n
+    out[FAITHFULNESS_MEAN_P_FULL] = float(np.mean(p_full))
+    return out
+
+
 def per_position(attributions: Tensor, reduction: str) -> Tensor:
     """[..., d] attributions -> one score per position: the L1 norm over the embedding
     dimension ("l1", the authors' choice) or the signed sum ("sum")."""
@@ -376,13 +394,4 @@ class FaithfulnessProbe:
         probs = self._perturbed_probs(model, base, rows, owners)
         probs = probs.reshape(len(self.methods), n_frac, n, 2)
 
-        out: dict[str, float] = {}
-        for j, m in enumerate(self.methods):
-            out[COMPREHENSIVENESS.format(method=m)] = nanmean(
-                comprehensiveness(p_full, probs[j, :, :, 0]))
-            out[SUFFICIENCY.format(method=m)] = nanmean(sufficiency(p_full, probs[j, :, :, 1]))
-            out[LOO_SPEARMAN.format(method=m)] = nanmean(
-                spearman(scores[m][b], loo[b]) for b in range(n))
-        out[FAITHFULNESS_N_EXAMPLES] = n
-        out[FAITHFULNESS_MEAN_P_FULL] = float(np.mean(p_full))
-        return out
+        return faithfulness_row(self.methods, p_full, probs, scores, loo)

@@ -38,7 +38,7 @@ from normx_track.keys import (
     BLIMP_ACCURACY, BLIMP_ACCURACY_BY_UID, BLIMP_N_PAIRS, CONTRASTIVE_METHODS,
     EVIDENCE_N_MULTITOKEN_TARGET, EVIDENCE_N_PAIRS, EVIDENCE_N_PAIRS_CONTRASTIVE,
     MASK_ACCURACY, MASK_N_PAIRS, METHODS, PAIR_ACCURACY, PAIR_ACCURACY_BY_UID, PAIR_N_PAIRS)
-from normx_track.probes.evidence import _Alignment, key_part, seeded_subset
+from normx_track.probes.evidence import _Alignment, key_part, score_arrays, seeded_subset
 from normx_track.probes.files import (MinimalPair, encode_pairs, load_probe_file,
                                       marks_word_starts, pad_id)
 from normx_track.probes.pll import encode_sentences, pll_scores
@@ -209,15 +209,7 @@ class MaskedEvidenceProbe:
         a, *c = attribute_masked_many(model, batch.input_ids.to(device), explain,
                                       batch.attention_mask.to(device), self.layers,
                                       self.norm_factor)
-
-        def numpy(tensors: dict) -> dict[str, np.ndarray]:
-            return {k: v.cpu().numpy() for k, v in tensors.items()}
-
-        scores = numpy({"normxlogit": a.normxlogit, "logat": a.logat, "norm": a.norm})
-        stacks = numpy({"normxlogit": a.normxlogit_layers, "logat": a.logat_layers}
-                       if a.layers else {})
-        contrastive = numpy({"normxlogit_contrastive": c[0].normxlogit,
-                             "logat_contrastive": c[0].logat} if c else {})
+        scores, stacks, contrastive = score_arrays(a, c[0] if c else None)
         logits = a.logits.cpu()  # softmax is monotone: P(good) > P(bad) iff logits are
         rows = torch.arange(len(batch))
         mask_correct = (logits[rows, batch.good_ids] > logits[rows, batch.bad_ids]).numpy()

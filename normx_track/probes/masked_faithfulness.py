@@ -28,15 +28,13 @@ from torch import Tensor, nn
 
 from normx_track.attribution.masked import attribute_masked, encoder_head
 from normx_track.attribution.normxlogit import eval_mode, model_device
-from normx_track.gold.metrics import (AUTHORS_FRACTIONS, comprehensiveness, spearman,
-                                      sufficiency, topk_positions)
-from normx_track.keys import (ATTRIBUTION_METHODS, CAPTUM_METHODS, COMPREHENSIVENESS,
-                              FAITHFULNESS_MEAN_P_FULL, FAITHFULNESS_METHODS,
-                              FAITHFULNESS_N_EXAMPLES, IG_COMPLETENESS_ERROR, LOO_SPEARMAN,
-                              SUFFICIENCY)
-from normx_track.probes.evidence import nanmean, seeded_subset
+from normx_track.gold.metrics import AUTHORS_FRACTIONS, topk_positions
+from normx_track.keys import (ATTRIBUTION_METHODS, CAPTUM_METHODS, FAITHFULNESS_METHODS,
+                              IG_COMPLETENESS_ERROR)
+from normx_track.probes.evidence import seeded_subset
 from normx_track.probes.faithfulness import (_blocks, _keep_grads, completeness_error,
-                                             gradient_attributions, per_position)
+                                             faithfulness_row, gradient_attributions,
+                                             per_position)
 
 __all__ = ["MaskedFaithfulnessProbe"]
 
@@ -174,13 +172,4 @@ class MaskedFaithfulnessProbe:
                     hidden += [c[top], np.delete(c, top)]
         probs = self._masked_probs(model, ids, t, y, owners, hidden)
         probs = probs.reshape(len(self.methods), len(self.fractions), n, 2)
-        out: dict[str, float] = {}
-        for j, m in enumerate(self.methods):
-            out[COMPREHENSIVENESS.format(method=m)] = nanmean(
-                comprehensiveness(p_full, probs[j, :, :, 0]))
-            out[SUFFICIENCY.format(method=m)] = nanmean(sufficiency(p_full, probs[j, :, :, 1]))
-            out[LOO_SPEARMAN.format(method=m)] = nanmean(
-                spearman(scores[m][b], loo[b]) for b in range(n))
-        out[FAITHFULNESS_N_EXAMPLES] = n
-        out[FAITHFULNESS_MEAN_P_FULL] = float(np.mean(p_full))
-        return out
+        return faithfulness_row(self.methods, p_full, probs, scores, loo)

@@ -20,11 +20,11 @@ from typing_extensions import override
 from normx_track import keys
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.probes.base import Probe
-from normx_track.tracker.core import Tracker, snapshot_schedule  # noqa: F401
+from normx_track.tracker.core import Tracker
 from normx_track.tracker.distributed import StrategyDistributed
 from normx_track.tracker.sinks import LightningLoggers
 from normx_track.tracker.snapshot import find_language_model
-from normx_track.tracker.tokens import batch_input_ids, batch_tokens  # noqa: F401
+from normx_track.tracker.tokens import batch_tokens
 
 
 class NormTracker(L.Callback):
