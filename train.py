@@ -225,7 +225,12 @@ def planned_jobs(config: DictConfig) -> int | None:
 
         if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
             return None
-        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        # The sweeper's own params (e.g. an experiment's) first; the command line's win.
+        task = list(config.hydra.overrides.task)
+        given = {o.split("=", 1)[0].lstrip("+~") for o in task}
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()
+                  if k not in given]
+        parsed = OverridesParser.create().parse_overrides(params + task)
         return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
     except Exception:  # noqa: BLE001 - the count is for the summary only
         return None
@@ -239,7 +244,7 @@ def sweep_summary(status_file: Path, planned: int | None) -> tuple[str, int]:
     failed = sorted((r for r in rows if r["status"] == "failed"), key=lambda r: r["num"])
     finished = sum(r["status"] == "finished" for r in rows)
     skipped = max(0, planned - len(rows)) if planned is not None else 0
-    total = planned if planned is not None else len(rows)
+    total = max(planned, len(rows)) if planned is not None else len(rows)
     text = f"sweep: {total} jobs: {finished} finished, {len(failed)} failed"
     if failed:
         text += " (" + ", ".join(f"job {r['num']}" for r in failed) + ")"

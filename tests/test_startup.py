@@ -481,3 +481,22 @@ def test_a_config_group_left_at_its_default_is_labelled_by_its_option(record_cop
     (record_copy / ".hydra" / "hydra.yaml").write_text(
         "hydra:\n  runtime:\n    choices:\n      data: synthetic\n")
     assert load_run(record_copy).setting("data") == "synthetic"  # not the section's dict
+
+
+def test_the_sweep_summary_counts_the_jobs_an_experiment_sweeps_over():
+    """experiment=clm_vs_mlm sweeps 2 models x 3 seeds through hydra.sweeper.params; the
+    command line may narrow a key (seed=0,1)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    import train
+    from normx_track.training.config import Config
+
+    ConfigStore.instance().store(name="config_schema", node=Config)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=clm_vs_mlm"], return_hydra_config=True)
+    counts = []
+    for task in (["experiment=clm_vs_mlm"], ["experiment=clm_vs_mlm", "seed=0,1"]):
+        cfg.hydra.overrides.task = task  # what `-m` puts there, sweep values included
+        counts.append(train.planned_jobs(cfg))
+    assert counts == [6, 4]
