@@ -1,6 +1,7 @@
 """Hand a run's model to the ecosystem: a Lightning checkpoint of ours becomes a Hugging
 Face folder (``save_pretrained`` model + tokenizer), which lm-eval, minicons, TransformerLens
-and inseq read as they read any hub model.
+and inseq read as they read any hub model (``AutoModelForCausalLM``; a masked LM's,
+``AutoModelForMaskedLM``).
 
     python -m normx_track.export outputs/run/checkpoints/last.ckpt exported/run
     lm_eval --model hf --model_args pretrained=exported/run --tasks blimp --device cpu
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Write a Hugging Face model folder from a "
                                                  "normx-track Lightning checkpoint.")
     parser.add_argument("checkpoint", help="a .ckpt written by train.py")
-    parser.add_argument("out_dir", help="the new folder (AutoModelForCausalLM.from_pretrained reads it)")
+    parser.add_argument("out_dir", help="the new folder (AutoModelForCausalLM, or for a masked LM "
+                             "AutoModelForMaskedLM, .from_pretrained reads it)")
     parser.add_argument("--tokenizer", help="a tokenizer directory or tokenizer.json (default: the run's)")
     args = parser.parse_args(argv)
     try:
