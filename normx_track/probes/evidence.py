@@ -87,6 +87,15 @@ def key_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text) or "none"
 
 
+def accuracy_by_uid(key: str, correct: np.ndarray, pairs: Sequence[MinimalPair]) -> dict:
+    """Accuracy per paradigm (``key`` with ``{uid}``), when the pairs hold two or more."""
+    uids = np.array([p.uid for p in pairs])
+    if len(set(uids)) < 2:
+        return {}
+    return {key.format(uid=key_part(u)): float(correct[uids == u].mean())
+            for u in sorted(set(uids))}
+
+
 def score_arrays(a, contrast=None) -> tuple[dict, dict, dict]:
     """An attribution's scores as numpy: per method [B, T], per layer [L, B, T], and the
     contrastive variants' (from the attribution explaining good against bad)."""
@@ -303,11 +312,7 @@ class EvidenceProbe:
         return out
 
     def _by_uid(self, key: str, correct: np.ndarray, pairs: Sequence[MinimalPair]):
-        uids = np.array([p.uid for p in pairs])
-        if not self.by_uid or len(set(uids)) < 2:
-            return {}
-        return {key.format(uid=key_part(u)): float(correct[uids == u].mean())
-                for u in sorted(set(uids))}
+        return accuracy_by_uid(key, correct, pairs) if self.by_uid else {}
 
 
 def _encode_prefixed(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None,

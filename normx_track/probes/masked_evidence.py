@@ -38,7 +38,8 @@ from normx_track.keys import (
     BLIMP_ACCURACY, BLIMP_ACCURACY_BY_UID, BLIMP_N_PAIRS, CONTRASTIVE_METHODS,
     EVIDENCE_N_MULTITOKEN_TARGET, EVIDENCE_N_PAIRS, EVIDENCE_N_PAIRS_CONTRASTIVE,
     MASK_ACCURACY, MASK_N_PAIRS, METHODS, PAIR_ACCURACY, PAIR_ACCURACY_BY_UID, PAIR_N_PAIRS)
-from normx_track.probes.evidence import _Alignment, key_part, score_arrays, seeded_subset
+from normx_track.probes.evidence import (_Alignment, accuracy_by_uid, score_arrays,
+                                         seeded_subset)
 from normx_track.probes.files import (MinimalPair, encode_pairs, load_probe_file,
                                       marks_word_starts, pad_id)
 from normx_track.probes.pll import encode_sentences, pll_scores
@@ -246,10 +247,6 @@ class MaskedEvidenceProbe:
                          f"are not)")
 
     def _by_uid(self, key: str, correct: np.ndarray, pairs: Sequence[MinimalPair]):
-        uids = np.array([p.uid for p in pairs])
-        if not self.by_uid or len(set(uids)) < 2:
-            return {}
-        return {key.format(uid=key_part(u)): float(correct[uids == u].mean())
-                for u in sorted(set(uids))}
+        return accuracy_by_uid(key, correct, pairs) if self.by_uid else {}
 
 
