@@ -169,19 +169,6 @@ class RecordLock:
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    @staticmethod
-    def check_free(run_dir: str | Path) -> None:
-        """Raise `RecordLockedError` if another live run holds the record, without taking
-        the lock: for a launcher to refuse before it touches anything in the folder."""
-        path = Path(run_dir) / f"{RECORD_DIR}.lock"
-        if not path.exists():
-            return
-        owner = _read_lock(path)
-        if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
-            return
-        if not _stale(owner, socket.gethostname()):
-            raise _locked(path, owner)
-
 
 def _locked(path: Path, owner: dict[str, Any]) -> RecordLockedError:
     if _UNREADABLE in owner:

@@ -182,7 +182,9 @@ class Tracker:
         with the step it was measured at. Measured at the last row's own step (validation
         runs after the step's snapshot), it is added to that row: the steps coincide."""
         self._losses[key] = (value.detach() if isinstance(value, torch.Tensor) else value, step)
-        last = self.writer.last_row() if self.writer is not None else None
+        if self.writer is None or step != self.last_step:  # the usual case, every step: no I/O
+            return
+        last = self.writer.last_row()
         if last is not None and last["step"] == step and last.get(keys.loss_step_key(key)) != step:
             self.writer.update_last({key: float(value), keys.loss_step_key(key): int(step)})
 
@@ -290,15 +292,6 @@ class Tracker:
     @property
     def awaiting_token_estimate(self) -> bool:
         return self._estimate_from is not None
-
-    def update_meta(self, **entries: Any) -> None:
-        """Add entries to meta.json (rank zero; e.g. how a front end counts tokens)."""
-        if self.writer is not None:
-            meta = read_json(self.writer.dir, "meta.json") or {}
-            self.meta.update(entries)
-            self.writer.write_meta({**meta, **entries})
-        else:
-            self.meta.update(entries)
 
     # -- the record's lifecycle ----------------------------------------------------------------
     def _check_embedding_rows(self, lm: torch.nn.Module) -> None:
