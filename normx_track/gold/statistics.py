@@ -28,8 +28,10 @@ are cut off. Off-diagonal pairs seen once add 1*log 1 = 0 and are never decoded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import zipfile
@@ -196,6 +198,15 @@ def _sum_clogc(keys: np.ndarray, counts: np.ndarray | None, vocab_size: int) -> 
     the diagonal are looked at. Keys of pairs with the sentinel (id vocab_size) sort
     after all others and are cut.
     """
+    diag_n, lo, hi, clogc = _clogc_terms(keys, counts, vocab_size)
+    return (_xlogx(2.0 * diag_n) + np.bincount(lo, clogc, minlength=vocab_size)
+            + np.bincount(hi, clogc, minlength=vocab_size))
+
+
+def _clogc_terms(keys: np.ndarray, counts: np.ndarray | None, vocab_size: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_sum_clogc`'s terms: the diagonal's event counts [V] and, for each repeated
+    off-diagonal pair in key order, its (lo, hi, C log C)."""
     tri = _tri(vocab_size + 1)
     cut = np.searchsorted(keys, keys.dtype.type(tri[vocab_size]))
     keys, counts = keys[:cut], None if counts is None else counts[:cut]
@@ -215,9 +226,7 @@ def _sum_clogc(keys: np.ndarray, counts: np.ndarray | None, vocab_size: int) -> 
     lo = run_keys.astype(np.int64) - tri[hi]
     off = lo != hi
     c = run_n[off].astype(np.float64)
-    clogc = c * np.log(c)
-    return (_xlogx(2.0 * diag_n) + np.bincount(lo[off], clogc, minlength=vocab_size)
-            + np.bincount(hi[off], clogc, minlength=vocab_size))
+    return diag_n, lo[off], hi[off], c * np.log(c)
 
 
 def _repeated_runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -256,34 +265,60 @@ def _neighbour_counts(flat: np.ndarray, lengths: np.ndarray, window: int,
     return n
 
 
-def _kl(flat: np.ndarray, lengths: np.ndarray, vocab_size: int, window: int,
-        chunk_tokens: int) -> np.ndarray:
-    chunks = _document_chunks(lengths, chunk_tokens)
-    n = _neighbour_counts(flat, lengths, window, vocab_size)
+def _log_counts(n: np.ndarray) -> np.ndarray:
+    """log n_w, 0 where n_w = 0 (those tokens' KL is NaN anyway)."""
     with np.errstate(divide="ignore"):
-        log_n = np.where(n > 0, np.log(n), 0.0)
-    # hi*(hi+1) must not overflow: uint32 keys up to 65535 ids (+ the sentinel id V)
-    key_dtype = np.uint32 if vocab_size * (vocab_size + 1) < 2**32 else np.uint64
-    s_clogm, parts = np.zeros(vocab_size), []
-    for docs, toks in chunks:
-        ids, lens = flat[toks], lengths[docs]
-        where = _padded_positions(lens, window)
-        size = ids.size + window * lens.size
-        # sum_c C[w,c] log m_c: over occurrences of w, add log m of each neighbour
-        # (sentinels carry 0); m = n because C is symmetric
-        log_m = _neighbour_sums(_padded(log_n[ids], where, size, 0.0, np.float64), window)
-        s_clogm += np.bincount(ids, weights=log_m[where], minlength=vocab_size)
-        keys = _chunk_keys(_padded(ids, where, size, vocab_size, key_dtype), window)
-        parts.append(keys if len(chunks) == 1 else _runs(keys))
-    if len(chunks) == 1:            # one key per pair event: no counting pass needed
-        s_clogc = _sum_clogc(parts[0], None, vocab_size)
-    else:
-        s_clogc = _sum_clogc(*_merge(parts), vocab_size) if parts else np.zeros(vocab_size)
+        return np.where(n > 0, np.log(n), 0.0)
+
+
+def _key_dtype(vocab_size: int):
+    """The pair key dtype: hi*(hi+1) must not overflow, so uint32 keys up to 65535 ids
+    (+ the sentinel id V), uint64 beyond."""
+    return np.uint32 if vocab_size * (vocab_size + 1) < 2**32 else np.uint64
+
+
+def _chunk_terms(ids: np.ndarray, lens: np.ndarray, log_n: np.ndarray, window: int,
+                 vocab_size: int, key_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk of whole documents: its share of sum_c C[w,c] log m_c (an array [V]) and
+    the sorted keys of its pair events (sentinel pairs included, sorting last)."""
+    where = _padded_positions(lens, window)
+    size = ids.size + window * lens.size
+    # sum_c C[w,c] log m_c: over occurrences of w, add log m of each neighbour
+    # (sentinels carry 0); m = n because C is symmetric
+    log_m = _neighbour_sums(_padded(log_n[ids], where, size, 0.0, np.float64), window)
+    s_clogm = np.bincount(ids, weights=log_m[where], minlength=vocab_size)
+    del log_m
+    keys = _chunk_keys(_padded(ids, where, size, vocab_size, key_dtype), window)
+    return s_clogm, keys
+
+
+def _kl_from_sums(n: np.ndarray, log_n: np.ndarray, s_clogc: np.ndarray,
+                  s_clogm: np.ndarray) -> np.ndarray:
+    """IG(w) = (sum_c C log C - sum_c C log m) / n_w - log n_w + log T (module docstring)."""
     total = n.sum()
     with np.errstate(divide="ignore", invalid="ignore"):
         kl = (s_clogc - s_clogm) / n - log_n + (math.log(total) if total > 0 else 0.0)
     kl[n == 0] = np.nan
     return np.maximum(kl, 0.0, where=~np.isnan(kl), out=kl)   # clip float noise below 0
+
+
+def _kl(flat: np.ndarray, lengths: np.ndarray, vocab_size: int, window: int,
+        chunk_tokens: int) -> np.ndarray:
+    chunks = _document_chunks(lengths, chunk_tokens)
+    n = _neighbour_counts(flat, lengths, window, vocab_size)
+    log_n = _log_counts(n)
+    key_dtype = _key_dtype(vocab_size)
+    s_clogm, parts = np.zeros(vocab_size), []
+    for docs, toks in chunks:
+        part, keys = _chunk_terms(flat[toks], lengths[docs], log_n, window, vocab_size,
+                                  key_dtype)
+        s_clogm += part
+        parts.append(keys if len(chunks) == 1 else _runs(keys))
+    if len(chunks) == 1:            # one key per pair event: no counting pass needed
+        s_clogc = _sum_clogc(parts[0], None, vocab_size)
+    else:
+        s_clogc = _sum_clogc(*_merge(parts), vocab_size) if parts else np.zeros(vocab_size)
+    return _kl_from_sums(n, log_n, s_clogc, s_clogm)
 
 
 def cooccurrence_kl(documents: Sequence[np.ndarray], vocab_size: int, window: int = 5,
@@ -314,6 +349,9 @@ class GoldStatistics:
     window: int = 5
     n_tokens: int = 0
     seed: int = 0
+    # Where the statistics come from (the gold command writes it; see
+    # `read_gold_provenance` for its keys); None for gold computed in a run.
+    provenance: dict | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -335,6 +373,8 @@ class GoldStatistics:
         """Write an .npz atomically: temp file in the same directory, then os.replace."""
         arrays = {s: getattr(self, s) for s in self.names()}
         meta = np.array([self.window, self.n_tokens, self.seed], dtype=np.int64)
+        if self.provenance is not None:  # a plain string array: never a pickled object
+            arrays["_provenance"] = np.array(json.dumps(self.provenance, sort_keys=True))
         with atomic_open(path) as handle:
             np.savez(handle, _meta=meta, **arrays)
 
@@ -342,20 +382,11 @@ class GoldStatistics:
     def load(cls, path: str | os.PathLike, vocab_size: int | None = None) -> "GoldStatistics":
         """Read a file written by :meth:`save`; reject arrays not of length ``vocab_size``.
         A damaged file, or one holding Python objects (never unpickled), raises
-        `GoldFileError` naming it."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {s: z[s] for s in SIGNALS if s in z.files}
-                window, n_tokens, seed = (int(v) for v in z["_meta"])
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
-                zlib.error) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if "pickle" in reason:  # numpy's text would advise allow_pickle=True: never
-                reason = "damaged, or holding Python objects rather than plain arrays"
-            raise GoldFileError(f"{os.fspath(path)}: not a readable gold file ({reason})"
-                                ) from None
+        `GoldFileError` naming it. ``provenance`` is None for files that record none."""
+        with _open_gold(path) as z:
+            arrays = {s: z[s] for s in SIGNALS if s in z.files}
+            window, n_tokens, seed = (int(v) for v in z["_meta"])
+            provenance = _provenance(z, path)
         missing = {"counts", "self_information", "information_gain"} - arrays.keys()
         if missing:
             raise ValueError(f"gold file {os.fspath(path)!r} lacks {sorted(missing)}")
@@ -364,7 +395,57 @@ class GoldStatistics:
         if any(shape != (expected,) for shape in sizes.values()):
             raise ValueError(f"gold file {os.fspath(path)!r} has array shapes {sizes}, "
                              f"expected length {expected} (vocab_size)")
-        return cls(**arrays, window=window, n_tokens=n_tokens, seed=seed)
+        return cls(**arrays, window=window, n_tokens=n_tokens, seed=seed,
+                   provenance=provenance)
+
+
+@contextlib.contextmanager
+def _open_gold(path: str | os.PathLike):
+    """np.load of a gold file; anything unreadable (outside the body) -> `GoldFileError`."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            yield z
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
+            zlib.error) as err:
+        if isinstance(err, GoldFileError):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "pickle" in reason:  # numpy's text would advise allow_pickle=True: never
+            reason = "damaged, or holding Python objects rather than plain arrays"
+        raise GoldFileError(f"{os.fspath(path)}: not a readable gold file ({reason})"
+                            ) from None
+
+
+def _provenance(z, path) -> dict | None:
+    if "_provenance" not in z.files:
+        return None
+    try:
+        value = json.loads(str(z["_provenance"][()]))
+    except json.JSONDecodeError as err:
+        raise GoldFileError(f"{os.fspath(path)}: its provenance is not JSON ({err.msg})"
+                            ) from None
+    if not isinstance(value, dict):
+        raise GoldFileError(f"{os.fspath(path)}: its provenance is not a JSON object")
+    return value
+
+
+def read_gold_provenance(path: str | os.PathLike) -> dict | None:
+    """Where a gold file's statistics come from, without reading its arrays: the dict the
+    gold command (``python -m normx_track.gold``) records, or None for a file that records
+    none (a run's own gold, or one written before provenance existed).
+
+    Keys written by the gold command (`normx_track.gold.corpus.PROVENANCE_KEYS`):
+    ``tokenizer`` (the name or folder as given), ``vocab_hash`` (`normx_track.record.store.
+    vocab_hash` of the token strings by id, as a run's meta.json has it), ``vocab_size``,
+    ``corpus`` (the corpus specs as given, a list of str), ``text_field``, ``n_tokens``,
+    ``n_documents``, ``max_tokens`` (None: all), ``window``, ``eos`` (the id appended to
+    each document, None if none), ``shuffle_correction``, ``seed``, ``normx_track_version``.
+    A damaged file raises `GoldFileError`.
+    """
+    with _open_gold(path) as z:
+        return _provenance(z, path)
 
 
 def compute_gold(documents: Iterable[np.ndarray], vocab_size: int, window: int = 5,
