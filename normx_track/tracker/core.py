@@ -11,12 +11,22 @@ It owns the schedule, the record (lock, set-aside of another run's record, resum
 re-measure of a row lost to damage), the snapshot (norms, metrics, probes), the non-finite
 check and logging to plain sinks (``sink.log(metrics, step)``). Steps count optimizer steps
 done, as Lightning's ``global_step`` and the HF Trainer's ``state.global_step`` do: step 0 is
-the initialisation. Rank zero writes; under FSDP every rank calls it (the gather is collective).
+the initialisation. Rank zero writes; every rank calls it (the snapshot's collectives need
+them all; a rank that does not is named, not waited for forever).
+
+Misuse is refused in one line saying what to do (`TrackerUsageError`, `InputError`): a
+closed or displaced tracker, `load_state_dict` after the first `step()`, a step that goes
+back, a malformed state; a call pattern that loses rows is warned about once (step() not
+called at every step, a step repeated with other tokens, no step 0 on a fresh record).
 """
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
 import platform
+import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -24,15 +34,24 @@ import numpy as np
 import torch
 
 from normx_track import __version__, keys
+from normx_track.errors import InputError
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.probes.base import Probe, run_probes
-from normx_track.record.store import RecordLock, RecordWriter, read_json, set_aside, vocab_hash
+from normx_track.record.store import (RECORD_DIR, RecordLock, RecordWriter, RunFolderError,
+                                      check_run_folder, read_json, set_aside, vocab_hash)
 from normx_track.tracker.distributed import Distributed, TorchDistributed
 from normx_track.tracker.snapshot import (NormMetrics, find_language_model, full_params,
                                           is_sharded, norm_arrays)
 from normx_track.tracker.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
+PAD_MULTIPLE = 128  # embedding rows are often padded up to a multiple of this (nanoGPT: 64)
+_IDS = itertools.count()  # trackers in this process, in construction order (same on all ranks)
+
+
+class TrackerUsageError(RuntimeError):
+    """The tracker was used out of order (closed, displaced, state loaded too late, a step
+    that goes back); the message says what to do instead."""
 
 
 def snapshot_schedule(step: int, every_n_steps: int, log_spaced: bool) -> bool:
@@ -40,6 +59,104 @@ def snapshot_schedule(step: int, every_n_steps: int, log_spaced: bool) -> bool:
     if step % every_n_steps == 0:
         return True
     return log_spaced and step < every_n_steps and (step & (step - 1)) == 0
+
+
+def schedule_points_between(after: int, before: int, every_n_steps: int, log_spaced: bool,
+                            limit: int = 5) -> list[int]:
+    """The first `limit` schedule steps strictly between `after` and `before` (without
+    walking every step in between: the gap may be millions of steps)."""
+    found = []
+    power = 1
+    while log_spaced and power < min(every_n_steps, before) and len(found) < limit:
+        if power > after:
+            found.append(power)
+        power *= 2
+    multiple = (after // every_n_steps + 1) * every_n_steps
+    while multiple < before and len(found) < limit:
+        found.append(multiple)
+        multiple += every_n_steps
+    return sorted(set(found))[:limit]
+
+
+def vocab_by_id(vocab: Any, size: int) -> list[str] | None:
+    """Token strings by id from a list of them, a tokenizer (``get_vocab()``, else
+    ``convert_ids_to_tokens``) or a ``{token: id}`` dict (read by id, not in dict order)."""
+    if vocab is None:
+        return None
+    if callable(getattr(vocab, "get_vocab", None)):
+        vocab = vocab.get_vocab()
+    elif callable(getattr(vocab, "convert_ids_to_tokens", None)):
+        vocab = list(vocab.convert_ids_to_tokens(list(range(size))))
+    if isinstance(vocab, Mapping):
+        by_id = {}
+        for token, index in vocab.items():
+            if not isinstance(token, str) or isinstance(index, bool) or not isinstance(index, int):
+                raise InputError(f"vocab: a {{token: id}} dict maps strings to ints; it has "
+                                 f"{token!r}: {index!r}")
+            by_id[index] = token
+        missing = sorted(set(range(len(by_id))) - set(by_id))
+        if missing:
+            raise InputError(f"vocab: the {{token: id}} dict's ids are not 0..{len(by_id) - 1}: "
+                             f"no token for id(s) {missing[:5]}")
+        return [by_id[i] for i in range(len(by_id))]
+    if isinstance(vocab, (str, bytes)) or not isinstance(vocab, Sequence):
+        raise InputError(f"vocab: pass token strings by id (a list), a tokenizer (with "
+                         f"get_vocab()) or a {{token: id}} dict; got {type(vocab).__name__}")
+    for index, token in enumerate(vocab):
+        if token is not None and not isinstance(token, str):
+            raise InputError(f"vocab[{index}] is {type(token).__name__} {token!r}, not a token "
+                             "string; pass token strings by id, a tokenizer or a {token: id} dict")
+    return list(vocab)
+
+
+def _checked_state(state: Any) -> tuple[int, int | None, dict[str, tuple[float, int]]]:
+    """(last_step, tokens_seen, losses) of a `Tracker.state_dict()`, each key checked."""
+    if not isinstance(state, Mapping):
+        raise InputError(f"tracker state: expected the dict Tracker.state_dict() returns, got "
+                         f"{type(state).__name__}")
+    unknown = sorted(set(state) - {"last_step", "tokens_seen", "losses"})
+    if unknown:
+        raise InputError(f"tracker state: unknown key(s) {unknown}; a Tracker.state_dict() "
+                         "holds last_step, tokens_seen and losses")
+
+    def whole(key: str, value: Any, least: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not np.isfinite(value) or value != int(value) or value < least:
+            raise InputError(f"tracker state: {key} must be a whole number >= {least}, got "
+                             f"{value!r}")
+        return int(value)
+
+    last_step = whole("last_step", state.get("last_step", -1), -1)
+    tokens = state.get("tokens_seen")
+    tokens = None if tokens is None else whole("tokens_seen", tokens, 0)
+    losses = state.get("losses") or {}
+    if not isinstance(losses, Mapping):
+        raise InputError(f"tracker state: losses must map a loss name to [value, step], got "
+                         f"{type(losses).__name__} {losses!r}")
+    checked = {}
+    for key, pair in losses.items():
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or isinstance(pair[0], bool) \
+                or not isinstance(pair[0], (int, float)):
+            raise InputError(f"tracker state: losses[{key!r}] must be [value, step], got {pair!r}")
+        checked[str(key)] = (float(pair[0]), whole(f"losses[{key!r}] step", pair[1], 0))
+    return last_step, tokens, checked
+
+
+class _Owners:
+    """The tracker writing each record folder in this process. The lock is re-entrant
+    within a process (train.py holds it around its tracker), so a second tracker on the
+    folder (a notebook cell run twice) would write beside the first: it displaces it."""
+
+    _by_folder: dict[str, "weakref.ref[Tracker]"] = {}
+
+    @classmethod
+    def take(cls, tracker: "Tracker") -> None:
+        key = str(Path(tracker.out_dir).resolve())
+        earlier = cls._by_folder.get(key)
+        earlier = earlier() if earlier is not None else None
+        if earlier is not None and earlier is not tracker and earlier._closed is None:
+            earlier._displace()
+        cls._by_folder[key] = weakref.ref(tracker)
 
 
 class Sink(Protocol):
@@ -82,7 +199,8 @@ class Tracker:
 
     Args:
         gold: gold statistics (`compute_gold`), or the path of a saved ``gold.npz``.
-        vocab: token strings by id (for tables and ``vocab.json``).
+        vocab: token strings by id (for tables and ``vocab.json``): a list, a tokenizer, or a
+            ``{token: id}`` dict.
         out_dir: the run folder; the record goes to ``<out_dir>/normx``.
         every_n_steps: snapshot every N optimizer steps (and at step 0, the initialisation).
         log_spaced: also snapshot at 1, 2, 4, 8, ... below ``every_n_steps``.
@@ -94,7 +212,8 @@ class Tracker:
         top_k_tokens: rows of the highest/lowest-norm token table a sink may show.
         meta: extra entries for ``meta.json``, e.g. ``{"config": run_config}``.
         loggers: sinks with ``log(metrics, step)`` (e.g. a W&B run's adapter).
-        distributed: is-main / broadcast / any-rank-true (default: ``torch.distributed``).
+        distributed: is-main / broadcast / any-rank-true (default: ``torch.distributed``,
+            which names a rank that skips `step()` after 60 s: ``TorchDistributed(timeout_s)``).
         front_end: the name ``meta.json`` records ("plain", "lightning", "hf_trainer").
 
     State (``state_dict``: last recorded step, tokens seen) follows torch's ``Stateful``
@@ -102,7 +221,7 @@ class Tracker:
     continues its record with no gap and no duplicate.
     """
 
-    def __init__(self, gold: GoldStatistics | str | Path, vocab: Sequence[str] | None = None, *,
+    def __init__(self, gold: GoldStatistics | str | Path, vocab: Any = None, *,
                  out_dir: str | Path, every_n_steps: int = 100, log_spaced: bool = True,
                  min_count: int = 10, signals: Mapping[str, np.ndarray] | None = None,
                  probes: Sequence[Probe] = (), stop_on_nonfinite: bool = False,
@@ -114,26 +233,32 @@ class Tracker:
         if min_count < 0:
             raise ValueError(f"min_count must be >= 0, got {min_count}")
         self.gold = gold if isinstance(gold, GoldStatistics) else GoldStatistics.load(gold)
-        self.vocab = list(vocab) if vocab is not None else None
+        self.vocab = vocab_by_id(vocab, self.gold.vocab_size)
         self.signals = {**{n: getattr(self.gold, n) for n in self.gold.names()}, **(signals or {})}
         self._check_lengths()
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None:  # refused now, not at the first step
+            check_run_folder(self.out_dir, {RECORD_DIR: "record"})
         self.every_n_steps, self.log_spaced = every_n_steps, log_spaced
         self.min_count, self.top_k_tokens = min_count, top_k_tokens
         self.probes, self.stop_on_nonfinite = list(probes), stop_on_nonfinite
         self.meta, self.loggers = dict(meta or {}), list(loggers)
         self.dist = distributed or TorchDistributed()
         self.front_end = front_end
-        self.last_step = -1  # the last step recorded (state kept in checkpoints)
-        self.tokens = TokenCounter()
+        self.last_step = -1  # nothing after it is recorded (state kept in checkpoints)
+        self.tokens = TokenCounter(None)  # unknown until given or counted: null in rows
         self.should_stop = False  # non-finite norms with stop_on_nonfinite
         self.writer: RecordWriter | None = None
         self._opened = False
         self._lock: RecordLock | None = None
         self._metrics: NormMetrics | None = None
         self._losses: dict[str, tuple[Any, int]] = {}  # key -> (value, step), read lazily
-        self._estimate_from: tuple[int, int] | None = None  # (step, tokens) of a mid-run attach
+        self._estimate_from: tuple[int, int, int] | None = None  # mid-run attach, see there
         self._failed_sinks: set[int] = set()
+        self._closed: str | None = None  # why this tracker records nothing more
+        self._last_call: tuple[int, int | None] | None = None  # (step, tokens_seen) given
+        self._warned: set[str] = set()
+        self._id, self._roll_calls = next(_IDS), itertools.count()
 
     def _check_lengths(self) -> None:
         size = self.gold.vocab_size
@@ -147,12 +272,13 @@ class Tracker:
 
     # -- the public API ----------------------------------------------------------------------
     @property
-    def tokens_seen(self) -> int:
-        """Training tokens so far, over all ranks (read from the device only when asked)."""
+    def tokens_seen(self) -> int | None:
+        """Training tokens so far, over all ranks (read from the device only when asked);
+        None while nobody gave or counted them."""
         return self.tokens.total
 
     @tokens_seen.setter
-    def tokens_seen(self, value: int) -> None:
+    def tokens_seen(self, value: int | None) -> None:
         self.tokens.total = value
 
     def due(self, step: int) -> bool:
@@ -162,15 +288,19 @@ class Tracker:
 
     def step(self, model: torch.nn.Module, step: int, tokens_seen: int | None = None,
              losses: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-        """Call once before training (step 0) and after each optimizer step, with the
-        number of optimizer steps done. Snapshots when due; returns the row (on rank zero),
-        else None. `tokens_seen`: the training tokens so far (all ranks); `losses`: e.g.
-        ``{"train/loss": loss}`` (tensors are read only when a row is written)."""
+        """Call on every rank once before training (step 0) and after each optimizer step,
+        with the number of optimizer steps done (not micro-batches). Snapshots when due;
+        returns the row (on rank zero), else None. `tokens_seen`: the training tokens so far
+        over all ranks, the same number on every rank (under DDP: this rank's count times the
+        world size, or all-reduced); not given, the rows say null. `losses`: e.g.
+        ``{"train/loss": loss}``, this rank's (tensors are averaged over the ranks and read
+        only when a row is written)."""
+        self._check_usable()
+        self._check_call(step, tokens_seen)
         for key, value in (losses or {}).items():
             self.record_loss(key, value, step)
         if tokens_seen is not None:
             self.tokens_seen = tokens_seen
-            self._estimate_from = None
         if not self._opened:
             row = self.open(model, step)
             if row is not None or not self.due(step):
@@ -181,6 +311,8 @@ class Tracker:
         """Keep the latest `key` (``train/loss``, ``val/loss``) to write beside the next row,
         with the step it was measured at. Measured at the last row's own step (validation
         runs after the step's snapshot), it is added to that row: the steps coincide."""
+        if self._closed is not None:  # an evaluation after training: nothing to write to
+            return
         self._losses[key] = (value.detach() if isinstance(value, torch.Tensor) else value, step)
         if self.writer is None or step != self.last_step:  # the usual case, every step: no I/O
             return
@@ -193,45 +325,75 @@ class Tracker:
         """Start (or continue) the record at `step`; the front ends call it when training
         starts, `step()` on its first call. A fresh run (step 0, no state loaded) sets an
         earlier run's record aside and records the initialisation; a resumed one drops the
-        rows past its checkpoint. Returns the row it recorded, if any."""
+        rows past its checkpoint and records its own step if the schedule has it (or its
+        row is lost). Returns the row it recorded, if any."""
+        self._check_usable()
         if self._opened:
             return None
+        if 0 <= step < self.last_step:
+            raise TrackerUsageError(
+                f"the tracker's state says step {self.last_step} is recorded, but training "
+                f"starts at step {step}: load the state saved with this checkpoint")
         self._opened = True
         lm = unwrap_model(model)
         self._check_embedding_rows(lm)
+        _Owners.take(self)
+        self._roll_call(step, "open")
         if self.dist.is_main:
             self._metrics = NormMetrics(self.signals, self.gold.counts, self.min_count)
             self._open_record(lm, step)
-        if self.last_step < 0 < step:
-            self._attach_mid_run(step)
-        if self.writer is not None:  # resumed: drop what was recorded after the checkpoint
-            later = [s for s in self.writer.steps() if s > self.last_step]
-            if later:
-                log.warning("%s: dropping %d rows recorded after step %d (steps %d..%d); the run "
-                            "records them again from its checkpoint", self.writer.metrics_path,
-                            len(later), self.last_step, later[0], later[-1])
-            self.writer.truncate_after(self.last_step)
-            self._losses_from(self.writer.last_row())
         if step == 0 and self.last_step < 0:
             return self.snapshot(model, 0, root=root)
-        if self.dist.broadcast(self._checkpoint_row_lost(step)):
-            # The weights are the checkpoint's, so the row can be measured again.
-            log.warning("%s: no row for step %d, the checkpoint's (a damaged line?); "
-                        "recording it again", self.writer.metrics_path, self.last_step)
+        # Rank zero knows the record: it decides what the last recorded step is and whether
+        # this step needs a row; every rank follows (due() must agree on all of them).
+        without_state = self.last_step < 0
+        self.last_step, record_now = self.dist.broadcast(self._continue_record(step))
+        if without_state:
+            self._attach_mid_run(step)
+        if record_now:
             return self.snapshot(model, step, root=root)
         return None
+
+    def _continue_record(self, step: int) -> tuple[int, bool]:
+        """(Rank zero.) Resumed at `step` > 0: keep the rows up to the checkpoint's state, or
+        up to `step` when its row is there (the end of training, or a checkpoint hook, wrote
+        it after the state was saved: the weights are the same); drop the rest. Returns the
+        last recorded step and whether `step` is to be recorded now."""
+        if self.writer is None:
+            return max(self.last_step, step - 1), False
+        steps = self.writer.steps()
+        keep = step if step in steps else (self.last_step if self.last_step >= 0 else step - 1)
+        later = [s for s in steps if s > keep]
+        if later:
+            log.warning("%s: dropping %d rows recorded after step %d (steps %d..%d); the run "
+                        "records them again from its checkpoint", self.writer.metrics_path,
+                        len(later), keep, later[0], later[-1])
+        self.writer.truncate_after(keep)
+        self._losses_from(self.writer.last_row())
+        if step in steps:
+            return step, False
+        if self.last_step == step:  # the state says recorded, the record lost it: measure again
+            log.warning("%s: no row for step %d, the checkpoint's (a damaged line?); "
+                        "recording it again", self.writer.metrics_path, step)
+            return step - 1, True
+        return step - 1, snapshot_schedule(step, self.every_n_steps, self.log_spaced)
 
     def snapshot(self, model: torch.nn.Module, step: int, tokens_seen: int | None = None,
                  root: torch.nn.Module | None = None) -> dict[str, Any] | None:
         """Measure and record now, whatever the schedule says. `root`: the module to gather
         under FSDP when `model` is not it. Returns the row on rank zero, else None."""
+        self._check_usable()
         if not self._opened:
             return self.open(model, step, root) if step == 0 else self._open_then(model, step, root)
+        if step <= self.last_step:
+            raise TrackerUsageError(f"snapshot at step {step}: step {self.last_step} is "
+                                    "recorded already; rows go forward only")
         if tokens_seen is not None:
             self.tokens_seen = tokens_seen
         root = root if root is not None else model
         lm = unwrap_model(model)
         sharded = is_sharded(root)
+        self._roll_call(step, "snapshot")
         losses = self._losses_over_ranks()  # a collective: every rank snapshots
         with full_params(root):  # FSDP: every rank gathers the whole model, collectively
             arrays = norm_arrays(lm)
@@ -250,13 +412,35 @@ class Tracker:
 
     def _open_then(self, model, step, root):
         row = self.open(model, step, root)
-        return row if row is not None else self.snapshot(model, step, root=root)
+        return row if row is not None or self.last_step >= step else \
+            self.snapshot(model, step, root=root)
 
     def close(self) -> None:
-        """Release the record's lock (the record itself is always complete on disk)."""
+        """Release the record's lock (the record itself is always complete on disk). The
+        tracker is then inert: `step()` and `snapshot()` refuse; `state_dict()` still works."""
+        self._release()
+        if self._closed is None:
+            self._closed = ("this Tracker was closed (close(), or the end of its with block); "
+                            "to continue its record, create a new Tracker and load_state_dict("
+                            "the old one's state_dict())")
+
+    def _displace(self) -> None:
+        self._release()
+        self._closed = (f"this Tracker was displaced: a newer Tracker opened {self.out_dir} in "
+                        "this process, and that one writes the record now; use it")
+        warnings.warn(f"{self.out_dir}: a second Tracker opened this run folder while the first "
+                      "was open; the first is closed and records nothing more", stacklevel=4)
+
+    def _release(self) -> None:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _restart(self) -> None:
+        """For the front ends: a closed tracker used by a new training run (a second fit()
+        or train() with the same callback) starts as a fresh one, with the same settings."""
+        if self._closed is not None:
+            self.__dict__.update(_fresh_lifecycle())
 
     def __enter__(self) -> "Tracker":
         return self
@@ -270,24 +454,30 @@ class Tracker:
         return {"last_step": self.last_step, "tokens_seen": self.tokens_seen, "losses": losses}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        self.last_step = int(state_dict.get("last_step", -1))
-        self.tokens_seen = int(state_dict.get("tokens_seen", 0))
-        self._losses = {k: (float(v), int(at))
-                        for k, (v, at) in (state_dict.get("losses") or {}).items()}
+        """Before the first `step()` (the record is opened by it, as the state says)."""
+        self._check_usable()
+        if self._opened or self._last_call is not None:
+            raise TrackerUsageError(
+                "load_state_dict() after the first step(): the record was already opened as a "
+                "fresh run; call load_state_dict() before the first step() of a resumed run")
+        self.last_step, self.tokens_seen, self._losses = _checked_state(state_dict)
 
     def estimate_skipped_tokens(self, tokens_per_step: int) -> None:
         """After a mid-run attach (no tracker state at a step > 0): tokens over the steps
         the record did not see, from one step's tokens; meta.json says so."""
         if self._estimate_from is None:
             return
-        base_step, base_tokens = self._estimate_from
-        self.tokens_seen = base_tokens + (self.last_step - base_step) * int(tokens_per_step)
+        base_step, base_tokens, at = self._estimate_from
+        self.tokens_seen = base_tokens + (at - base_step) * int(tokens_per_step)
         self._estimate_from = None
-        if self.writer is not None:
+        if self.writer is not None and self._closed is None:
             meta = read_json(self.writer.dir, "meta.json") or {}
-            meta["tokens_seen_estimated"] = {"from_step": base_step, "to_step": self.last_step,
+            meta["tokens_seen_estimated"] = {"from_step": base_step, "to_step": at,
                                              "tokens_per_step": int(tokens_per_step)}
             self.writer.write_meta(meta)
+            last = self.writer.last_row()
+            if last is not None and last["step"] == at and last.get("tokens_seen") is None:
+                self.writer.update_last({"tokens_seen": self.tokens_seen})  # recorded at open
 
     @property
     def awaiting_token_estimate(self) -> bool:
@@ -295,14 +485,79 @@ class Tracker:
 
     # -- the record's lifecycle ----------------------------------------------------------------
     def _check_embedding_rows(self, lm: torch.nn.Module) -> None:
-        rows = embedding_rows(lm)
-        if rows < self.gold.vocab_size:
+        rows, size = embedding_rows(lm), self.gold.vocab_size
+        if rows < size:
             raise ValueError(f"the model's embedding has {rows} rows but the gold statistics "
-                             f"cover {self.gold.vocab_size} token types: wrong tokenizer?")
+                             f"cover {size} token types: wrong tokenizer?")
+        padded = -(-size // PAD_MULTIPLE) * PAD_MULTIPLE
+        if rows > padded:
+            self._warn_once("rows", f"the model's embedding has {rows} rows but the gold "
+                            f"statistics cover {size} token types (more than padding to a "
+                            f"multiple of {PAD_MULTIPLE} adds): the gold likely comes from "
+                            "another tokenizer; the rows past it are not correlated")
+
+    # -- misuse -----------------------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self._closed is not None:
+            raise TrackerUsageError(self._closed)
+
+    def _check_call(self, step: int, tokens_seen: int | None) -> None:
+        """A step that goes back is refused; one repeated with other tokens (a call per
+        micro-batch?) and schedule points passed without a call are warned about once."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise TypeError(f"step must be the number of optimizer steps done (an int >= 0), "
+                            f"got {step!r}")
+        previous = self._last_call
+        if previous is not None and step < previous[0]:
+            raise TrackerUsageError(
+                f"step({step}) after step({previous[0]}): steps count the optimizer steps done "
+                "and never go back; a run resumed from an earlier checkpoint needs a new "
+                "Tracker (load_state_dict() of that checkpoint's state)")
+        self._last_call = (step, tokens_seen)
+        if previous is None:
+            return
+        before, before_tokens = previous
+        if step == before and None not in (tokens_seen, before_tokens) \
+                and tokens_seen != before_tokens:
+            self._warn_once("repeat", f"step {step} was given twice, with tokens_seen "
+                            f"{before_tokens} and then {tokens_seen}: call step() once per "
+                            "optimizer step with the number of optimizer steps done (not once "
+                            "per micro-batch)")
+        skipped = schedule_points_between(max(before, self.last_step), step,
+                                          self.every_n_steps, self.log_spaced)
+        if skipped:
+            self._warn_once("gap", f"step() was called at step {before} and then at step {step}:"
+                            f" the schedule's step(s) {', '.join(map(str, skipped))} were "
+                            "passed without a call and are not recorded. Call step() after "
+                            "every optimizer step (tracker.due(step) says when a row is due), "
+                            "with optimizer steps, not micro-batches")
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned and self.dist.is_main:
+            self._warned.add(kind)
+            warnings.warn(f"normx tracker: {message}", stacklevel=4)
+
+    def _roll_call(self, step: int, call: str) -> None:
+        """Every rank is here (`distributed.roll_call`), before this call's collectives."""
+        roll_call = getattr(self.dist, "roll_call", None)
+        if roll_call is not None:
+            roll_call(f"{self._id}.{next(self._roll_calls)}", f"tracker.{call} at step {step}")
 
     def _open_record(self, lm: torch.nn.Module, step: int) -> None:
+        check_run_folder(self.out_dir, {RECORD_DIR: "record"})
+        try:
+            self._write_record_files(lm, step)
+        except OSError as err:
+            if not isinstance(err, PermissionError) and err.errno not in (errno.EROFS, errno.EACCES):
+                raise
+            self._release()
+            raise RunFolderError(f"{err.filename or self.out_dir}: cannot write the record there "
+                                 f"({err.strerror}); choose another out_dir") from None
+
+    def _write_record_files(self, lm: torch.nn.Module, step: int) -> None:
         run_dir = self.out_dir
         self._lock = RecordLock.acquire(run_dir)  # before anything in the folder is touched
+        weakref.finalize(self, self._lock.release)  # a tracker dropped unclosed lets go too
         if self.last_step < 0 and step == 0:  # a fresh run never writes over an earlier
             moved = set_aside(run_dir)          # run's record
             if moved is not None:
@@ -322,27 +577,28 @@ class Tracker:
 
     def _attach_mid_run(self, step: int) -> None:
         """Started at a step > 0 without the tracker's state (trained with the tracker off,
-        or attached now): the record in the folder, if any, continues from its last row
-        before this step; the tokens of the steps in between are estimated from one step's
-        (`estimate_skipped_tokens`), and meta.json says so."""
+        load_state_dict() forgotten, or attached now): the record in the folder, if any,
+        continues from its last row before this step; a fresh record has no step 0, said
+        once. Unless the loop gives tokens_seen, the tokens of the steps in between are
+        estimated from one step's (`estimate_skipped_tokens`), and meta.json says so."""
         base = (0, 0)
         if self.writer is not None:
-            self.writer.truncate_after(step - 1)
             last = self.writer.last_row()
             tokens = last.get("tokens_seen") if last else None
             if isinstance(tokens, (int, float)) and np.isfinite(tokens):  # else: from step 0
                 base = (int(last["step"]), int(tokens))
-            log.warning("%s: resumed at step %d without the tracker's state; the record "
-                        "continues from step %d, tokens_seen over steps %d..%d is estimated "
-                        "from one step's batch", self.writer.dir, step, base[0], base[0], step)
-        self._estimate_from = self.dist.broadcast(base)
-        self.last_step = step
-
-    def _checkpoint_row_lost(self, step: int) -> bool:
-        """Resumed from a checkpoint whose own step the tracker recorded (its state says
-        so), yet the record has no row for it (rank zero knows)."""
-        return (self.writer is not None and self.last_step == step > 0
-                and self.last_step not in self.writer.steps() and self._estimate_from is None)
+            if last is None:
+                self._warn_once("step0", f"{self.out_dir}: the first step() call is at step "
+                                f"{step}, so the record has no step 0 (the initialisation); "
+                                "call tracker.step(model, 0) before the first optimizer step")
+            else:
+                log.warning("%s: resumed at step %d without the tracker's state (was "
+                            "load_state_dict() called?); the record continues from step %d; "
+                            "unless given, tokens_seen over steps %d..%d is estimated from one "
+                            "step's batch", self.writer.dir, step, base[0], base[0], step)
+        base = self.dist.broadcast(base)
+        if self.tokens_seen is None:  # the loop did not give it: a front end estimates it
+            self._estimate_from = (*base, step)
 
     def _keep_earlier_gold(self, step: int) -> None:
         """A resumed run with other gold (other statistics settings) keeps the gold its
@@ -458,3 +714,11 @@ class Tracker:
                     self._failed_sinks.add(id(sink))
                     log.warning("normx tracker: %s failed (%s: %s); the record under %s goes on",
                                 type(sink).__name__, type(err).__name__, err, self.writer.dir)
+
+
+def _fresh_lifecycle() -> dict[str, Any]:
+    """The attributes a just-built Tracker has for its state and record (not its settings)."""
+    return {"last_step": -1, "tokens": TokenCounter(None), "should_stop": False, "writer": None,
+            "_opened": False, "_lock": None, "_metrics": None, "_losses": {},
+            "_estimate_from": None, "_closed": None, "_last_call": None, "_warned": set(),
+            "_id": next(_IDS), "_roll_calls": itertools.count()}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ class NormTrackerCallback(TrainerCallback, ExportableState):
         # `restore_callback_states_from_checkpoint` rebuilds callbacks from `state()`'s
         # args: hand back the live tracker (gold, probes, record) and let it take the state.
         if restore:
-            live = cls._live() if cls._live is not None else None
+            live = _replaced_callback(cls) or (cls._live() if cls._live is not None else None)
             if live is None:
                 raise RuntimeError("NormTrackerCallback state found in the checkpoint, but no "
                                    "NormTrackerCallback was passed to this Trainer")
@@ -88,6 +89,7 @@ class NormTrackerCallback(TrainerCallback, ExportableState):
 
     @tracker_state.setter
     def tracker_state(self, value: dict[str, Any]) -> None:
+        self.core._restart()  # this callback trained before (an earlier train() call)
         self.core.load_state_dict(value)
 
     def on_save(self, args, state, control, **kwargs):
@@ -103,17 +105,34 @@ class NormTrackerCallback(TrainerCallback, ExportableState):
         if self.core.last_step < 0 and path.is_file():
             self.core.load_state_dict(json.loads(path.read_text()))
 
+    def _export_into(self, state) -> None:
+        """A checkpoint written without this callback has no entry for it in
+        ``trainer_state.json``, and the Trainer's next save looks it up (a KeyError): add it.
+        The tracker then starts at the resumed step with no earlier state."""
+        name = type(self).__name__
+        if isinstance(state.stateful_callbacks, dict) and name not in state.stateful_callbacks:
+            state.stateful_callbacks[name] = self.state()
+            if state.global_step > 0 and self.core.last_step < 0:
+                log.warning("the checkpoint was written without %s: the tracker starts at step "
+                            "%d with no earlier state", name, state.global_step)
+
     # -- training ----------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         core = self.core
+        core._restart()  # a second train() with this callback: a new run, as a fresh tracker
         core.out_dir = Path(core.out_dir or args.output_dir)
         core.dist = _TrainerRanks(state)
         if "wandb" in (args.report_to or []):
             core.loggers = [WandbRunSink()]
         if state.global_step > 0:
             self._restore_from_checkpoint_folder(args, state)
+        elif core.last_step < 0:
+            core.tokens.start()  # every batch is counted from here
+        self._export_into(state)
         counted = _counts_tokens(args)
-        if not counted:
+        if counted:  # the Trainer's own count (restored with its state on a resume)
+            core.tokens_seen = state.num_input_tokens_seen
+        else:
             self._hook = model.register_forward_pre_hook(self._count, with_kwargs=True)
         core.meta["tokens_seen_from"] = ("state.num_input_tokens_seen" if counted else
                                          "the model's training inputs on rank zero x world size")
@@ -150,6 +169,21 @@ class NormTrackerCallback(TrainerCallback, ExportableState):
             self._hook.remove()
             self._hook = None
         self.core.close()
+
+
+def _replaced_callback(cls: type) -> "NormTrackerCallback | None":
+    """The callback `Trainer._load_callback_state` is rebuilding: its local ``callback`` is
+    the one passed to the Trainer being resumed. (The most recently built one would be
+    another Trainer's when two are built in one process, and its record would get the rows.)"""
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("callback")
+        if isinstance(candidate, cls):
+            return candidate
+        frame = frame.f_back
+    return None
 
 
 def _counts_tokens(args) -> bool:

@@ -75,6 +75,7 @@ class NormTracker(L.Callback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         core = self.core
+        core._restart()  # a second fit() with this callback: a new run, as a fresh tracker
         core.out_dir = Path(core.out_dir or trainer.default_root_dir)
         core.dist = StrategyDistributed(trainer)
         core.loggers = [LightningLoggers(trainer)] if trainer.loggers else []
@@ -84,6 +85,8 @@ class NormTracker(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Checkpoint state is restored by now (under FSDP only after on_fit_start), so a
         # fresh run (last_step < 0) is told apart from a resumed one.
+        if self.core.last_step < 0 and trainer.global_step == 0:
+            self.core.tokens.start()  # every batch is counted from here
         self.core.open(self._language_model(pl_module), trainer.global_step, root=self._root(
             trainer, pl_module))
 

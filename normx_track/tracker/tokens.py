@@ -25,12 +25,21 @@ def batch_tokens(batch: Any) -> int | torch.Tensor:
 
 
 class TokenCounter:
-    """A running total whose device-side part is read only when `total` is asked for."""
+    """A running total whose device-side part is read only when `total` is asked for.
+    ``TokenCounter(None)`` is unknown until counting starts (`start`, `add`) or a total is
+    set: the tracker's rows show null, never 0, for a count nobody gave."""
 
-    def __init__(self, total: int = 0):
-        self._counted, self._on_device = int(total), None
+    def __init__(self, total: int | None = 0):
+        self._counted = None if total is None else int(total)
+        self._on_device = None
+
+    def start(self) -> None:
+        """Counting from the start of training (the front ends count every batch)."""
+        if self._counted is None:
+            self._counted = 0
 
     def add(self, tokens: int | torch.Tensor) -> None:
+        self.start()
         if isinstance(tokens, torch.Tensor):
             pending = self._on_device
             self._on_device = tokens.detach() if pending is None else pending + tokens.detach()
@@ -38,12 +47,12 @@ class TokenCounter:
             self._counted += int(tokens)
 
     @property
-    def total(self) -> int:
+    def total(self) -> int | None:
         if self._on_device is not None:
             self._counted += int(self._on_device)
             self._on_device = None
         return self._counted
 
     @total.setter
-    def total(self, value: int) -> None:
-        self._counted, self._on_device = int(value), None
+    def total(self, value: int | None) -> None:
+        self._counted, self._on_device = (None if value is None else int(value)), None
