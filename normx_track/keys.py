@@ -82,3 +82,13 @@ IG_COMPLETENESS_ERROR = "normx/ig_completeness_error"
 ATTRIBUTION_METHODS = ("normxlogit", "logat", "norm", "random")
 FAITHFULNESS_METHODS = (*ATTRIBUTION_METHODS, "loo")
 CAPTUM_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
+
+# Replay of a checkpoint suite (analysis.replay): the earliest other step whose input or
+# output embedding is byte for byte this step's (null when none), and the bytes read from
+# the checkpoint's weight files against their size (norms only reads the embeddings).
+REPLAY_SAME_EMBEDDINGS = "normx/replay/same_embeddings_as_step"
+REPLAY_BYTES_READ = "normx/replay/bytes_read"
+REPLAY_FILE_BYTES = "normx/replay/file_bytes"
+# meta.json of a replay: each step's embedding fingerprints, and the groups of equal ones
+REPLAY_FINGERPRINTS = "embedding_fingerprints"
+REPLAY_SAME_GROUPS = "same_embeddings"

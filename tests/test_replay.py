@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from analysis.replay import main as replay
-from normx_track.keys import LOSS_KEYS, loss_step_key
+from normx_track.keys import LOSS_KEYS, REPLAY_SAME_EMBEDDINGS, loss_step_key
 from normx_track.record.checkpoint_loader import CheckpointError, load_model
 from normx_track.record.store import list_snapshots, load_snapshot, read_metrics
 
@@ -26,6 +26,7 @@ def test_replay_of_two_checkpoints_equals_the_live_rows(tiny_run: Path, tmp_path
     # The losses beside the live rows were observed in training: replay measures the rest.
     losses = {k for key in LOSS_KEYS for k in (key, loss_step_key(key))}
     for row in replayed:
+        assert np.isnan(row.pop(REPLAY_SAME_EMBEDDINGS))  # replay's own column: no copy here
         assert row.keys() == live[row["step"]].keys() - losses
         for key, value in row.items():
             np.testing.assert_allclose(value, live[row["step"]][key], rtol=1e-6, err_msg=key)

@@ -158,14 +158,19 @@ def _num_layers(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- norms
 
 
+def row_norms(matrix: Tensor) -> Tensor:
+    """Row L2 norms in float32, whatever the stored dtype (replay's norms-only reads call
+    this on the raw tensors, so they equal the loaded model's exactly)."""
+    return torch.linalg.vector_norm(matrix.detach(), dim=1, dtype=torch.float32)
+
+
 def embedding_norms(model: nn.Module) -> dict[str, Tensor]:
     """Row L2 norms of E ("input", [V]) and, when untied, of U ("output", [V]); float32."""
-    E = model.get_input_embeddings().weight.detach()
-    norms = {"input": torch.linalg.vector_norm(E, dim=1, dtype=torch.float32)}
+    E = model.get_input_embeddings().weight
+    norms = {"input": row_norms(E)}
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if out is not None and out.weight.data_ptr() != E.data_ptr():  # untied: distinct storage
-        U = out.weight.detach()
-        norms["output"] = torch.linalg.vector_norm(U, dim=1, dtype=torch.float32)
+        norms["output"] = row_norms(out.weight)
     return norms
 
 

@@ -73,7 +73,7 @@ def _tied_names(model: torch.nn.Module) -> set[str]:
 _MASKED_TYPES = ("bert", "roberta")  # model types that load as masked LMs
 
 
-def _auto_class(model_type: str | None):
+def auto_class(model_type: str | None):
     """BERT/RoBERTa load with their MLM head; every other model as a causal LM."""
     return AutoModelForMaskedLM if model_type in _MASKED_TYPES else AutoModelForCausalLM
 
@@ -87,7 +87,7 @@ def load_lightning(path: str | Path) -> LoadedModel:
                               "'hyper_parameters' with 'hf_config' and a 'state_dict')")
     try:
         config = AutoConfig.for_model(**hparams["hf_config"])
-        model = _auto_class(config.model_type).from_config(config)
+        model = auto_class(config.model_type).from_config(config)
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: cannot build the model from its hf_config "
                               f"({first_line(err)})") from None
@@ -118,7 +118,7 @@ def load_pretrained(name_or_dir: str, revision: str | None = None) -> LoadedMode
     """An HF directory or hub name (with `revision`, e.g. Pythia's "step1000")."""
     try:
         config = AutoConfig.from_pretrained(name_or_dir, revision=revision)
-        model = _auto_class(config.model_type).from_pretrained(name_or_dir, revision=revision)
+        model = auto_class(config.model_type).from_pretrained(name_or_dir, revision=revision)
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"{name_or_dir}{'@' + revision if revision else ''}: cannot "
                               f"load a Hugging Face model ({first_line(err)})") from None

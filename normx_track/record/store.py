@@ -271,6 +271,16 @@ class RecordWriter:
         self._write(rows)
         self._rows = rows
 
+    def insert_metrics(self, row: dict[str, Any]) -> None:
+        """Add a row at its step's place (replay filling in the steps of a suite that an
+        earlier replay left out); a step already recorded is refused."""
+        step = int(row["step"])
+        if step in self.steps():
+            raise ValueError(f"{self.metrics_path}: step {step} is already recorded")
+        rows = sorted(self._rows + [(step, _line(row))], key=lambda r: r[0])
+        self._write(rows)
+        self._rows = rows
+
     def update_last(self, columns: dict[str, Any]) -> None:
         """Add `columns` to the last row (a loss measured at the row's own step, after the
         row was written)."""
