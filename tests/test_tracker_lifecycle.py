@@ -155,8 +155,7 @@ def test_tokens_seen_not_given_is_null_in_the_row(tmp_path, model, gold):
         assert t.step(model, 0)["tokens_seen"] is None
         t.step(model, 1)
         assert t.state_dict()["tokens_seen"] is None
-    assert [r["tokens_seen"] for r in read_metrics(tmp_path)] == [None, None] or all(
-        np.isnan(r["tokens_seen"]) for r in read_metrics(tmp_path))
+    assert all(np.isnan(r["tokens_seen"]) for r in read_metrics(tmp_path))  # null on disk
 
 
 def test_a_second_tracker_on_the_folder_displaces_the_first(tmp_path, model, gold):
@@ -352,3 +351,74 @@ def test_ddp_a_rank_that_skips_step_is_named_within_seconds(tmp_path):
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [0, 1, 2, 4]
     assert rows[-1]["train/loss"] == pytest.approx(0.5)  # averaged over the two ranks
+
+
+# -- the HF Trainer callback: resume boundaries, a callback added late, two Trainers ----------
+class Blocks(torch.utils.data.Dataset):
+    def __init__(self, n: int = 64):
+        self.ids = torch.randint(0, V, (n, 8), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def hf_trainer(gold, out: Path, max_steps: int, callback=True, save_steps: int = 6, **args):
+    from transformers import Trainer, TrainingArguments
+
+    from normx_track.hf import NormTrackerCallback
+
+    torch.manual_seed(0)
+    callbacks = [NormTrackerCallback(gold, every_n_steps=4, min_count=1)] if callback else []
+    arguments = TrainingArguments(output_dir=str(out), max_steps=max_steps, save_steps=save_steps,
+                                  per_device_train_batch_size=4, learning_rate=1e-3,
+                                  logging_steps=1, report_to=[], use_cpu=True, seed=0,
+                                  dataloader_num_workers=0, disable_tqdm=True, **args)
+    return Trainer(model=tiny_model(), args=arguments, train_dataset=Blocks(),
+                   callbacks=callbacks)
+
+
+def test_hf_resume_keeps_the_end_row_written_after_on_save(tmp_path, gold):
+    """checkpoint-6 is saved (state: step 4 recorded) before on_train_end records step 6."""
+    whole = tmp_path / "whole"
+    hf_trainer(gold, whole, 6).train()
+    assert steps_of(whole) == [0, 1, 2, 4, 6]
+    state = json.loads((whole / "checkpoint-6" / "normx_tracker.json").read_text())
+    assert state["last_step"] == 4
+    hf_trainer(gold, whole, 8).train(resume_from_checkpoint=str(whole / "checkpoint-6"))
+    assert steps_of(whole) == [0, 1, 2, 4, 6, 8]  # the end row of the first run is kept
+
+    # Killed between on_save and on_train_end (no end row): the resume is the unbroken run.
+    killed, unbroken = tmp_path / "killed", tmp_path / "unbroken"
+    hf_trainer(gold, killed, 6, save_steps=6).train()
+    metrics = killed / "normx" / "metrics.jsonl"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))
+    hf_trainer(gold, killed, 8).train(resume_from_checkpoint=str(killed / "checkpoint-6"))
+    hf_trainer(gold, unbroken, 8).train()
+    assert steps_of(killed) == steps_of(unbroken) == [0, 1, 2, 4, 8]
+
+
+def test_hf_callback_added_to_a_run_resumed_without_it(tmp_path, gold):
+    out = tmp_path / "run"
+    hf_trainer(gold, out, 6, callback=False).train()
+    trainer = hf_trainer(gold, out, 8)
+    with pytest.warns(UserWarning, match="first step.*at step 6"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-6"))  # no KeyError
+    assert steps_of(out) == [8]
+    saved = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["NormTrackerCallback"]["attributes"]["tracker_state"][
+        "last_step"] == 8  # step 8 is on the schedule: recorded before the save
+
+
+def test_two_hf_trainers_restore_their_own_callbacks(tmp_path, gold):
+    a, b = tmp_path / "a", tmp_path / "b"
+    hf_trainer(gold, a, 6).train()
+    (a / "checkpoint-6" / "normx_tracker.json").unlink()  # only trainer_state.json has it
+    first = hf_trainer(gold, a, 8, restore_callback_states_from_checkpoint=True)
+    hf_trainer(gold, b, 8, restore_callback_states_from_checkpoint=True)  # built after A
+    mine = first.callback_handler.callbacks[-1]
+    first.train(resume_from_checkpoint=str(a / "checkpoint-6"))
+    assert mine in first.callback_handler.callbacks
+    assert steps_of(a) == [0, 1, 2, 4, 6, 8] and not (b / "normx").exists()
