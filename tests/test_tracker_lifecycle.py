@@ -380,6 +380,13 @@ def hf_trainer(gold, out: Path, max_steps: int, callback=True, save_steps: int =
                    callbacks=callbacks)
 
 
+def tracker_of(trainer):
+    from normx_track.hf import NormTrackerCallback
+
+    (found,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, NormTrackerCallback)]
+    return found
+
+
 def test_hf_resume_keeps_the_end_row_written_after_on_save(tmp_path, gold):
     """checkpoint-6 is saved (state: step 4 recorded) before on_train_end records step 6."""
     whole = tmp_path / "whole"
@@ -417,8 +424,9 @@ def test_two_hf_trainers_restore_their_own_callbacks(tmp_path, gold):
     hf_trainer(gold, a, 6).train()
     (a / "checkpoint-6" / "normx_tracker.json").unlink()  # only trainer_state.json has it
     first = hf_trainer(gold, a, 8, restore_callback_states_from_checkpoint=True)
-    hf_trainer(gold, b, 8, restore_callback_states_from_checkpoint=True)  # built after A
-    mine = first.callback_handler.callbacks[-1]
+    second = hf_trainer(gold, b, 8, restore_callback_states_from_checkpoint=True)  # after A
+    mine = tracker_of(first)
     first.train(resume_from_checkpoint=str(a / "checkpoint-6"))
     assert mine in first.callback_handler.callbacks
+    assert tracker_of(second).core.last_step == -1  # B's untouched
     assert steps_of(a) == [0, 1, 2, 4, 6, 8] and not (b / "normx").exists()
