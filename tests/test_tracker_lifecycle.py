@@ -430,3 +430,41 @@ def test_two_hf_trainers_restore_their_own_callbacks(tmp_path, gold):
     assert mine in first.callback_handler.callbacks
     assert tracker_of(second).core.last_step == -1  # B's untouched
     assert steps_of(a) == [0, 1, 2, 4, 6, 8] and not (b / "normx").exists()
+
+
+# -- Lightning: resumed with the tracker on after a stretch with it off -----------------------
+def test_lightning_resume_at_a_schedule_step_after_the_tracker_was_off(tmp_path, gold):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from normx_track import NormTracker
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lm = tiny_model()
+
+        def training_step(self, batch, batch_idx):
+            return self.lm(input_ids=batch[0], labels=batch[0]).loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    ids = torch.randint(0, V, (64, 8), generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids), batch_size=4)
+
+    def fit(steps, callbacks, ckpt_path=None):
+        L.Trainer(max_steps=steps, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, default_root_dir=tmp_path,
+                  callbacks=[*callbacks, ModelCheckpoint(dirpath=tmp_path / "ckpt",
+                                                         every_n_train_steps=4, save_top_k=-1,
+                                                         filename="{step}")],
+                  ).fit(Module(), loader, ckpt_path=ckpt_path)
+
+    fit(8, [NormTracker(gold, every_n_steps=4, min_count=1, on_checkpoint=False)])
+    fit(12, [], ckpt_path=str(tmp_path / "ckpt" / "step=8.ckpt"))  # tracker=off
+    fit(16, [NormTracker(gold, every_n_steps=4, min_count=1, on_checkpoint=False)],
+        ckpt_path=str(tmp_path / "ckpt" / "step=12.ckpt"))
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2, 4, 8, 12, 16]
+    assert [r["tokens_seen"] for r in rows] == [32 * r["step"] for r in rows]  # 12's estimated
