@@ -19,7 +19,8 @@ then is read back by chunks of whole documents, the chunks `compute_gold` itself
 
 Working memory is a chunk per worker (roughly 100 bytes per token of ``chunk_tokens``, as
 `cooccurrence_kl` says) or a bucket per worker (roughly 40 bytes per spilled pair of
-``bucket_pairs``), plus arrays [V]; never all pairs or all tokens. The spill needs disk:
+``bucket_pairs``, by default ``max(chunk_tokens, 2**20)``), plus arrays [V]; never all
+pairs or all tokens. The spill needs disk:
 about 8 bytes (12 for V > 65535) per distinct pair per chunk, e.g. ~1.5 GB at 100 M
 tokens of a 50k Zipfian vocabulary.
 
@@ -54,6 +55,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from normx_track.errors import InputError
 from normx_track.gold.statistics import (GoldStatistics, _check_window, _chunk_terms,
                                          _clogc_terms, _key_dtype, _kl_from_sums,
                                          _log_counts, _merge, _neighbour_counts, _runs, _tri,
@@ -64,6 +66,13 @@ PROVENANCE_KEYS = ("tokenizer", "vocab_hash", "vocab_size", "corpus", "text_fiel
                    "shuffle_correction", "seed", "normx_track_version")
 
 DEFAULT_CHUNK_TOKENS = 1 << 22
+# Buckets hold at least this many pairs by default (~40 MB to merge): tiny chunks would
+# otherwise make (stream / chunk)**2 bucket-by-spill reads.
+MIN_BUCKET_PAIRS = 1 << 20
+
+
+class EmptyStreamError(InputError):
+    """The stream holds no token."""
 
 
 def token_dtype(vocab_size: int):
@@ -337,14 +346,16 @@ def _stream_kl(tf: TokenFile, vocab_size: int, window: int, chunk_tokens: int,
     return counts, _kl_from_sums(n, log_n, s_clogc, s_clogm)
 
 
-def _bucket_bounds(spilled: list[tuple[str, int]], vocab_size: int, bucket_pairs: int,
-                   sample: int = 1 << 20) -> list[int]:
+def _bucket_bounds(spilled: list[tuple[str, int]], vocab_size: int, bucket_pairs: int
+                   ) -> list[int]:
     """Key boundaries splitting the spilled pairs into buckets of about ``bucket_pairs``:
-    quantiles of an evenly strided sample of every spill (each is sorted)."""
+    quantiles of an evenly strided sample of every spill (each is sorted), of at most
+    ``bucket_pairs`` keys (a bucket's memory) and 2**20."""
     total = sum(n for _, n in spilled)
     n_buckets = max(1, math.ceil(total / max(1, bucket_pairs)))
     if n_buckets == 1:
         return []
+    sample = min(1 << 20, max(1024, bucket_pairs))
     stride = max(1, total // sample)
     keys = np.sort(np.concatenate([np.array(_spilled(s, n, vocab_size)[0][::stride])
                                    for s, n in spilled]))
@@ -359,13 +370,14 @@ def gold_from_token_file(tf: TokenFile, vocab_size: int, window: int = 5,
                          progress: bool = False, work_dir: str | os.PathLike | None = None
                          ) -> GoldStatistics:
     """`compute_gold` of the stream in ``tf`` (see the module docstring). With
-    ``shuffle_correction`` the token file is shuffled in place (it is consumed)."""
+    ``shuffle_correction`` the token file is shuffled in place (it is consumed).
+    ``provenance`` holds the stream's n_tokens and n_documents (callers add theirs)."""
     _check_window(window)
     if tf.n_tokens == 0:
-        raise ValueError("no tokens to compute gold statistics from (empty documents)")
+        raise EmptyStreamError("no tokens to compute gold statistics from (empty documents)")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    bucket_pairs = chunk_tokens if bucket_pairs is None else bucket_pairs
+    bucket_pairs = max(chunk_tokens, MIN_BUCKET_PAIRS) if bucket_pairs is None else bucket_pairs
     work = Path(tempfile.mkdtemp(prefix="pairs-", dir=work_dir or tf.tokens.parent))
     bar = _Progress(progress, tf.n_tokens * (2 if shuffle_correction else 1), "counting pairs")
     runner = _Runner(workers)
@@ -388,7 +400,8 @@ def gold_from_token_file(tf: TokenFile, vocab_size: int, window: int = 5,
         self_info = np.where(counts > 0, -np.log(counts / max(tf.n_tokens, 1)), np.nan)
     return GoldStatistics(counts=counts, self_information=self_info, information_gain=ig,
                           information_gain_corrected=corrected, window=window,
-                          n_tokens=tf.n_tokens, seed=seed)
+                          n_tokens=tf.n_tokens, seed=seed,
+                          provenance={"n_tokens": tf.n_tokens, "n_documents": tf.n_documents})
 
 
 def corpus_gold(documents: Iterable[np.ndarray], vocab_size: int, window: int = 5,
@@ -427,5 +440,5 @@ def write_token_file(documents: Iterable[np.ndarray], directory: str | os.PathLi
         bar.close()
         tf = writer.close()
     if tf.n_tokens == 0:
-        raise ValueError("no tokens to compute gold statistics from (empty documents)")
+        raise EmptyStreamError("no tokens to compute gold statistics from (empty documents)")
     return tf
