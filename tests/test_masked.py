@@ -688,3 +688,70 @@ def test_clm_vs_mlm_sweep_runs_and_groups_by_objective(cache_dir, tmp_path):
 def json_load(path):
     import json
     return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- misuse (issue 30 §4)
+def test_whole_word_masking_refuses_a_tokenizer_that_marks_no_word_starts():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from normx_track.errors import InputError
+    from normx_track.training.data.masking import MaskingCollator
+    words = sorted({w for line in TEXT for w in line.split()})
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[MASK]", *words])}
+    level = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    level.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=level, pad_token="[PAD]", unk_token="[UNK]",
+                                  mask_token="[MASK]")
+    with pytest.raises(InputError, match=r"marks word starts; .*'Ġ' or '▁' and no '##'"
+                                         r".*data.whole_word_mask=false"):
+        MaskingCollator(tok, 0.15, whole_word=True)
+    MaskingCollator(tok, 0.15)  # token-level masking needs no word starts
+
+
+@pytest.mark.parametrize("probability", [0.0, 1.0, 1.5, -0.1])
+def test_masking_collator_checks_its_probability_as_the_config_does(bytelevel, probability):
+    from normx_track.errors import InputError
+    from normx_track.training.data.masking import MaskingCollator
+    with pytest.raises(InputError, match=r"probability must be in \(0, 1\)"):
+        MaskingCollator(bytelevel, probability)
+
+
+def test_whole_word_mask_on_a_causal_model_is_a_config_error():
+    from normx_track.training.config import Config, ConfigError, validate
+    cfg = Config()
+    cfg.data.whole_word_mask = True
+    with pytest.raises(ConfigError, match="data.whole_word_mask is for masked LMs.*gpt2"):
+        validate(cfg)
+    cfg.model.arch = "bert"
+    validate(cfg)
+
+
+def test_a_batch_without_a_masked_token_is_left_out_of_the_loss_and_the_row(tmp_path):
+    from normx_track import Tracker, compute_gold
+    from normx_track.record.store import read_metrics
+    from normx_track.training.config import ModelConfig, OptimConfig
+    from normx_track.training.model import LanguageModel
+    cfg = ModelConfig(arch="bert", n_layer=1, n_embd=32, n_head=2, n_positions=16)
+    module = LanguageModel.from_configs(cfg, OptimConfig(), 90, 2, 10, pad_token_id=0)
+    ids = torch.randint(5, 90, (2, 16), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(ids, -100)
+    logged = {}
+    module.log = lambda key, value, **kwargs: logged.__setitem__(key, value)
+    out = module.training_step({"input_ids": ids, "labels": labels}, 0)
+    assert out["loss_tokens"] == 0 and torch.isnan(logged["train/loss"])  # not 0.0
+    out["loss"].backward()  # a zero gradient: nothing learned from it
+    assert all(p.grad is None or not p.grad.any() for p in module.parameters())
+    labels[0, 3] = 11
+    masked = module.training_step({"input_ids": ids, "labels": labels}, 1)
+    gold = compute_gold([np.arange(90)], 90, shuffle_correction=False)
+    with Tracker(gold, out_dir=tmp_path, every_n_steps=100, min_count=1) as tracker:
+        tracker.step(module.model, 0)
+        tracker.record_loss("train/loss", out["loss"], 1, tokens=out["loss_tokens"])
+        tracker.snapshot(module.model, 1)  # only a loss over no token so far: no column
+        tracker.record_loss("train/loss", masked["loss"], 2, tokens=masked["loss_tokens"])
+        tracker.record_loss("train/loss", out["loss"], 3, tokens=out["loss_tokens"])
+        tracker.snapshot(module.model, 3)
+    rows = read_metrics(tmp_path)
+    assert "train/loss" not in rows[1]
+    assert rows[2]["train/loss"] == pytest.approx(masked["loss"].item())
+    assert rows[2]["train/loss_step"] == 2  # the masked batch's, not the empty one's 0.0

@@ -45,6 +45,7 @@ from normx_track.tracker.snapshot import (NormMetrics, find_language_model, full
 from normx_track.tracker.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
+LOSS_TOKENS = "loss_tokens"  # a training step's output: the tokens its loss averages over
 PAD_MULTIPLE = 128  # embedding rows are often padded up to a multiple of this (nanoGPT: 64)
 _IDS = itertools.count()  # trackers in this process, in construction order (same on all ranks)
 
@@ -307,11 +308,16 @@ class Tracker:
                 return row
         return self.snapshot(model, step) if self.due(step) else None
 
-    def record_loss(self, key: str, value: Any, step: int) -> None:
+    def record_loss(self, key: str, value: Any, step: int, tokens: Any = None) -> None:
         """Keep the latest `key` (``train/loss``, ``val/loss``) to write beside the next row,
         with the step it was measured at. Measured at the last row's own step (validation
-        runs after the step's snapshot), it is added to that row: the steps coincide."""
+        runs after the step's snapshot), it is added to that row: the steps coincide.
+        `tokens`: what the loss averages over (a masked LM's masked tokens, a tensor); a loss
+        over none is left out, the earlier one kept (decided on the device: no read)."""
         if self._closed is not None:  # an evaluation after training: nothing to write to
+            return
+        if tokens is not None and isinstance(value, torch.Tensor):
+            self._losses[key] = self._unless_empty(key, value.detach(), step, tokens)
             return
         self._losses[key] = (value.detach() if isinstance(value, torch.Tensor) else value, step)
         if self.writer is None or step != self.last_step:  # the usual case, every step: no I/O
@@ -450,7 +456,7 @@ class Tracker:
 
     def state_dict(self) -> dict[str, Any]:
         # The losses travel too: a resumed run's next rows carry the same last val/loss.
-        losses = {k: [float(v), int(at)] for k, (v, at) in self._losses.items()}
+        losses = {k: [float(v), int(at)] for k, (v, at) in self._losses.items() if int(at) >= 0}
         return {"last_step": self.last_step, "tokens_seen": self.tokens_seen, "losses": losses}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -674,6 +680,15 @@ class Tracker:
             if at is not None and row.get(key) is not None and at > self._losses.get(key, (0, -1))[1]:
                 self._losses[key] = (float(row[key]), int(at))
 
+    def _unless_empty(self, key: str, value: torch.Tensor, step: int, tokens: Any
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        before, at = self._losses.get(key, (float("nan"), -1))  # -1: no loss yet, no column
+        empty = torch.as_tensor(tokens, device=value.device) == 0
+        kept = torch.where(empty, torch.as_tensor(before, dtype=value.dtype, device=value.device),
+                           value)
+        return kept, torch.where(empty, torch.as_tensor(at, device=value.device),
+                                 torch.tensor(step, device=value.device))
+
     # -- after a snapshot ----------------------------------------------------------------------
     def _losses_over_ranks(self) -> dict[str, Any]:
         """The row's loss columns. A tensor is one rank's loss (Lightning's, a plain loop's):
@@ -684,7 +699,9 @@ class Tracker:
             value, at = self._losses[key]
             if isinstance(value, torch.Tensor):
                 value = self.dist.mean(value.float())
-                self._losses[key] = (value, at)
+                self._losses[key] = (value, int(at))
+            if int(at) < 0:  # only losses over no token so far: none to show
+                continue
             columns[key] = float(value)
             columns[keys.loss_step_key(key)] = int(at)
         return columns

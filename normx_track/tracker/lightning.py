@@ -20,7 +20,7 @@ from typing_extensions import override
 from normx_track import keys
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.probes.base import Probe
-from normx_track.tracker.core import Tracker
+from normx_track.tracker.core import LOSS_TOKENS, Tracker
 from normx_track.tracker.distributed import StrategyDistributed
 from normx_track.tracker.sinks import LightningLoggers
 from normx_track.tracker.snapshot import find_language_model
@@ -98,8 +98,9 @@ class NormTracker(L.Callback):
         self.core.tokens.add(tokens)
         step = trainer.global_step
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        tokens = outputs.get(LOSS_TOKENS) if isinstance(outputs, Mapping) else None
         if isinstance(loss, torch.Tensor):
-            self.core.record_loss(keys.TRAIN_LOSS, loss, step)
+            self.core.record_loss(keys.TRAIN_LOSS, loss, step, tokens=tokens)
         if self.core.due(step):
             self._snapshot(trainer, pl_module)
 

@@ -290,6 +290,10 @@ def validate(cfg: Config) -> Config:
     if is_masked(cfg.model.arch) and cfg.data.block_size < 3:
         raise ConfigError(f"data.block_size must be >= 3 for a masked LM (its blocks are "
                           f"[CLS] ... [SEP]), got {cfg.data.block_size}")
+    if cfg.data.whole_word_mask and not is_masked(cfg.model.arch):
+        raise ConfigError(f"data.whole_word_mask is for masked LMs (model.arch in "
+                          f"{list(MASKED_ARCHS)}); model.arch={cfg.model.arch} is causal: set "
+                          "data.whole_word_mask=false")
     if is_masked(cfg.model.arch) and cfg.trainer.loss_chunk_tokens:
         raise ConfigError(f"trainer.loss_chunk_tokens is for causal LMs (the next-token "
                           f"loss); model.arch={cfg.model.arch} trains on masked tokens: set "

@@ -12,6 +12,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
                           PretrainedConfig)
 
+from normx_track.tracker.core import LOSS_TOKENS
 from normx_track.training.config import ConfigError, ModelConfig, OptimConfig, is_masked
 
 
@@ -95,19 +96,27 @@ def masked_token_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def masked_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the masked tokens of the GLOBAL batch. Ranks mask different
-    numbers of tokens, so a rank's own mean would weight them unequally: each rank's loss
-    is its sum over the count on all ranks, times the world size (DDP averages the ranks'
-    gradients), and its value is the global mean (what a rank logs), so N ranks train and
-    log as one process does."""
+    """Mean cross-entropy over the masked tokens of the GLOBAL batch (see
+    `masked_token_mean`)."""
+    return masked_token_mean(logits, labels)[0]
+
+
+def masked_token_mean(logits: torch.Tensor, labels: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, masked tokens in the global batch). Ranks mask different numbers of tokens,
+    so a rank's own mean would weight them unequally: each rank's loss is its sum over the
+    count on all ranks, times the world size (DDP averages the ranks' gradients), and its
+    value is the global mean (what a rank logs), so N ranks train and log as one process
+    does. A batch with no masked token has a zero gradient; its count says to leave it out
+    of the logged loss (its mean would read 0.0)."""
     sums = masked_token_sums(logits, labels)
     if not _distributed():
-        return sums[0] / sums[1].clamp(min=1)
+        return sums[0] / sums[1].clamp(min=1), sums[1].detach()
     world = torch.distributed.get_world_size()
     both = sums.detach().clone()
     torch.distributed.all_reduce(both)  # one collective: the global sum and count
     share = sums[0] * world / both[1].clamp(min=1)  # this rank's part of the gradient
-    return share + (both[0] / both[1].clamp(min=1) - share).detach()
+    return share + (both[0] / both[1].clamp(min=1) - share).detach(), both[1]
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -171,6 +180,11 @@ class LanguageModel(L.LightningModule):
         return self.model(input_ids=input_ids, **kwargs)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._loss_and_count(batch)[0]
+
+    def _loss_and_count(self, batch: dict[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss, and for a masked LM the global batch's masked tokens (else None)."""
         ids = batch["input_ids"]
         # Training steps run the compiled module; evaluation the plain one (no recompiles).
         # No use_cache=False: without a cache HF checks the positions for packed sequences,
@@ -178,22 +192,27 @@ class LanguageModel(L.LightningModule):
         compiled = self._compiled is not None and self.training
         if self.masked:  # the masked-token loss, on the collator's labels (-100 elsewhere)
             model = self._compiled if compiled else self.model
-            return masked_token_loss(model(input_ids=ids).logits, batch["labels"])
+            return masked_token_mean(model(input_ids=ids).logits, batch["labels"])
         if not self.loss_chunk_tokens:
             model = self._compiled if compiled else self.model
-            return model(input_ids=ids, labels=ids).loss
+            return model(input_ids=ids, labels=ids).loss, None
         body = self._compiled if compiled else self.model.base_model
         hidden = body(input_ids=ids).last_hidden_state
         return next_token_loss(hidden, self.model.get_output_embeddings(), ids,
-                               self.loss_chunk_tokens)
+                               self.loss_chunk_tokens), None
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+        loss, count = self._loss_and_count(batch)
         # Not prog_bar: Lightning would read it back from the GPU after every batch
         # (run.py's LossProgressBar reads it when it refreshes).
-        self.log("train/loss", loss)
-        self.log("train/perplexity", torch.exp(loss.detach()))
-        return loss
+        logged = loss.detach() if count is None else \
+            torch.where(count > 0, loss.detach(), torch.nan)  # no masked token: no point
+        self.log("train/loss", logged)
+        self.log("train/perplexity", torch.exp(logged))
+        if count is None:
+            return loss
+        # The tracker leaves a batch with no masked token out of its rows (LOSS_TOKENS).
+        return {"loss": loss, LOSS_TOKENS: count}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         if self.masked:  # summed over the whole validation run (on_validation_epoch_end)
@@ -216,7 +235,9 @@ class LanguageModel(L.LightningModule):
         sums = self._val_sums.detach().clone()
         if _distributed():
             torch.distributed.all_reduce(sums)
-        loss = sums[0] / sums[1].clamp(min=1)
+        if not sums[1] > 0:  # no masked token in the whole validation set: no loss, not 0.0
+            return
+        loss = sums[0] / sums[1]
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/perplexity", torch.exp(loss))
 

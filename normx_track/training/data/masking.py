@@ -13,17 +13,27 @@ import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling
 
+from normx_track.errors import InputError
+
 __all__ = ["MaskingCollator", "word_starts"]
 
 
 def word_starts(tokenizer) -> np.ndarray:
     """[V] bool: the token begins a word (byte-level "Ġ", SentencePiece "▁", or a WordPiece
-    token that is not a "##" continuation). Punctuation stays with the word before it."""
+    token that is not a "##" continuation). Punctuation stays with the word before it. A
+    tokenizer that marks none of these (WordLevel) is refused: every token would be read as
+    one long word's piece."""
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     wordpiece = any(t is not None and t.startswith("##") for t in tokens)
-    return np.array([t is not None and (not t.startswith("##") if wordpiece
-                                        else t[:1] in ("Ġ", "▁"))
-                     for t in tokens])
+    starts = np.array([t is not None and (not t.startswith("##") if wordpiece
+                                          else t[:1] in ("Ġ", "▁"))
+                       for t in tokens])
+    if not starts.any():
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise InputError(f"whole-word masking needs a tokenizer that marks word starts; "
+                         f"{name!s} ({type(tokenizer).__name__}) has no token starting with 'Ġ' "
+                         "or '▁' and no '##' continuation: set data.whole_word_mask=false")
+    return starts
 
 
 class MaskingCollator:
@@ -31,6 +41,8 @@ class MaskingCollator:
 
     def __init__(self, tokenizer, probability: float = 0.15, whole_word: bool = False,
                  seed: int = 0):
+        if isinstance(probability, bool) or not 0 < probability < 1:  # as data.mlm_probability
+            raise InputError(f"the masking probability must be in (0, 1), got {probability!r}")
         # Whole-word masking replaces every chosen piece by [MASK] (transformers' rule).
         replace = dict(mask_replace_prob=1.0, random_replace_prob=0.0) if whole_word else {}
         self.collator = DataCollatorForLanguageModeling(
