@@ -293,6 +293,7 @@ def _settings(args: argparse.Namespace) -> tuple[GoldStatistics, list[str] | Non
     min_count = 10 if args.min_count is None else args.min_count
     return gold, vocab, min_count, {"vocab_size": gold.vocab_size, "vocab_hash": vocab_hash(vocab),
                                     "gold": gold.names(), "gold_file": str(args.gold),
+                                    "gold_provenance": gold.provenance,
                                     "tracker": {"min_count": min_count}}
 
 
@@ -320,17 +321,20 @@ def check_run_tokenizer(paths: list[str], meta: dict) -> None:
                   "(vocab_hash differs)")
 
 
-def check_suite_tokenizer(tokenizer, gold_vocab: list[str] | None, suite: str,
-                          gold_file: Path | None) -> None:
-    """Norms and gold indexed by different tokenizers would correlate unrelated types."""
-    if tokenizer is None or gold_vocab is None:
+def check_suite_tokenizer(tokenizer, gold: GoldStatistics, gold_vocab: list[str] | None,
+                          suite: str, gold_file: Path | None) -> None:
+    """Norms and gold indexed by different tokenizers would correlate unrelated types: the
+    gold's vocabulary (its provenance, as the gold command records it, else the vocab.json
+    beside it) must be the suite tokenizer's."""
+    recorded = (gold.provenance or {}).get("vocab_hash") or vocab_hash(gold_vocab)
+    if tokenizer is None or recorded is None:
         print(f"replay: warning: {suite}: " + ("no tokenizer found" if tokenizer is None else
-              "no vocab.json beside the gold") + "; only the vocabulary's size is checked",
-              file=sys.stderr)
+              "the gold records no vocabulary and has no vocab.json beside it")
+              + "; only the vocabulary's size is checked", file=sys.stderr)
         return
     from normx_track.record.vocabulary import token_strings
 
-    if vocab_hash(token_strings(tokenizer)) != vocab_hash(gold_vocab):
+    if vocab_hash(token_strings(tokenizer)) != recorded:
         _fail(f"{gold_file}: its gold statistics were computed with another tokenizer than "
               f"{suite}'s (the vocabularies differ); compute them with python -m "
               f"normx_track.gold {suite} CORPUS")
@@ -395,7 +399,8 @@ def _hf_jobs(args: argparse.Namespace, gold: GoldStatistics, vocab, meta: dict) 
         checkpoints = single_checkpoints(args.sources)
     tokenizer = suite_tokenizer(checkpoints, suite)
     if not args.like:
-        check_suite_tokenizer(tokenizer, vocab, suite or checkpoints[0].source, args.gold)
+        check_suite_tokenizer(tokenizer, gold, vocab, suite or checkpoints[0].source,
+                              args.gold)
     probes = _suite_probes(args, tokenizer, checkpoints[0]) if args.probes else []
     label = suite or checkpoints[0].source
     meta.update(replay_of=label, suite=suite, revisions=[c.name for c in checkpoints],

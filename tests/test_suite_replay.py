@@ -180,26 +180,56 @@ def test_norms_only_reads_the_header_and_the_embeddings_alone(suite):
     assert torch.equal(row_norms(embeddings.output), full["output"])
 
 
-def test_sharded_and_pickled_checkpoints_give_the_same_embeddings(suite, tmp_path, caplog):
+def test_sharded_and_pickled_checkpoints_give_the_same_embeddings(suite, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(suite / "suite" / "step2")
-    sharded, pickled = tmp_path / "step2-sharded", tmp_path / "step2-pickled"
+    sharded = tmp_path / "step2-sharded"
     model.save_pretrained(sharded, max_shard_size="60KB")
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) >= 2
-    pickled.mkdir()
-    shutil.copy(sharded / "config.json", pickled)
-    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    stored = _stored_state(sharded, index)
+    pickled, legacy, pickled_shards = (tmp_path / n for n in ("pickled", "legacy", "bin-shards"))
+    for folder in (pickled, legacy, pickled_shards):
+        folder.mkdir()
+        shutil.copy(sharded / "config.json", folder)
+    torch.save(stored, pickled / "pytorch_model.bin")
+    torch.save(stored, legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    # pythia-12b's layout: three .bin shards, embed_in in the first, embed_out in the last
+    names = list(stored)
+    parts = {"pytorch_model-00001-of-00003.bin": [n for n in names if "embed_in" in n],
+             "pytorch_model-00003-of-00003.bin": [n for n in names if "embed_out" in n]}
+    parts["pytorch_model-00002-of-00003.bin"] = [n for n in names if not any(
+        n in p for p in parts.values())]
+    for shard, part in parts.items():
+        torch.save({n: stored[n] for n in part}, pickled_shards / shard)
+    (pickled_shards / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"weight_map": {n: shard for shard, part in parts.items() for n in part}}))
     plain = read_embeddings(LocalFiles(suite / "suite" / "step2"))
-    for folder in (sharded, pickled):
+    for folder in (sharded, pickled, legacy, pickled_shards):
         got = read_embeddings(LocalFiles(folder))
         assert torch.equal(got.input, plain.input) and torch.equal(got.output, plain.output)
-        assert got.fingerprints == plain.fingerprints
-    assert read_embeddings(LocalFiles(pickled)).whole_files
-    shards = sorted(set(index["weight_map"].values()))
-    assert read_embeddings(LocalFiles(sharded)).bytes_read < sum(
-        (sharded / s).stat().st_size for s in shards)
+        assert got.fingerprints == plain.fingerprints, folder.name
+        assert got.whole_files == (folder is legacy), folder.name  # only it is read whole
+    embedding_bytes = plain.input.numel() * 4 + plain.output.numel() * 4
+    for folder, files in ((sharded, sorted(set(index["weight_map"].values()))),
+                          (pickled, ["pytorch_model.bin"]), (pickled_shards, list(parts))):
+        got = read_embeddings(LocalFiles(folder))
+        size = sum((folder / f).stat().st_size for f in files)
+        assert got.bytes_read < embedding_bytes + 16_000 < size, folder.name  # + headers
+    middle = pickled_shards / "pytorch_model-00002-of-00003.bin"
+    middle.write_bytes(b"never opened")  # the shard without an embedding is not read at all
+    assert torch.equal(read_embeddings(LocalFiles(pickled_shards)).input, plain.input)
+
+
+def _stored_state(folder: Path, index: dict) -> dict[str, torch.Tensor]:
+    """The tensors as the checkpoint stores them (names as saved), from the shards."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        state.update(load_file(folder / shard))
+    return state
 
 
 def test_an_interrupted_replay_continues_and_workers_keep_step_order(suite, tmp_path):
@@ -326,3 +356,31 @@ def test_memory_stays_at_one_checkpoint_whatever_the_suite_length(tmp_path):
         peaks[name] = int(proc.stdout.split("peak_kb")[-1]) * 1024
     assert len(read_metrics(tmp_path / "out_twenty")) == 20
     assert peaks["twenty"] - peaks["one"] < 1.5 * ckpt_bytes, (peaks, ckpt_bytes)
+
+
+def test_the_gold_command_then_replay_as_the_readme_runs_pythia(suite, tmp_path, capsys):
+    """`python -m normx_track.gold TOKENIZER CORPUS` then `analysis.replay SUITE`: the gold's
+    provenance names its tokenizer, and a gold of another suite's tokenizer is refused even
+    without the vocab.json beside it."""
+    from normx_track.gold.__main__ import main as gold_command
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(_text(0)) + "\n")
+    tokenizer = str(suite / "suite" / "step0")
+    assert gold_command([tokenizer, str(corpus), "--out", str(tmp_path / "g" / "gold.npz"),
+                         "--quiet"]) in (0, None)
+    rows = _replay_with(tmp_path / "g" / "gold.npz", suite, tmp_path / "out")
+    assert [r["step"] for r in rows] == [0, 1, 2, 4, 8, 16]
+    meta = json.loads((tmp_path / "out" / "normx" / "meta.json").read_text())
+    assert meta["gold_provenance"]["tokenizer"] == tokenizer
+    other = build_suite(tmp_path / "other", seed=1)
+    assert gold_command([str(other / "suite" / "step0"), str(corpus), "--out",
+                         str(tmp_path / "h" / "gold.npz"), "--quiet"]) in (0, None)
+    (tmp_path / "h" / "vocab.json").unlink()
+    with pytest.raises(SystemExit, match="computed with another tokenizer"):
+        _replay_with(tmp_path / "h" / "gold.npz", suite, tmp_path / "out2")
+
+
+def _replay_with(gold: Path, suite: Path, out: Path) -> list[dict]:
+    replay([str(suite / "suite"), "--revisions", "all", "--gold", str(gold), "--out", str(out)])
+    return read_metrics(out)

@@ -11,15 +11,19 @@ revision: the only difference is how a file is opened (`LocalFiles`, or
 Which tensors are the embeddings comes from the model class itself: the model is built on
 the meta device (no memory) from the checkpoint's config, and the parameter names of its
 ``get_input_embeddings()`` / ``get_output_embeddings()`` are looked up in the checkpoint.
-A tied head (the same parameter) is not read twice. Checkpoints without safetensors
-(``pytorch_model.bin``: a pickle) are loaded whole with ``weights_only=True``.
+A tied head (the same parameter) is not read twice. ``pytorch_model.bin`` files (torch.save
+zip archives, e.g. pythia-12b's shards) are read by range too, through their directory and
+tensor descriptions (`normx_track.record.torch_zip_reader`); only a legacy pre-zip pickle is
+loaded whole, with ``weights_only=True``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import pickle
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -27,6 +31,7 @@ from typing import BinaryIO, Protocol
 import torch
 
 from normx_track.record.checkpoint_loader import CheckpointError, auto_class, first_line
+from normx_track.record.torch_zip_reader import TorchZipFile
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ class Embeddings:
     output: torch.Tensor | None  # None where the head is tied to the input embedding
     bytes_read: int = 0
     file_bytes: int = 0  # the size of the weight files the tensors were read from
-    whole_files: bool = False  # the pickle fallback: every tensor was loaded
+    whole_files: bool = False  # a legacy pickle: every tensor was loaded
     fingerprints: dict[str, str] = field(default_factory=dict)
 
     def matrices(self) -> dict[str, torch.Tensor]:
@@ -91,7 +96,7 @@ class Embeddings:
 
 def fingerprint(tensor: torch.Tensor) -> str:
     """A hash of a tensor's dtype, shape and bytes: equal tensors, equal fingerprints."""
-    digest = hashlib.blake2b(digest_size=16)
+    digest = hashlib.sha1(usedforsecurity=False)  # identity, not security: the fastest here
     digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
     digest.update(tensor.detach().contiguous().view(torch.uint8).numpy())
     return digest.hexdigest()
@@ -147,10 +152,12 @@ def _as_loaded(model: torch.nn.Module, stored: set[str]) -> dict[str, str]:
     return loaded
 
 
-def _stored_name(name: str, stored: set[str], model: torch.nn.Module) -> str | None:
-    """``name`` as the checkpoint spells it: through the loader's renaming, else exactly,
-    without or with the base model's prefix, or the one key ending in it."""
-    found = _as_loaded(model, stored).get(name)
+def _stored_name(name: str, stored: set[str], model: torch.nn.Module,
+                 loaded: dict[str, str] | None = None) -> str | None:
+    """``name`` as the checkpoint spells it: through the loader's renaming (``loaded``, from
+    `_as_loaded`), else exactly, without or with the base model's prefix, or the one key
+    ending in it."""
+    found = (loaded if loaded is not None else _as_loaded(model, stored)).get(name)
     if found is not None:
         return found
     prefix = getattr(model, "base_model_prefix", "")
@@ -164,34 +171,41 @@ def _stored_name(name: str, stored: set[str], model: torch.nn.Module) -> str | N
 
 def read_embeddings(files: CheckpointFiles) -> Embeddings:
     """The input embedding and an untied head of one checkpoint, reading only their bytes
-    where the weights are safetensors."""
+    (safetensors, or torch.save zip archives; a legacy pickle is loaded whole)."""
     config = read_config(files)
     model, e_name, u_name = embedding_names(config)
-    reader = _SafetensorsReader(files) if _has_safetensors(files) else None
-    if reader is None:
-        return _read_pickled(files, e_name, u_name, model)
+    reader = _reader(files)
     tensors = {}
-    for side, name in (("input", e_name), ("output", u_name)):
-        if name is None:
-            continue
-        stored = _stored_name(name, reader.names(), model)
-        if stored is None:
-            if side == "output" and getattr(config, "tie_word_embeddings", False):
-                continue  # a tied head saved once, under the input's name
-            raise CheckpointError(f"{files.label}: no tensor {name!r} in its safetensors "
-                                  f"files ({len(reader.names())} tensors)")
-        tensors[side] = reader.read(stored)
-    return _embeddings(tensors, reader.bytes_read, reader.file_bytes(), whole_files=False)
+    try:
+        loaded = _as_loaded(model, reader.names())
+        for side, name in (("input", e_name), ("output", u_name)):
+            if name is None:
+                continue
+            stored = _stored_name(name, reader.names(), model, loaded)
+            if stored is None:
+                if side == "output" and getattr(config, "tie_word_embeddings", False):
+                    continue  # a tied head saved once, under the input's name
+                raise CheckpointError(f"{files.label}: no tensor {name!r} in its weight files "
+                                      f"({len(reader.names())} tensors)")
+            tensors[side] = reader.read(stored)
+    except _LegacyPickle:
+        return _read_pickled(files, e_name, u_name, model)
+    return Embeddings(tensors["input"], tensors.get("output"), reader.bytes_read,
+                      reader.file_bytes(), False,
+                      {side: fingerprint(t) for side, t in tensors.items()})
 
 
-def _embeddings(tensors: dict[str, torch.Tensor], bytes_read: int, file_bytes: int,
-                whole_files: bool) -> Embeddings:
-    return Embeddings(tensors["input"], tensors.get("output"), bytes_read, file_bytes,
-                      whole_files, {side: fingerprint(t) for side, t in tensors.items()})
-
-
-def _has_safetensors(files: CheckpointFiles) -> bool:
-    return files.exists(SAFETENSORS) or files.exists(SAFETENSORS_INDEX)
+def _reader(files: CheckpointFiles):
+    if files.exists(SAFETENSORS_INDEX):
+        return _SafetensorsReader(files, _weight_map(files, SAFETENSORS_INDEX))
+    if files.exists(SAFETENSORS):
+        return _SafetensorsReader(files, None)
+    if files.exists(PICKLE_INDEX):
+        return _TorchZipReader(files, _weight_map(files, PICKLE_INDEX))
+    if files.exists(PICKLE):
+        return _TorchZipReader(files, None)
+    raise CheckpointError(f"{files.label}: no model weights ({SAFETENSORS}, "
+                          f"{SAFETENSORS_INDEX}, {PICKLE} or {PICKLE_INDEX})")
 
 
 def _weight_map(files: CheckpointFiles, index: str) -> dict[str, str]:
@@ -206,16 +220,81 @@ def _weight_map(files: CheckpointFiles, index: str) -> dict[str, str]:
                               f"({first_line(err)})") from None
 
 
+class _Counted:
+    """A binary file whose reads are counted into ``counter.bytes_read``."""
+
+    def __init__(self, handle: BinaryIO, counter):
+        self.handle, self.counter = handle, counter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.counter.bytes_read += len(data)
+        return data
+
+    def seek(self, *args) -> int:
+        return self.handle.seek(*args)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _LegacyPickle(Exception):
+    """A .bin written before torch's zip format: it can only be loaded whole."""
+
+
+class _TorchZipReader:
+    """Tensors of ``pytorch_model.bin`` files (torch.save zip archives) read by range: the
+    archive's directory, its data.pkl of tensor descriptions, then only the storages asked
+    for (`normx_track.record.torch_zip_reader`)."""
+
+    def __init__(self, files: CheckpointFiles, shard_of: dict[str, str] | None):
+        self.files, self.shard_of, self.bytes_read = files, shard_of, 0
+        self._archives: dict[str, tuple[TorchZipFile, int]] = {}
+
+    def names(self) -> set[str]:
+        return set(self.shard_of) if self.shard_of is not None else \
+            set(self._archive(PICKLE).entries)
+
+    def file_bytes(self) -> int:
+        return sum(size for _, size in self._archives.values())
+
+    def _archive(self, shard: str) -> TorchZipFile:
+        if shard not in self._archives:
+            handle = _Counted(self.files.open(shard), self)
+            try:
+                archive = TorchZipFile(handle)
+            except zipfile.BadZipFile:
+                handle.close()
+                raise _LegacyPickle() from None
+            except (OSError, ValueError, pickle.UnpicklingError, EOFError) as err:
+                handle.close()
+                raise CheckpointError(f"{self.files.label}/{shard}: not a readable torch.save "
+                                      f"archive ({first_line(err)})") from None
+            self._archives[shard] = (archive, handle.seek(0, 2))
+        return self._archives[shard][0]
+
+    def read(self, name: str) -> torch.Tensor:
+        shard = self.shard_of[name] if self.shard_of is not None else PICKLE
+        archive = self._archive(shard)
+        try:
+            return archive.read(name)
+        except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile) as err:
+            raise CheckpointError(f"{self.files.label}/{shard}: cannot read {name!r} "
+                                  f"({first_line(err)})") from None
+
+
 class _SafetensorsReader:
     """Headers of a checkpoint's safetensors file(s), and tensors read by byte range.
     ``bytes_read`` counts every byte taken from the files."""
 
-    def __init__(self, files: CheckpointFiles):
-        self.files, self.bytes_read = files, 0
-        if files.exists(SAFETENSORS_INDEX):
-            self.shard_of = _weight_map(files, SAFETENSORS_INDEX)
-        else:
-            self.shard_of = None
+    def __init__(self, files: CheckpointFiles, shard_of: dict[str, str] | None):
+        self.files, self.shard_of, self.bytes_read = files, shard_of, 0
         self._headers: dict[str, tuple[int, dict]] = {}
 
     def names(self) -> set[str]:
@@ -286,25 +365,20 @@ _warned_pickle = False
 
 def _read_pickled(files: CheckpointFiles, e_name: str, u_name: str | None,
                   model: torch.nn.Module) -> Embeddings:
-    """``pytorch_model.bin`` (or its shards) loaded whole with ``weights_only=True``: a
-    pickle cannot be read by tensor. Said once per process."""
+    """A legacy (pre-zip) ``pytorch_model.bin``, loaded whole with ``weights_only=True``:
+    such a pickle cannot be read by tensor. Said once per process."""
     global _warned_pickle
-    if files.exists(PICKLE_INDEX):
-        shards = sorted(set(_weight_map(files, PICKLE_INDEX).values()))
-    elif files.exists(PICKLE):
-        shards = [PICKLE]
-    else:
-        raise CheckpointError(f"{files.label}: no model weights ({SAFETENSORS}, "
-                              f"{SAFETENSORS_INDEX}, {PICKLE} or {PICKLE_INDEX})")
+    shards = sorted(set(_weight_map(files, PICKLE_INDEX).values())) \
+        if files.exists(PICKLE_INDEX) else [PICKLE]
     if not _warned_pickle:
-        log.warning("%s: weights are pickled (%s), not safetensors: the whole checkpoint is "
-                    "read to take its embeddings", files.label, shards[0])
+        log.warning("%s: weights are in torch's legacy pickle format (%s): the whole "
+                    "checkpoint is read to take its embeddings", files.label, shards[0])
         _warned_pickle = True
     state, size = {}, 0
     for shard in shards:
         path = files.local_path(shard)
         try:
-            state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            state.update(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as err:  # torch raises many kinds for a damaged pickle
             raise CheckpointError(f"{files.label}/{shard}: cannot read checkpoint "
                                   f"({first_line(err)})") from None
@@ -313,7 +387,8 @@ def _read_pickled(files: CheckpointFiles, e_name: str, u_name: str | None,
     for side, name in (("input", e_name), ("output", u_name)):
         stored = None if name is None else _stored_name(name, set(state), model)
         if stored is not None:
-            tensors[side] = state[stored].clone()  # off the mmap: the file may go
+            tensors[side] = state[stored]
         elif side == "input":
             raise CheckpointError(f"{files.label}: no tensor {name!r} in {shards}")
-    return _embeddings(tensors, size, size, whole_files=True)
+    return Embeddings(tensors["input"], tensors.get("output"), size, size, True,
+                      {side: fingerprint(t) for side, t in tensors.items()})
