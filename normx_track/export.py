@@ -54,7 +54,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | Path | 
     check_out_dir(out_dir)
     model, run_dir = load(checkpoint, config)
     tok = find_tokenizer(checkpoint, run_dir, tokenizer)
-    check_tokenizer(tok, model, run_dir, given=tokenizer is not None)
+    check_tokenizer(tok, model, run_dir, given=tokenizer is not None,
+                    own=checkpoint_vocab_hash(checkpoint))
     fit_tokenizer(tok, model)
     write_atomically(out_dir, lambda folder: (model.save_pretrained(folder),
                                               tok.save_pretrained(folder)))
@@ -234,19 +235,43 @@ def find_tokenizer(checkpoint: Path, run_dir: Path, tokenizer: str | Path | None
                       "nor in the data cache its record names; pass --tokenizer PATH")
 
 
-def check_tokenizer(tok, model, run_dir: Path, given: bool) -> None:
-    """The run's own tokenizer: of the model's size and, where the run has a record, of the
-    vocabulary its meta.json records (explain's check: another corpus's tokenizer of the
-    same size maps ids to other tokens)."""
+def checkpoint_vocab_hash(checkpoint: Path) -> str | None:
+    """The vocab hash the checkpoint itself carries (the examples write it: plain_loop's
+    checkpoint.pt, hf_trainer's checkpoint-N/normx_run.json), else None."""
+    import torch
+
+    try:
+        if checkpoint.is_dir():
+            found = json.loads((checkpoint / "normx_run.json").read_bytes())
+        elif checkpoint.suffix != ".ckpt":
+            found = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - no such file or unreadable: nothing carried
+        return None
+    value = found.get("vocab_hash") if isinstance(found, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def check_tokenizer(tok, model, run_dir: Path, given: bool, own: str | None = None) -> None:
+    """The run's own tokenizer: of the model's size and of the vocabulary the checkpoint
+    carries (``own``) or else the run's meta.json records (explain's check: another corpus's
+    tokenizer of the same size maps ids to other tokens)."""
     from normx_track.attribution.explain import _check_vocabulary
     from normx_track.record.store import read_json, vocab_hash
 
     _check_vocabulary(tok, model.get_input_embeddings().weight.shape[0])
-    recorded = (read_json(run_dir, "meta.json") or {}).get("vocab_hash")
     by_id = {i: t for t, i in tok.get_vocab().items()}
     found = vocab_hash([by_id.get(i, "") for i in range(len(tok))])
+    where = "--tokenizer" if given else f"the tokenizer found for {run_dir}"
+    if own is not None:
+        if found != own:
+            raise ExportError(f"{where}: not the tokenizer the checkpoint was trained with "
+                              f"(vocab hash {found[:12]}; the checkpoint records {own[:12]}); "
+                              "its ids would map to other tokens than the model learnt")
+        return
+    recorded = (read_json(run_dir, "meta.json") or {}).get("vocab_hash")
     if recorded and found != recorded:
-        where = "--tokenizer" if given else f"the tokenizer found for {run_dir}"
         raise ExportError(f"{where}: not the tokenizer of the run {run_dir} (vocab hash "
                           f"{found[:12]}; the run's normx/meta.json records {recorded[:12]}); "
                           "its ids would map to other tokens than the model learnt")

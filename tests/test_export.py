@@ -127,9 +127,25 @@ def test_the_export_refuses_another_runs_tokenizer_of_the_same_size(runs, tmp_pa
     out = tmp_path / "hf"
     assert export_main([str(path), str(out), "--tokenizer", str(other)]) == 2
     line = one_error(capsys)
-    assert "not the tokenizer of the run" in line and meta(path.parents[0] if checkpoint == "plain"
-                                                           else path.parents[1])["vocab_hash"][:12] in line
+    run_dir = path.parents[0] if checkpoint == "plain" else path.parents[1]
+    assert "not the tokenizer" in line and meta(run_dir)["vocab_hash"][:12] in line
     assert not out.exists()
+
+
+def test_a_set_aside_checkpoint_is_never_exported_with_the_tokenizer_of_the_run_beside_it(
+        runs, tmp_path, capsys):
+    """checkpoint.pt.replaced-<time> sits beside the record of the run that replaced it:
+    the vocab hash the checkpoint carries decides, not that record's."""
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(runs["plain_seed1"], folder)
+    aside = folder / "checkpoint.pt.replaced-20250101-000000"
+    shutil.copy(runs["plain"] / "checkpoint.pt", aside)  # seed 0's weights
+    assert export_main([str(aside), str(tmp_path / "hf")]) == 2
+    assert "not the tokenizer the checkpoint was trained with" in one_error(capsys)
+    assert export_main([str(aside), str(tmp_path / "hf"), "--tokenizer",
+                        str(tokenizer_of(runs["plain"]))]) == 0
 
 
 def test_an_unusable_out_dir_is_one_line_exit_2(runs, tmp_path, capsys, monkeypatch):
