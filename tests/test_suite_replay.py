@@ -384,3 +384,25 @@ def test_the_gold_command_then_replay_as_the_readme_runs_pythia(suite, tmp_path,
 def _replay_with(gold: Path, suite: Path, out: Path) -> list[dict]:
     replay([str(suite / "suite"), "--revisions", "all", "--gold", str(gold), "--out", str(out)])
     return read_metrics(out)
+
+
+def test_full_replay_runs_the_evidence_probe_with_the_suites_tokenizer(suite, tmp_path):
+    probes = tmp_path / "probes.jsonl"
+    rows = [{"one_prefix_prefix": f"the {n} near the {a}", "one_prefix_word_good": good,
+             "one_prefix_word_bad": bad, "cue_word_indices": [1]}
+            for n, a, good, bad in (("dog", "windows", "barks", "bark"),
+                                    ("dogs", "window", "bark", "barks"),
+                                    ("author", "tables", "laughs", "laugh"),
+                                    ("authors", "table", "laugh", "laughs"))]
+    probes.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    replay([str(suite / "suite"), "--revisions", "step0", "step8", "--gold",
+            str(suite / "gold.npz"), "--full", "--probes", str(probes), "--out", str(out)])
+    recorded = read_metrics(out)
+    assert [r["step"] for r in recorded] == [0, 8]
+    for row in recorded:
+        assert row["normx/pair_n_pairs"] == 4 and 0 <= row["normx/pair_accuracy"] <= 1
+        assert 0 < row["normx/evidence_ap/normxlogit"] <= 1
+    with pytest.raises(SystemExit, match="--probes needs --full"):
+        replay([str(suite / "suite"), "--gold", str(suite / "gold.npz"), "--probes",
+                str(probes), "--out", str(out)])

@@ -99,7 +99,8 @@ def _checkpoint(name: str, files: CheckpointFiles) -> Checkpoint:
     step = step_of(name)
     if step is None:
         raise CheckpointError(f"{files.label}: cannot tell its training step; name it with "
-                              "stepN (a branch or folder name)")
+                              "stepN (a branch or folder name), or replay a suite's branches "
+                              "with --revisions all (or their names)")
     return Checkpoint(step, name, files, tokens_of(name))
 
 
