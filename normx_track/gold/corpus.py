@@ -188,9 +188,10 @@ def _pass1_task(tf: TokenFile, chunk, window: int, vocab_size: int):
 
 
 def _pass2_task(tf: TokenFile, chunk, window: int, vocab_size: int, log_n_path: str,
-                spill: str) -> tuple[np.ndarray, int]:
+                spill: str) -> tuple[np.ndarray, tuple[int, str]]:
     """One chunk's log m term [V]; its distinct pair keys and counts go to ``spill``
-    (.keys / .counts files, sorted by key). Returns (log m term, number of pairs)."""
+    (.keys / .counts files, sorted by key). Returns (log m term, (number of pairs, the
+    counts' dtype))."""
     ids, lens = _chunk_ids(tf, chunk)
     log_n = np.load(log_n_path)
     key_dtype = _key_dtype(vocab_size)
@@ -201,20 +202,20 @@ def _pass2_task(tf: TokenFile, chunk, window: int, vocab_size: int, log_n_path: 
     distinct, counts = _runs(keys)
     del keys
     distinct.tofile(spill + ".keys")
-    counts.astype(np.uint32 if counts.dtype == np.uint32 else np.int64).tofile(spill + ".counts")
-    return s_clogm, int(distinct.size)
+    counts.tofile(spill + ".counts")
+    return s_clogm, (int(distinct.size), counts.dtype.name)
 
 
-def _spilled(spill: str, n: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The spill's (keys, counts) as memmaps (n > 0)."""
-    key_dtype = _key_dtype(vocab_size)
-    count_dtype = np.uint32 if n < 2**32 else np.int64
-    return (np.memmap(spill + ".keys", dtype=key_dtype, mode="r", shape=(n,)),
-            np.memmap(spill + ".counts", dtype=count_dtype, mode="r", shape=(n,)))
+def _spilled(spill: str, n: tuple[int, str], vocab_size: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The spill's (keys, counts) as memmaps; ``n`` is (pairs > 0, the counts' dtype)."""
+    size, count_dtype = n
+    return (np.memmap(spill + ".keys", dtype=_key_dtype(vocab_size), mode="r", shape=(size,)),
+            np.memmap(spill + ".counts", dtype=count_dtype, mode="r", shape=(size,)))
 
 
-def _bucket_task(spills: list[tuple[str, int]], lo, hi, vocab_size: int, out: str
-                 ) -> tuple[np.ndarray, int]:
+def _bucket_task(spills: list[tuple[str, tuple[int, str]]], lo, hi, vocab_size: int,
+                 out: str) -> tuple[np.ndarray, int]:
     """The distinct pairs with lo <= key < hi (None: open), merged over all chunks: their
     diagonal counts [V] (returned) and their repeated off-diagonal pairs' (lo, hi, C log C)
     in key order (written to ``out``.lo/.hi/.clogc; their number returned)."""
@@ -222,7 +223,7 @@ def _bucket_task(spills: list[tuple[str, int]], lo, hi, vocab_size: int, out: st
     for spill, n in spills:
         keys, counts = _spilled(spill, n, vocab_size)
         a = 0 if lo is None else int(np.searchsorted(keys, keys.dtype.type(lo)))
-        b = n if hi is None else int(np.searchsorted(keys, keys.dtype.type(hi)))
+        b = keys.size if hi is None else int(np.searchsorted(keys, keys.dtype.type(hi)))
         if b > a:
             parts.append((np.array(keys[a:b]), np.array(counts[a:b])))
     if not parts:
@@ -301,6 +302,10 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(n)
 
+    def describe(self, desc: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(desc)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -327,8 +332,9 @@ def _stream_kl(tf: TokenFile, vocab_size: int, window: int, chunk_tokens: int,
         s_clogm += part            # in chunk order: compute_gold's order
         sizes.append(size)
         progress.update(chunk[3] - chunk[2])
-    spilled = [(spill, size) for (spill, _), size in zip(spills, sizes) if size]
+    spilled = [(spill, size) for (spill, _), size in zip(spills, sizes) if size[0]]
     bounds = _bucket_bounds(spilled, vocab_size, bucket_pairs)
+    progress.describe("merging pairs")
     ranges = list(zip([None, *bounds], [*bounds, None]))
     outs = [str(work / f"{tag}_bucket{j:06d}") for j in range(len(ranges))]
     diag_n = np.zeros(vocab_size, np.int64)
@@ -339,6 +345,7 @@ def _stream_kl(tf: TokenFile, vocab_size: int, window: int, chunk_tokens: int,
         diag_n += diag
         if size:
             _add_bucket(lo_sum, hi_sum, out, size)
+    progress.describe("counting pairs")
     for spill, _ in spills:
         for suffix in (".keys", ".counts"):
             Path(spill + suffix).unlink(missing_ok=True)
@@ -346,12 +353,12 @@ def _stream_kl(tf: TokenFile, vocab_size: int, window: int, chunk_tokens: int,
     return counts, _kl_from_sums(n, log_n, s_clogc, s_clogm)
 
 
-def _bucket_bounds(spilled: list[tuple[str, int]], vocab_size: int, bucket_pairs: int
-                   ) -> list[int]:
+def _bucket_bounds(spilled: list[tuple[str, tuple[int, str]]], vocab_size: int,
+                   bucket_pairs: int) -> list[int]:
     """Key boundaries splitting the spilled pairs into buckets of about ``bucket_pairs``:
     quantiles of an evenly strided sample of every spill (each is sorted), of at most
     ``bucket_pairs`` keys (a bucket's memory) and 2**20."""
-    total = sum(n for _, n in spilled)
+    total = sum(n for _, (n, _) in spilled)
     n_buckets = max(1, math.ceil(total / max(1, bucket_pairs)))
     if n_buckets == 1:
         return []
