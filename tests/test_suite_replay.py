@@ -406,3 +406,41 @@ def test_full_replay_runs_the_evidence_probe_with_the_suites_tokenizer(suite, tm
     with pytest.raises(SystemExit, match="--probes needs --full"):
         replay([str(suite / "suite"), "--gold", str(suite / "gold.npz"), "--probes",
                 str(probes), "--out", str(out)])
+
+
+def test_a_hub_suite_replays_through_range_requests(suite, tmp_path):
+    """The hub path for real: huggingface_hub's own client (list_repo_refs, HfFileSystem,
+    AutoTokenizer) against a stand-in hub on loopback serving the local suite's folders as
+    branches. The rows equal the local replay's; the server sent, per checkpoint, the
+    header and the embedding bytes alone."""
+    from fake_hub_server import serve
+
+    server, hub = serve("org/tiny-suite", suite / "suite")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE",
+                                                              "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}",
+               HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "analysis.replay", "org/tiny-suite",
+                               "--revisions", "all", "--gold", str(suite / "gold.npz"),
+                               "--min-count", "2", "--workers", "2", "--out",
+                               str(tmp_path / "hub")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no tokenizer found" not in proc.stderr  # the branch's own tokenizer was read
+    local = _replay(suite, tmp_path / "local", "--revisions", "all")
+    remote = read_metrics(tmp_path / "hub")
+    assert [r["step"] for r in remote] == [0, 1, 2, 4, 8, 16]
+    for a, b in zip(local, remote):
+        for key in a:
+            np.testing.assert_equal(a[key], b[key], err_msg=key)
+    embeddings = read_embeddings(LocalFiles(suite / "suite" / "step0"))
+    needed = _header_bytes(suite / "suite" / "step0" / "model.safetensors") + \
+        (embeddings.input.numel() + embeddings.output.numel()) * 4
+    for step in (0, 1, 2, 4, 8, 16):
+        sent = hub.sent[f"step{step}/model.safetensors"]
+        assert sent <= 1.01 * needed, (step, sent, needed)
+    meta = json.loads((tmp_path / "hub" / "normx" / "meta.json").read_text())
+    assert meta["replay_of"] == "org/tiny-suite" and meta["same_embeddings"] == [[8, 16]]
