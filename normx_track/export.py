@@ -136,9 +136,8 @@ def load_state_dict_file(path: Path, config: str | Path | None):
     """A model built from its config (``--config``, else the record's meta.json beside the
     file) with the file's state_dict."""
     import torch
-    from transformers import AutoConfig
 
-    from normx_track.record.checkpoint_loader import (CheckpointError, first_line,
+    from normx_track.record.checkpoint_loader import (CheckpointError, model_from_weights,
                                                       read_lightning_checkpoint)
 
     state = read_lightning_checkpoint(path)  # weights_only=True; a dict, or one line
@@ -147,40 +146,7 @@ def load_state_dict_file(path: Path, config: str | Path | None):
         raise CheckpointError(f"{path}: no state_dict in it (tensors by name, or a dict with "
                               "them under 'model')")
     arch, source = model_config(path, config)
-    try:
-        model = _auto_class(arch.get("model_type")).from_config(AutoConfig.for_model(**arch))
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{source}: cannot build a model from it ({first_line(err)})") from None
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(f"{path}: weights do not fit the model of {source} "
-                              f"({first_line(err)})") from None
-    tied = _tied_names(model)
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the model of {source} (missing "
-                              f"{missing[:5]}, unexpected {list(unexpected)[:5]})")
-    if tied:
-        model.tie_weights()
-    return model.eval()
-
-
-def _auto_class(model_type: str | None):
-    """As the checkpoint loader's: BERT/RoBERTa with their MLM head, else a causal LM."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
-    return AutoModelForMaskedLM if model_type in ("bert", "roberta") else AutoModelForCausalLM
-
-
-def _tied_names(model) -> set[str]:
-    """Parameter names sharing storage with an earlier one (a tied lm_head is stored once)."""
-    seen, tied = set(), set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        if tensor.data_ptr() in seen:
-            tied.add(name)
-        seen.add(tensor.data_ptr())
-    return tied
+    return model_from_weights(arch, weights, path, source)
 
 
 def model_config(path: Path, config: str | Path | None) -> tuple[dict, Path]:
@@ -259,10 +225,10 @@ def check_tokenizer(tok, model, run_dir: Path, given: bool, own: str | None = No
     tokenizer of the same size maps ids to other tokens)."""
     from normx_track.attribution.explain import _check_vocabulary
     from normx_track.record.store import read_json, vocab_hash
+    from normx_track.record.vocabulary import token_strings
 
     _check_vocabulary(tok, model.get_input_embeddings().weight.shape[0])
-    by_id = {i: t for t, i in tok.get_vocab().items()}
-    found = vocab_hash([by_id.get(i, "") for i in range(len(tok))])
+    found = vocab_hash(token_strings(tok))
     where = "--tokenizer" if given else f"the tokenizer found for {run_dir}"
     if own is not None:
         if found != own:

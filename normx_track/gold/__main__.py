@@ -114,13 +114,6 @@ def load_tokenizer(name: str):
         raise TokenizerError(f"tokenizer {name!r} could not be loaded ({reason})") from None
 
 
-def token_strings(tokenizer) -> list[str]:
-    """Token strings by id, ``len(tokenizer)`` of them ("" for an id without a token), as
-    a run's vocab.json and meta.json's vocab_hash have them."""
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    return [by_id.get(i, "") for i in range(len(tokenizer))]
-
-
 def documents(tokenizer, batches, eos: int | None):
     """Token-id arrays of each text batch's documents (EOS appended when there is one)."""
     import numpy as np
@@ -135,6 +128,7 @@ def documents(tokenizer, batches, eos: int | None):
 def run(args: argparse.Namespace) -> None:
     from normx_track.gold import texts
     from normx_track.gold.corpus import DEFAULT_CHUNK_TOKENS, corpus_gold, EmptyStreamError
+    from normx_track.record.vocabulary import token_strings
 
     out = Path(args.out)
     if out.is_dir():

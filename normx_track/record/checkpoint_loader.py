@@ -78,6 +78,33 @@ def auto_class(model_type: str | None):
     return AutoModelForMaskedLM if model_type in _MASKED_TYPES else AutoModelForCausalLM
 
 
+def model_from_weights(hf_config: dict, weights: dict[str, torch.Tensor], path: str | Path,
+                       config_source: str | Path | None = None) -> PreTrainedModel:
+    """The model its HF config describes, with ``weights`` (a state_dict) in it, in eval
+    mode; a tied head may be missing from the weights (it is stored once). Errors name
+    ``path`` (and ``config_source``, where the config came from another file)."""
+    of = f" of {config_source}" if config_source else ""
+    try:
+        config = AutoConfig.for_model(**hf_config)
+        model = auto_class(config.model_type).from_config(config)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{config_source or path}: cannot build the model from its "
+                              f"config ({first_line(err)})") from None
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit the model{of} "
+                              f"({first_line(err)})") from None
+    tied = _tied_names(model)
+    missing = [k for k in missing if k not in tied]  # a tied head is not stored twice
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model{of} (missing "
+                              f"{missing[:5]}, unexpected {list(unexpected)[:5]})")
+    if tied:
+        model.tie_weights()
+    return model.eval()
+
+
 def load_lightning(path: str | Path) -> LoadedModel:
     """The HF model inside a `LanguageModel` checkpoint, in eval mode."""
     checkpoint = read_lightning_checkpoint(path)
@@ -85,27 +112,11 @@ def load_lightning(path: str | Path) -> LoadedModel:
     if not isinstance(hparams, dict) or "hf_config" not in hparams or not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a normx LanguageModel checkpoint (expected "
                               "'hyper_parameters' with 'hf_config' and a 'state_dict')")
-    try:
-        config = AutoConfig.for_model(**hparams["hf_config"])
-        model = auto_class(config.model_type).from_config(config)
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: cannot build the model from its hf_config "
-                              f"({first_line(err)})") from None
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
         raise CheckpointError(f"{path}: the checkpoint's state_dict has no 'model.' entries")
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(f"{path}: weights do not fit the model ({first_line(err)})") from None
-    tied = _tied_names(model)
-    missing = [k for k in missing if k not in tied]  # a tied head is not stored twice
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:5]}, "
-                              f"unexpected {list(unexpected)[:5]})")
-    if tied:
-        model.tie_weights()
-    return LoadedModel(model.eval(), int(checkpoint.get("global_step", 0)),
+    model = model_from_weights(hparams["hf_config"], weights, path)
+    return LoadedModel(model, int(checkpoint.get("global_step", 0)),
                        _tracker_tokens(checkpoint), str(path))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from normx_track.record.vocabulary import token_strings
 from normx_track.training.config import DataConfig
 from normx_track.training.data.sources import DataSourceError, load_texts
 from normx_track.training.data.synthetic import SyntheticConfig, generate_corpus, write_corpus
@@ -236,8 +237,7 @@ class TextDataModule(L.LightningDataModule):
 
     def vocab(self) -> list[str]:
         """Token strings by id."""
-        by_id = {i: t for t, i in self.tokenizer.get_vocab().items()}
-        return [by_id.get(i, "") for i in range(self.vocab_size)]
+        return token_strings(self.tokenizer)
 
     @property
     def probe_file(self) -> Path | None:
