@@ -47,9 +47,11 @@ class OptimConfig:
 
 @dataclass
 class SyntheticDataConfig:
+    """The embedded corpus (`data.synthetic`); data/synthetic.py's `SyntheticConfig` adds
+    the sentences a document and the seed."""
     n_documents: int = 4000
     n_topics: int = 8
-    content_words_per_topic: int = 120
+    content_words_per_topic: int = 120  # lemmas (nouns + verbs + adjectives)
     zipf_exponent: float = 1.1
     attractor_probability: float = 0.5
     n_probes: int = 500

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from normx_track.record.atomic import atomic_open
+from normx_track.training.config import SyntheticDataConfig
 
 FUNCTION_CLASSES: dict[str, tuple[str, ...]] = {  # each tuple in Zipf rank order
     "det": ("the", "its", "their", "my", "our", "his", "her", "your", "no", "any"),
@@ -45,14 +46,11 @@ _CODAS = ("", "", "n", "l", "r", "k", "m", "t", "p", "d", "sk", "nd", "ng", "rt"
 
 
 @dataclass
-class SyntheticConfig:
-    n_documents: int = 4000
+class SyntheticConfig(SyntheticDataConfig):
+    """The corpus to generate: a run's `data.synthetic` (its documents, topics, lemmas a
+    topic, Zipf exponent, attractor share and probes) with the sentences a document and
+    the seed (a run passes its own `seed`)."""
     sentences_per_document: tuple[int, int] = (3, 8)  # inclusive range
-    n_topics: int = 8
-    content_words_per_topic: int = 120  # lemmas (nouns + verbs + adjectives)
-    zipf_exponent: float = 1.1
-    attractor_probability: float = 0.5
-    n_probes: int = 500
     seed: int = 0
 
 
