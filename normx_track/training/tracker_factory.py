@@ -78,54 +78,37 @@ def lexicon_signals(paths: list[str], datamodule: TextDataModule) -> dict[str, n
     return signals
 
 
+# The probes of each objective, evidence then faithfulness, under the same metric names: a
+# masked LM's evidence the authors' way (mask accuracy, PLL-word-l2r accuracy) and its
+# faithfulness with [MASK] as the replacement.
+PROBES_BY_OBJECTIVE = {"causal": (EvidenceProbe, FaithfulnessProbe),
+                       "masked": (MaskedEvidenceProbe, MaskedFaithfulnessProbe)}
+
+
 def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path | None,
                  held_out: np.ndarray, max_length: int | None = None,
                  masked: bool = False) -> list:
     """The probes `t` asks for: evidence on `t.probe_file` (a file or a BLiMP spec; else
     the corpus's own `probe_file`), faithfulness on `held_out` tokens. ``max_length``:
-    the model's context size. ``masked``: a masked LM's probes (the same metric names)."""
+    the model's context size. ``masked``: a masked LM's probes (PROBES_BY_OBJECTIVE)."""
+    evidence, faithfulness = PROBES_BY_OBJECTIVE["masked" if masked else "causal"]
     probes: list = []
     probe_file = t.probe_file or probe_file
-    if masked:
-        return _masked_probes(t, seed, tokenizer, probe_file, held_out, max_length)
     if t.evidence and probe_file:
         pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
         # null: every pair (0 meant that in records written before 0 was refused)
-        probes.append(EvidenceProbe(pairs, tokenizer, seed=seed,
-                                    max_pairs=t.max_probe_pairs or None, max_length=max_length,
-                                    layers="all" if t.evidence_by_layer else "last",
-                                    leading_space=t.probe_leading_space))
+        probes.append(evidence(pairs, tokenizer, seed=seed, max_pairs=t.max_probe_pairs or None,
+                               max_length=max_length,
+                               layers="all" if t.evidence_by_layer else "last",
+                               leading_space=t.probe_leading_space))
     elif t.evidence:
         log.info("no probe file (tracker.probe_file): evidence alignment is not measured")
     if t.faithfulness_examples:
-        probes.append(FaithfulnessProbe([np.asarray(held_out)], tokenizer,
-                                        n_examples=t.faithfulness_examples,
-                                        length=t.faithfulness_length, captum=t.captum, seed=seed,
-                                        fractions=t.faithfulness_fractions, ig_steps=t.ig_steps,
-                                        gradient_reduction=t.gradient_reduction))
-    return probes
-
-
-def _masked_probes(t: TrackerConfig, seed: int, tokenizer, probe_file, held_out,
-                   max_length) -> list:
-    """A masked LM's: evidence the authors' way, mask accuracy and PLL-word-l2r accuracy;
-    faithfulness with [MASK] as the replacement."""
-    probes: list = []
-    if t.evidence and probe_file:
-        pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
-        probes.append(MaskedEvidenceProbe(pairs, tokenizer, seed=seed,
-                                          max_pairs=t.max_probe_pairs or None,
-                                          max_length=max_length,
-                                          layers="all" if t.evidence_by_layer else "last",
-                                          leading_space=t.probe_leading_space))
-    elif t.evidence:
-        log.info("no probe file (tracker.probe_file): evidence alignment is not measured")
-    if t.faithfulness_examples:
-        probes.append(MaskedFaithfulnessProbe(
-            [np.asarray(held_out)], tokenizer, n_examples=t.faithfulness_examples,
-            length=t.faithfulness_length, captum=t.captum, seed=seed,
-            fractions=t.faithfulness_fractions, ig_steps=t.ig_steps,
-            gradient_reduction=t.gradient_reduction))
+        probes.append(faithfulness([np.asarray(held_out)], tokenizer,
+                                   n_examples=t.faithfulness_examples,
+                                   length=t.faithfulness_length, captum=t.captum, seed=seed,
+                                   fractions=t.faithfulness_fractions, ig_steps=t.ig_steps,
+                                   gradient_reduction=t.gradient_reduction))
     return probes
 
 
