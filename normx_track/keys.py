@@ -69,6 +69,7 @@ PROBE_CUE_SPLIT_SHARE = "normx/probe/cue_split_share"
 EVIDENCE_N_MULTITOKEN_TARGET = "normx/evidence_n_multitoken_target"
 MASK_ACCURACY = "normx/mask_accuracy"
 MASK_N_PAIRS = "normx/mask_n_pairs"
+# The attribution methods every probe ranks (evidence and faithfulness alike).
 METHODS = ("normxlogit", "logat", "norm", "random")
 CONTRASTIVE_METHODS = ("normxlogit_contrastive", "logat_contrastive", "random_contrastive")
 
@@ -79,8 +80,8 @@ LOO_SPEARMAN = "normx/loo_spearman/{method}"
 FAITHFULNESS_N_EXAMPLES = "normx/faithfulness_n_examples"
 FAITHFULNESS_MEAN_P_FULL = "normx/faithfulness_mean_p_full"
 IG_COMPLETENESS_ERROR = "normx/ig_completeness_error"
-ATTRIBUTION_METHODS = ("normxlogit", "logat", "norm", "random")
-FAITHFULNESS_METHODS = (*ATTRIBUTION_METHODS, "loo")
+ATTRIBUTION_METHODS = METHODS  # the same tuple: its old name
+FAITHFULNESS_METHODS = (*METHODS, "loo")
 CAPTUM_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
 
 # Replay of a checkpoint suite (analysis.replay): the earliest other step whose input or

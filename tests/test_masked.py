@@ -20,7 +20,7 @@ from normx_track.keys import (BLIMP_ACCURACY, EVIDENCE_AP, EVIDENCE_AP_BY_LAYER,
                               MASK_N_PAIRS, PAIR_ACCURACY, PAIR_N_PAIRS)
 from normx_track.probes.files import MinimalPair
 from normx_track.probes.masked_evidence import MaskedEvidenceProbe, masked_rows
-from normx_track.probes.pll import encode_sentences, masked_copies, pll_scores, pll_token_logprobs
+from normx_track.probes.pll import encode_with_word_ids, masked_copies, pll_scores, pll_token_logprobs
 
 hf_logging.set_verbosity_error()
 L, D = 3, 32
@@ -152,7 +152,7 @@ def _embedding_output_by_hand(model, ids, attention):
 def test_embedding_output_norm_factor_is_after_the_embedding_layernorm(arch):
     model = make(arch)
     ids, attention, position = batch(arch)
-    a = attribute_masked(model, ids, position, attention, norm_factor="embedding_output")
+    a = attribute_masked(model, ids, attention, position=position, norm_factor="embedding_output")
     ref = _embedding_output_by_hand(model, ids, attention).norm(dim=-1)
     m = a.mask
     assert torch.allclose(a.norm[m], ref[m], atol=ATOL)
@@ -163,11 +163,11 @@ def test_embedding_output_norm_factor_is_after_the_embedding_layernorm(arch):
 def test_mlm_padded_row_and_foil_and_train_mode(arch):
     model = make(arch)
     ids, attention, position = batch(arch)
-    a = attribute_masked(model, ids, position, attention, target=[7, 9], foil=[11, 12])
-    alone = attribute_masked(model, ids[1:, :6], 2, target=7 + 2, foil=12)
+    a = attribute_masked(model, ids, attention, target=[7, 9], foil=[11, 12], position=position)
+    alone = attribute_masked(model, ids[1:, :6], target=7 + 2, foil=12, position=2)
     assert torch.allclose(a.logat[1, :6].nan_to_num(), alone.logat[0].nan_to_num(), atol=ATOL)
-    good = attribute_masked(model, ids, position, attention, target=[7, 9])
-    bad = attribute_masked(model, ids, position, attention, target=[11, 12])
+    good = attribute_masked(model, ids, attention, target=[7, 9], position=position)
+    bad = attribute_masked(model, ids, attention, target=[11, 12], position=position)
     assert torch.allclose((good.logat - bad.logat)[a.mask], a.logat[a.mask], atol=ATOL)
     model.train()  # dropout must be off for the call, and the flag restored
     again = logat(model, ids, attention, target=[7, 9], foil=[11, 12], position=position)
@@ -247,7 +247,7 @@ SENTENCES = ["The keys to the cabinets are on the table.", "A dog barks.",
 def test_pll_word_l2r_equals_one_copy_at_a_time(arch, wordpiece, bytelevel):
     tokenizer = wordpiece if arch == "bert" else bytelevel
     model = make(arch, vocab=len(tokenizer))
-    ids, words = encode_sentences(tokenizer, SENTENCES)
+    ids, words = encode_with_word_ids(tokenizer, SENTENCES)
     sizes = [np.bincount([w for w in ws if w is not None]) for ws in words]
     assert max(s.max() for s in sizes) >= 3  # words of several tokens are exercised
     # batch_size 7: sentences of several passes, and passes of several sentences
@@ -539,14 +539,14 @@ def trained_roberta(tmp_path_factory):
 
 def test_explain_a_masked_lm_at_its_mask(trained_roberta):
     from normx_track.attribution.explain import ExplainError, explain, format_table
-    from normx_track.probes.files import continuation_tokens
+    from normx_track.text import continuation_tokens
     model, tok = trained_roberta
     text = "the keys to the cabinet <mask> on the table ."
     e = explain(model, tok, text, target="are", foil="is")
     ids = tok(text)["input_ids"]
     t = ids.index(tok.mask_token_id)
     good, bad = (continuation_tokens(tok, w, "the keys to the cabinet")[0] for w in ("are", "is"))
-    a = attribute_masked(model, torch.tensor([ids]), t, target=good, foil=bad)
+    a = attribute_masked(model, torch.tensor([ids]), target=good, foil=bad, position=t)
     assert e.masked and e.position == t and e.token_ids == ids
     assert e.target_id == good and e.foil_id == bad
     np.testing.assert_allclose(e.normxlogit, a.normxlogit[0].numpy(), atol=ATOL)

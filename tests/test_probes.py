@@ -15,8 +15,9 @@ from normx_track.attribution.normxlogit import attribute
 from normx_track.training.data.synthetic import SyntheticConfig, generate_corpus, write_corpus
 from normx_track.training.data.tokenizer import train_bpe
 from normx_track.errors import InputError
-from normx_track.probes.files import (MinimalPair, ProbeFileError, encode_pairs, load_probe_file,
-                                      marks_word_starts)
+from normx_track.probes.encoding import encode_pairs
+from normx_track.probes.files import MinimalPair, ProbeFileError, load_probe_file
+from normx_track.text import marks_word_starts
 from normx_track.probes.faithfulness import gradient_attributions
 from normx_track.probes.base import EvidenceProbe, FaithfulnessProbe
 

@@ -40,15 +40,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from normx_track.record import checkpoint_loader as checkpoints
-from normx_track.attribution.masked import encoder_context_size, is_masked_lm
-from normx_track.attribution.normxlogit import attribute, context_size
+from normx_track.attribution.masked import is_masked_lm
+from normx_track.attribution.normxlogit import attribute
 from normx_track.errors import InputError
+from normx_track.modeling import context_size, encoder_context_size, num_layers
+from normx_track.record import checkpoint_loader as checkpoints
 from normx_track.record.store import read_json, vocab_hash
-from normx_track.probes.files import continuation_tokens
+from normx_track.text import continuation_tokens
 
-__all__ = ["ExplainError", "Explanation", "explain", "format_table", "load_tokenizer", "main",
-           "render_html"]
+__all__ = ["ExplainError", "Explanation", "check_run_tokenizer", "check_vocabulary", "explain",
+           "format_table", "load_tokenizer", "main", "recorded_tokenizer", "render_html",
+           "tokenizer_from"]
 
 
 class ExplainError(InputError):
@@ -62,7 +64,7 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _tokenizer_from(location: Path):
+def tokenizer_from(location: Path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if location.is_file():
@@ -72,7 +74,7 @@ def _tokenizer_from(location: Path):
     return PreTrainedTokenizerFast(tokenizer_file=str(location / "tokenizer.json"))
 
 
-def _recorded_tokenizer(run_dir: Path) -> Path:
+def recorded_tokenizer(run_dir: Path) -> Path:
     """Our training runs name their data cache (with its tokenizer) in the record."""
     meta = read_json(run_dir, "meta.json") or {}
     return Path(meta.get("data_dir", run_dir / "no_record")) / "tokenizer"
@@ -102,15 +104,15 @@ def load_tokenizer(checkpoint: str | Path, tokenizer: str | Path | None = None):
         if tokenizer is not None:
             where = Path(tokenizer)
             if where.exists():
-                return _tokenizer_from(where)
+                return tokenizer_from(where)
             return AutoTokenizer.from_pretrained(str(tokenizer))  # a hub name (cache/offline)
         if checkpoint.is_dir():
             return AutoTokenizer.from_pretrained(checkpoint)
         run_dir = checkpoint.parent.parent
         for where in (checkpoint.parent, checkpoint.parent / "tokenizer", run_dir,
-                      run_dir / "tokenizer", _recorded_tokenizer(run_dir)):
+                      run_dir / "tokenizer", recorded_tokenizer(run_dir)):
             if (where / "tokenizer.json").exists():
-                return _tokenizer_from(where)
+                return tokenizer_from(where)
     except Exception as err:  # noqa: BLE001 - tokenizer loaders raise many kinds
         source = tokenizer if tokenizer is not None else checkpoint
         raise ExplainError(f"cannot load the tokenizer from {source} ({checkpoints.first_line(err)})"
@@ -149,7 +151,7 @@ def _decode(tokenizer, token_id: int) -> str:
     return tokenizer.decode([int(token_id)])
 
 
-def _check_vocabulary(tokenizer, vocab_rows: int) -> None:
+def check_vocabulary(tokenizer, vocab_rows: int) -> None:
     """A tokenizer from another run gives ids that mean other words: refuse it. Models may
     pad their embedding to a round number of rows, so a few spare rows are fine."""
     size = len(tokenizer)
@@ -222,7 +224,7 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
     if not ids:
         raise ExplainError("the text has no tokens")
     vocab_rows = model.get_input_embeddings().weight.shape[0]
-    _check_vocabulary(tokenizer, vocab_rows)
+    check_vocabulary(tokenizer, vocab_rows)
     if max(ids) >= vocab_rows:
         raise ExplainError(f"the tokenizer gives token id {max(ids)} but the model has only "
                            f"{vocab_rows} embeddings: wrong tokenizer?")
@@ -250,7 +252,7 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
     tid = int(a.target[0])
     lat = a.logat[0] if layer is None else a.logat_layers[0, 0]
     nxl = a.normxlogit[0] if layer is None else a.normxlogit_layers[0, 0]
-    n_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layer
+    n_layers = num_layers(model)
     return Explanation(
         text=text, token_ids=list(ids), tokens=[_decode(tokenizer, i) for i in ids],
         norm=a.norm[0].numpy(), logat=lat.numpy(), normxlogit=nxl.numpy(),
@@ -392,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+# The names export.py imports (private before): kept until it imports the public ones.
+_tokenizer_from, _recorded_tokenizer = tokenizer_from, recorded_tokenizer
+_check_vocabulary = check_vocabulary
 
 
 if __name__ == "__main__":

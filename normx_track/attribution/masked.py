@@ -1,5 +1,6 @@
-"""NormXLogit / LogAt for bidirectional encoders: BERT / RoBERTa masked LMs and sequence
-classifiers (DESIGN.md "Masked language models"). One forward pass, no gradients.
+"""The masked path of `normxlogit.attribute`: bidirectional encoders, BERT / RoBERTa masked
+LMs and sequence classifiers (DESIGN.md "Masked language models"). One forward pass, no
+gradients.
 
     LogAt_i(y)      = H(h_i^(L))[y]        H the WHOLE head; layer l: H(h_i^(l))
     NormXLogit_i(y) = ||E[x_i]||_2 * LogAt_i(y)    (or ||h_i^(0)||_2, ``embedding_output``:
@@ -18,7 +19,7 @@ Heads
   explained position is [CLS] (0) and it is not attributed.
   Regression heads: LogAt_i = -|head(h_i) - y_hat|, as for causal classifiers.
 
-Conventions (shared with `normxlogit.attribute`, whose `AttributionScores` this returns)
+Conventions (shared with the causal path: `scores.AttributionScores`, the same arguments)
 -----------------------------------------------------------------------------------
 * The explained position t of a masked LM is a [MASK] position and must be given (the
   model does not know its tokenizer's mask id); y defaults to the argmax there.
@@ -38,9 +39,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from normx_track.attribution.normxlogit import (
-    _NORM_FACTORS, AttributionScores, Ids, Layers, _attribution, _explained_position, _layer_ids,
-    eval_mode)
+from normx_track.attribution.scores import (AttributionScores, Ids, Layers, choice_scores,
+                                            explained_position, norm_of, prepare,
+                                            split_choice)
+from normx_track.modeling import encoder_context_size, eval_mode, get_path
 
 __all__ = ["attribute_masked", "attribute_masked_many", "encoder_context_size", "encoder_head",
            "is_encoder", "is_masked_lm"]
@@ -49,16 +51,10 @@ __all__ = ["attribute_masked", "attribute_masked_many", "encoder_context_size", 
 _MLM_HEADS = ("cls.predictions", "lm_head")
 
 
-def _get(module: nn.Module, path: str):
-    for name in path.split("."):
-        module = getattr(module, name, None)
-    return module
-
-
 def _mlm_head(model: nn.Module) -> nn.Module | None:
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for path in _MLM_HEADS:
-        head = _get(model, path)
+        head = get_path(model, path)
         # GPT-2's ``lm_head`` is U itself; an MLM head holds U as its ``decoder``.
         if isinstance(head, nn.Module) and out is not None and getattr(head, "decoder", None) is out:
             return head
@@ -79,7 +75,7 @@ def is_masked_lm(model: nn.Module) -> bool:
 
 def is_encoder(model: nn.Module) -> bool:
     """A masked LM or a sequence classifier on a BERT/RoBERTa-style encoder: the models
-    `attribute_masked` handles."""
+    this path handles."""
     return _is_post_ln_encoder(model) and (
         _mlm_head(model) is not None or isinstance(getattr(model, "classifier", None), nn.Module))
 
@@ -134,71 +130,46 @@ def encoder_head(model: nn.Module) -> tuple[str, nn.Module, Callable[[Tensor], T
         _PositionwiseClassifier(model), (lambda h: h)
 
 
-def encoder_context_size(model: nn.Module) -> int | None:
-    """The most positions the encoder takes: ``max_position_embeddings``, less RoBERTa's
-    offset (its position ids start after the pad id)."""
-    size = getattr(model.config, "max_position_embeddings", None)
-    padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
-    if size is None or padding_idx is None:
-        return size
-    return size - padding_idx - 1
-
-
 @torch.no_grad()
-def attribute_masked(
-    model: nn.Module,
-    input_ids: Tensor,
-    position: Ids = None,
-    attention_mask: Tensor | None = None,
-    target: Ids = None,
-    foil: Ids = None,
-    layers: Layers = "last",
-    norm_factor: str = "word_embedding",
-) -> AttributionScores:
+def attribute_masked(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None,
+                     target: Ids = None, foil: Ids = None, layers: Layers = "last",
+                     norm_factor: str = "word_embedding", position: Ids = None
+                     ) -> AttributionScores:
     """LogAt, NormXLogit and the norm factor of every real position but t, for the
     prediction at the [MASK] position ``position`` (masked LM; a scalar or one per row) or
-    the classifier's output (``position`` defaults to [CLS], 0). ``target``/``foil``: token
-    ids or classes (default the argmax at t); ``layers`` as in `normxlogit.attribute`."""
-    return attribute_masked_many(model, input_ids, [(target, foil, position)],
-                                 attention_mask, layers, norm_factor)[0]
+    the classifier's output (``position`` defaults to [CLS], 0). The arguments of
+    `normxlogit.attribute`, in its order."""
+    return attribute_masked_many(model, input_ids, attention_mask, [(target, foil)], layers,
+                                 norm_factor, position)[0]
 
 
 @torch.no_grad()
-def attribute_masked_many(
-    model: nn.Module,
-    input_ids: Tensor,
-    explain: Sequence[tuple] = ((None, None, None),),
-    attention_mask: Tensor | None = None,
-    layers: Layers = "last",
-    norm_factor: str = "word_embedding",
-) -> list[AttributionScores]:
-    """`attribute_masked` for several ``(target, foil, position)`` choices from the same
-    forward pass (e.g. the good word, and good against bad, at one mask)."""
-    if norm_factor not in _NORM_FACTORS:
-        raise ValueError(f"norm_factor must be one of {_NORM_FACTORS}, got {norm_factor!r}")
+def attribute_masked_many(model: nn.Module, input_ids: Tensor,
+                          attention_mask: Tensor | None = None,
+                          explain: Sequence[tuple] = ((None, None),), layers: Layers = "last",
+                          norm_factor: str = "word_embedding", position: Ids = None
+                          ) -> list[AttributionScores]:
+    """`attribute_masked` for several ``(target, foil)`` or ``(target, foil, position)``
+    choices from the same forward pass (e.g. the good word, and good against bad, at one
+    mask), as `normxlogit.attribute_many`."""
     kind, head, transform = encoder_head(model)
-    E = model.get_input_embeddings().weight
-    input_ids = input_ids.to(E.device)
-    mask = torch.ones_like(input_ids, dtype=torch.bool)
-    if attention_mask is not None:
-        mask = attention_mask.to(E.device).bool()
     n_layers = model.config.num_hidden_layers
-    layer_ids = _layer_ids(layers, n_layers)
-    need_hidden = any(l < n_layers for l in layer_ids) or norm_factor == "embedding_output"
-    positions = [_choice_position(kind, mask, choice[2]) for choice in explain]
+    p = prepare(model, input_ids, attention_mask, layers, norm_factor, n_layers)
+    choices = [split_choice(c, position) for c in explain]
+    positions = [_choice_position(kind, p.mask, at) for _, _, at in choices]
     with eval_mode(model):  # the heads' dropout off too
-        out = model.base_model(input_ids=input_ids, attention_mask=mask.long(),
-                               output_hidden_states=need_hidden)
+        out = model.base_model(input_ids=p.input_ids, attention_mask=p.mask.long(),
+                               output_hidden_states=p.need_hidden)
         # Post-LN encoders have no final norm: the head reads h^(L) as the encoder left it.
         final = transform(out.last_hidden_state)
         lens = [(l, final if l == n_layers else transform(out.hidden_states[l]))
-                for l in layer_ids]
-        emb = E[input_ids] if norm_factor == "word_embedding" else out.hidden_states[0]
-        norm = torch.linalg.vector_norm(emb.float(), dim=-1)
-        arange = torch.arange(mask.shape[1], device=E.device)[None, :]
-        return [_attribution(kind, head, final, lens, mask & (arange != t[:, None]), norm, t,
-                             target, foil)
-                for (target, foil, _), t in zip(explain, positions)]
+                for l in p.layers]
+        norm = norm_of(model, p.input_ids, norm_factor,
+                       out.hidden_states[0] if p.need_hidden else None)
+        arange = torch.arange(p.mask.shape[1], device=p.mask.device)[None, :]
+        return [choice_scores(kind, head, final, lens, p.mask & (arange != t[:, None]), norm,
+                              t, target, foil)
+                for (target, foil, _), t in zip(choices, positions)]
 
 
 def _choice_position(kind: str, mask: Tensor, position: Ids) -> Tensor:
@@ -206,4 +177,4 @@ def _choice_position(kind: str, mask: Tensor, position: Ids) -> Tensor:
         if kind == "lm":
             raise ValueError("a masked LM explains a [MASK] position: pass position")
         position = 0  # classifiers predict at [CLS]
-    return _explained_position(mask, position)
+    return explained_position(mask, position)

@@ -1,36 +1,19 @@
-"""Probes run by `NormTracker` at each snapshot: ``probe(model) -> {"normx/...": float}``,
-called with the unwrapped Hugging Face causal LM. They restore the model's train/eval
-flags, run without gradients (Captum's baselines excepted, which leave no ``.grad``
-behind) and are deterministic for a given ``seed``.
-
-    tracker = NormTracker(gold, vocab, probes=[
-        EvidenceProbe(load_probe_file("probes.jsonl"), tokenizer),   # normx_track.probes.evidence
-        FaithfulnessProbe(held_out_texts, tokenizer, captum=True),   # normx_track.probes.faithfulness
-    ])
-"""
+"""The old home of the `Probe` protocol and `run_probes` (now `probes.protocol`), where the
+tracker imports them. ``EvidenceProbe`` and ``FaithfulnessProbe`` still import from here,
+loaded on first use, so importing this module loads no probe."""
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import importlib
 
-import torch
-
-from normx_track.attribution.normxlogit import eval_mode
-from normx_track.probes.evidence import EvidenceProbe
-from normx_track.probes.faithfulness import FaithfulnessProbe
+from normx_track.probes.protocol import Probe, run_probes
 
 __all__ = ["EvidenceProbe", "FaithfulnessProbe", "Probe", "run_probes"]
 
-
-class Probe(Protocol):
-    """Extra measurements at each snapshot (e.g. evidence alignment); recorded by rank zero."""
-
-    def __call__(self, model: torch.nn.Module) -> dict[str, float]: ...
+_LAZY = {"EvidenceProbe": "normx_track.probes.evidence",
+         "FaithfulnessProbe": "normx_track.probes.faithfulness"}
 
 
-def run_probes(probes: Sequence[Probe], model: torch.nn.Module) -> dict[str, float]:
-    """All probes' metrics, with the model in eval mode for the duration (also what replay
-    runs on a saved checkpoint)."""
-    if not probes:
-        return {}
-    with eval_mode(model):
-        return {k: v for probe in probes for k, v in probe(model).items()}
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

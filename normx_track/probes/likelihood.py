@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from normx_track.attribution.normxlogit import eval_mode, model_device, padding_inputs
+from normx_track.modeling import eval_mode, model_device, padding_inputs
 
 __all__ = ["continuation_logprobs", "logprobs_from_states"]
 

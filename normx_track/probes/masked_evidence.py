@@ -6,7 +6,7 @@ Choices (documented here once)
 ------------------------------
 * Input. The good sentence's one-prefix form with the target word replaced by ONE mask:
   ``[CLS] prefix [MASK] [SEP]`` (``<s> ... </s>`` for RoBERTa). The prefix is tokenised
-  as the causal probe does it (`files.encode_pairs`: cue words mark all their pieces;
+  as the causal probe does it (`encoding.encode_pairs`: cue words mark all their pieces;
   running text, after a space where the tokenizer marks word starts, by default).
 * Single-token targets, as the authors: a pair whose good or bad word continues the
   prefix as several tokens gives accuracy only and is counted in
@@ -15,7 +15,8 @@ Choices (documented here once)
   there). The mask position is dropped from the ranking and the softmax; special tokens
   get scores but are not ranked unless ``rank_specials`` (the authors' code ranks them).
   AP / DP / random over the ranked positions, per layer for NormXLogit and LogAt: the
-  causal probe's accumulator over `normx_track.gold.metrics`.
+  evidence base's (`normx_track.probes.evidence_base`), shared with the causal probe, as
+  are the checks, the batch loop and the pair counts.
 * Accuracy. ``pair_accuracy``: PLL-word-l2r (`normx_track.probes.pll`) of prefix + good
   word against prefix + bad word, all pairs; ``blimp_accuracy``: the same on BLiMP's whole
   sentences; ``mask_accuracy`` (single-token pairs, the authors'): P(good) > P(bad) at the
@@ -31,18 +32,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from normx_track.attribution.masked import (attribute_masked_many, encoder_context_size,
-                                            is_masked_lm)
-from normx_track.attribution.normxlogit import eval_mode, model_device
+from normx_track.attribution.masked import attribute_masked_many, is_masked_lm
 from normx_track.keys import (
-    BLIMP_ACCURACY, BLIMP_ACCURACY_BY_UID, BLIMP_N_PAIRS, CONTRASTIVE_METHODS,
-    EVIDENCE_N_MULTITOKEN_TARGET, EVIDENCE_N_PAIRS, EVIDENCE_N_PAIRS_CONTRASTIVE,
-    MASK_ACCURACY, MASK_N_PAIRS, METHODS, PAIR_ACCURACY, PAIR_ACCURACY_BY_UID, PAIR_N_PAIRS)
-from normx_track.probes.evidence import (_Alignment, accuracy_by_uid, score_arrays,
-                                         seeded_subset)
-from normx_track.probes.files import (MinimalPair, encode_pairs, load_probe_file,
-                                      marks_word_starts, pad_id)
-from normx_track.probes.pll import encode_sentences, pll_scores
+    BLIMP_ACCURACY, BLIMP_ACCURACY_BY_UID, BLIMP_N_PAIRS, EVIDENCE_N_MULTITOKEN_TARGET,
+    MASK_ACCURACY, MASK_N_PAIRS, PAIR_ACCURACY, PAIR_ACCURACY_BY_UID, PAIR_N_PAIRS)
+from normx_track.modeling import encoder_context_size, model_device
+from normx_track.probes.encoding import encode_pairs, pad_id
+from normx_track.probes.evidence_base import (EvidenceBase, ExplainedBatch, LayerwiseMethod,
+                                              Ranking, score_arrays)
+from normx_track.probes.files import MinimalPair
+from normx_track.probes.pll import encode_with_word_ids, pll_scores
+from normx_track.text import marks_word_starts
 
 __all__ = ["MaskedEvidenceProbe", "MaskedRows", "masked_rows"]
 
@@ -116,7 +116,7 @@ def masked_rows(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None 
     return rows, single
 
 
-class MaskedEvidenceProbe:
+class MaskedEvidenceProbe(EvidenceBase):
     """Evidence alignment, mask accuracy and PLL accuracy of a masked LM (module docstring
     for the choices). Keys: those of `EvidenceProbe` (``normx/evidence_ap/<method>``,
     ``.../evidence_dp/...``, ``evidence_ap_by_layer/...``, ``evidence_n_pairs(_contrastive)``,
@@ -127,23 +127,25 @@ class MaskedEvidenceProbe:
         row = probe(bert_for_masked_lm)
     """
 
+    what = "masked evidence probe"
+
     def __init__(self, pairs: Sequence[MinimalPair] | str | Path, tokenizer,
                  batch_size: int = 128, layers: str | Sequence[int] = "all", seed: int = 0, *,
                  max_pairs: int | None = None, max_length: int | None = None,
                  contrastive: bool = True, norm_factor: str = "word_embedding",
                  rank_specials: bool = False, by_uid: bool = True, pll_batch_size: int = 512,
-                 leading_space: bool = True):
+                 leading_space: bool = True, layerwise: Sequence[LayerwiseMethod] = ()):
         """As `EvidenceProbe`; ``rank_specials`` ranks [CLS]/[SEP] as the authors' code
         does; ``pll_batch_size``: masked copies per forward pass of the PLL;
-        ``leading_space``: probe text as running text (`files.encode_pairs`; the PLL's
+        ``leading_space``: probe text as running text (`encoding.encode_pairs`; the PLL's
         sentences after a space where the tokenizer marks word starts)."""
-        if isinstance(pairs, (str, Path)):
-            pairs = load_probe_file(pairs)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        pairs = seeded_subset(pairs, max_pairs, seed)
-        if not pairs:
-            raise ValueError("no minimal pairs for the masked evidence probe")
+        self.rank_specials, self.pll_batch_size = rank_specials, pll_batch_size
+        super().__init__(pairs, tokenizer, batch_size, layers, seed, max_pairs=max_pairs,
+                         max_length=max_length, contrastive=contrastive,
+                         norm_factor=norm_factor, by_uid=by_uid, leading_space=leading_space,
+                         layerwise=layerwise)
+
+    def _encode(self, pairs, tokenizer, max_length, leading_space) -> None:
         self.prefixed = [p for p in pairs if p.has_prefix]
         self.rows, single = (masked_rows(self.prefixed, tokenizer, max_length, leading_space)
                              if self.prefixed else (None, []))
@@ -158,66 +160,46 @@ class MaskedEvidenceProbe:
         self.sources = ([p.source for p in self.prefixed] * 2
                         + [p.source for p in self.with_sentences] * 2)
         space = " " if leading_space and marks_word_starts(tokenizer) else ""
-        self.sentences = encode_sentences(tokenizer, [space + text for text in texts])
+        self.sentences = encode_with_word_ids(tokenizer, [space + text for text in texts])
         self._check_lengths(max_length)
         self.mask_id, self.pad_id = int(tokenizer.mask_token_id), pad_id(tokenizer)
-        self.batch_size, self.layers, self.pll_batch_size = batch_size, layers, pll_batch_size
-        self.contrastive, self.norm_factor = contrastive, norm_factor
-        self.rank_specials, self.by_uid = rank_specials, by_uid
 
-    def __call__(self, model: nn.Module) -> dict[str, float]:
+    def _check_model(self, model: nn.Module) -> None:
         if not is_masked_lm(model):
             raise ValueError(f"MaskedEvidenceProbe needs a masked LM, got {type(model).__name__}")
         self._check_lengths(encoder_context_size(model))
-        out: dict[str, float] = {}
-        with eval_mode(model), torch.no_grad():
-            if self.prefixed:
-                out.update(self._evidence(model))
-            out.update(self._pll_accuracy(model))
-        return out
+
+    def _has_evidence(self) -> bool:
+        return bool(self.prefixed)  # evidence keys even when no pair is single-token
 
     # ------------------------------------------------------------------ evidence
-    def _evidence(self, model: nn.Module) -> dict[str, float]:
-        out = {EVIDENCE_N_MULTITOKEN_TARGET: self.n_multitoken}
-        main, contrast, correct = _Alignment(), _Alignment(), []
-        rows = self.rows
-        for start in range(0, len(rows) if rows is not None else 0, self.batch_size):
-            batch = rows[start: start + self.batch_size]
-            scores, stacks, layers, contrastive, mask_correct = self._explain(model, batch)
-            correct.append(mask_correct)
-            ranked = batch.ranked(self.rank_specials).numpy()
-            relevant = batch.cue_mask.numpy() & ranked
-            keep = relevant.any(axis=1)  # pairs whose cues survived truncation
-            main.add(scores, relevant, ranked, keep, "random")
-            main.add_layers(stacks, layers, relevant, ranked, keep)
-            if contrastive:
-                contrast.add(contrastive, relevant, ranked, keep, "random_contrastive")
-        out.update(main.metrics(METHODS))
-        out[EVIDENCE_N_PAIRS] = len(main.ap.get("random", []))
-        if self.contrastive:
-            out.update(contrast.metrics(CONTRASTIVE_METHODS))
-            out[EVIDENCE_N_PAIRS_CONTRASTIVE] = len(contrast.ap.get("random_contrastive", []))
-        correct = np.concatenate(correct) if correct else np.zeros(0, bool)
-        out[MASK_N_PAIRS] = len(correct)
-        out[MASK_ACCURACY] = float(correct.mean()) if len(correct) else float("nan")
-        return out
-
-    def _explain(self, model: nn.Module, batch: MaskedRows):
+    def _explain(self, model: nn.Module, batch: MaskedRows) -> ExplainedBatch:
         device = model_device(model)
-        explain = [(batch.good_ids, None, batch.mask_position)]
+        explain = [(batch.good_ids, None)]
         if self.contrastive:
-            explain.append((batch.good_ids, batch.bad_ids, batch.mask_position))
-        a, *c = attribute_masked_many(model, batch.input_ids.to(device), explain,
-                                      batch.attention_mask.to(device), self.layers,
-                                      self.norm_factor)
+            explain.append((batch.good_ids, batch.bad_ids))
+        a, *c = attribute_masked_many(model, batch.input_ids.to(device),
+                                      batch.attention_mask.to(device), explain, self.layers,
+                                      self.norm_factor, batch.mask_position)
         scores, stacks, contrastive = score_arrays(a, c[0] if c else None)
         logits = a.logits.cpu()  # softmax is monotone: P(good) > P(bad) iff logits are
         rows = torch.arange(len(batch))
         mask_correct = (logits[rows, batch.good_ids] > logits[rows, batch.bad_ids]).numpy()
-        return scores, stacks, a.layers, contrastive, mask_correct
+        # Rows whose cues survived truncation are scored; the contrast ranks the same.
+        ranking = Ranking.of(batch.cue_mask.numpy(), batch.ranked(self.rank_specials).numpy())
+        return ExplainedBatch(ranking, scores, stacks, a.layers,
+                              ranking if contrastive else None, contrastive, carry=mask_correct)
+
+    def _inputs(self, batch: MaskedRows):
+        return batch.input_ids, batch.attention_mask, batch.mask_position
+
+    def _evidence_metrics(self, carried: list) -> dict[str, float]:
+        correct = np.concatenate(carried) if carried else np.zeros(0, bool)
+        return {EVIDENCE_N_MULTITOKEN_TARGET: self.n_multitoken, MASK_N_PAIRS: len(correct),
+                MASK_ACCURACY: float(correct.mean()) if len(correct) else float("nan")}
 
     # ------------------------------------------------------------------ accuracy
-    def _pll_accuracy(self, model: nn.Module) -> dict[str, float]:
+    def _accuracy(self, model: nn.Module, carried: list) -> dict[str, float]:
         """One batched PLL over every sentence (one-prefix good and bad, BLiMP's)."""
         pll = pll_scores(model, *self.sentences, self.mask_id, self.pad_id,
                          self.pll_batch_size)
@@ -245,8 +227,3 @@ class MaskedEvidenceProbe:
                          f"tokens but the model has {max_length}: build the probe with "
                          f"max_length={max_length} (prefixes are cut; whole sentences "
                          f"are not)")
-
-    def _by_uid(self, key: str, correct: np.ndarray, pairs: Sequence[MinimalPair]):
-        return accuracy_by_uid(key, correct, pairs) if self.by_uid else {}
-
-

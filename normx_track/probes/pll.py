@@ -10,7 +10,7 @@ Batched: every masked copy of every sentence is one row, and rows of sentences o
 length share a forward pass (``batch_size`` rows each), so a few thousand sentences take a
 few passes. Only the masked position of each row goes through the MLM head.
 
-    ids, words = encode_sentences(tokenizer, ["The keys are here.", "The keys is here."])
+    ids, words = encode_with_word_ids(tokenizer, ["The keys are here.", "The keys is here."])
     pll = pll_scores(model, ids, words, tokenizer.mask_token_id, tokenizer.pad_token_id)
 """
 from __future__ import annotations
@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from normx_track.attribution.masked import encoder_head
-from normx_track.attribution.normxlogit import eval_mode, model_device
+from normx_track.modeling import eval_mode, model_device
 
-__all__ = ["encode_sentences", "masked_copies", "pll_scores", "pll_token_logprobs"]
+__all__ = ["encode_with_word_ids", "masked_copies", "pll_scores", "pll_token_logprobs"]
 
 WordIds = Sequence[int | None]
 
 
-def encode_sentences(tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], list[list]]:
+def encode_with_word_ids(tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], list[list]]:
     """Token ids with the tokenizer's special tokens, and each token's word id (None for
     a special token). Needs a fast tokenizer (word ids)."""
     if not getattr(tokenizer, "is_fast", False):
@@ -40,6 +40,10 @@ def encode_sentences(tokenizer, texts: Sequence[str]) -> tuple[list[list[int]], 
     enc = tokenizer(list(texts), add_special_tokens=True)
     return [list(map(int, ids)) for ids in enc["input_ids"]], \
         [enc.word_ids(i) for i in range(len(texts))]
+
+
+# Its old name (benchmarks/bench_pll.py imports it); `encoding.encode_sentences` is BLiMP's.
+encode_sentences = encode_with_word_ids
 
 
 def masked_copies(ids: Sequence[int], words: WordIds, mask_id: int

@@ -1,0 +1,256 @@
+"""What the causal and the masked evidence probes share (DESIGN.md "Evidence alignment"):
+the checks, the seeded choice of pairs, the batch loop, the metric names, one way of
+counting the scored pairs, and accuracy by UID. A subclass says how its pairs are laid
+out, explained and ranked for its kind of model, and how it measures accuracy.
+
+Ranking, in both: per row, the positions that are ranked (``ranked``) and the cue
+positions among them (``relevant``); a row with no relevant position gives no evidence
+score. AP and DP per method over the ranked positions (`normx_track.gold.metrics`), the
+random expectation over the same positions, per layer for the methods with layer stacks.
+
+Layer-wise methods plug in as `LayerwiseMethod`s (``layerwise=[...]``): per batch, the
+base calls each with the batch's inputs and the explained position of each row, and ranks
+its scores layer by layer with the same rules (``normx/evidence_ap_by_layer/<name>/...``;
+the last layer also as ``normx/evidence_ap/<name>`` and ``.../evidence_dp/<name>``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from normx_track.attribution.scores import NORM_FACTORS, AttributionScores
+from normx_track.gold.metrics import (average_precision_rows, dot_product_alignment_rows,
+                                      random_baselines_rows)
+from normx_track.keys import (CONTRASTIVE_METHODS, EVIDENCE_AP, EVIDENCE_AP_BY_LAYER,
+                              EVIDENCE_DP, EVIDENCE_N_PAIRS, EVIDENCE_N_PAIRS_CONTRASTIVE,
+                              METHODS)
+from normx_track.modeling import eval_mode, model_device
+from normx_track.probes.common import accuracy_by_uid, nanmean, seeded_subset
+from normx_track.probes.files import MinimalPair, load_probe_file
+
+__all__ = ["Alignment", "EvidenceBase", "ExplainedBatch", "LayerwiseInputs",
+           "LayerwiseMethod", "Ranking", "score_arrays"]
+
+
+@dataclass
+class Ranking:
+    """One explained prediction per row of a batch: what is ranked and what is a cue."""
+
+    ranked: np.ndarray  # [B, T] bool: positions in the ranking and the softmax
+    relevant: np.ndarray  # [B, T] bool: cue positions among them
+    keep: np.ndarray  # [B] bool: rows that are scored (a cue is ranked; contrast exists)
+
+    @classmethod
+    def of(cls, cue: np.ndarray, ranked: np.ndarray, keep: np.ndarray | None = None):
+        relevant = cue & ranked
+        scored = relevant.any(axis=1)
+        return cls(ranked, relevant, scored if keep is None else scored & keep)
+
+
+@dataclass
+class ExplainedBatch:
+    """A subclass's explanation of one batch: scores per method [B, T], layer stacks per
+    method [L, B, T] at ``layers``, the contrastive variants', and what it carries to its
+    own metrics (e.g. log-probabilities read from the same pass)."""
+
+    ranking: Ranking
+    scores: dict[str, np.ndarray]
+    stacks: dict[str, np.ndarray] = field(default_factory=dict)
+    layers: Sequence[int] = ()
+    contrast: Ranking | None = None
+    contrastive: dict[str, np.ndarray] = field(default_factory=dict)
+    carry: Any = None
+
+
+@dataclass
+class LayerwiseInputs:
+    """A batch as a layer-wise method sees it, on the model's device."""
+
+    input_ids: Tensor  # [B, T]
+    attention_mask: Tensor  # [B, T]
+    position: Tensor  # [B] the explained position t of each row
+
+
+class LayerwiseMethod(Protocol):
+    """A method giving, per layer, scores over the input positions for the prediction at
+    each row's t (e.g. row t of a context-mixing matrix): ``(layers, [L, B, T])``."""
+
+    name: str
+
+    def __call__(self, model: nn.Module, inputs: LayerwiseInputs
+                 ) -> tuple[Sequence[int], Tensor | np.ndarray]: ...
+
+
+def score_arrays(a: AttributionScores, contrast: AttributionScores | None = None
+                 ) -> tuple[dict, dict, dict]:
+    """An attribution's scores as numpy: per method [B, T], per layer [L, B, T], and the
+    contrastive variants' (from the attribution explaining good against bad)."""
+    def numpy(tensors: dict) -> dict[str, np.ndarray]:
+        return {k: v.cpu().numpy() for k, v in tensors.items()}
+
+    scores = numpy({"normxlogit": a.normxlogit, "logat": a.logat, "norm": a.norm})
+    stacks = numpy({"normxlogit": a.normxlogit_layers, "logat": a.logat_layers}
+                   if a.layers else {})
+    contrastive = numpy({"normxlogit_contrastive": contrast.normxlogit,
+                         "logat_contrastive": contrast.logat} if contrast is not None else {})
+    return scores, stacks, contrastive
+
+
+class Alignment:
+    """Per-row AP and DP of each method, accumulated over batches; ``n`` the rows scored."""
+
+    def __init__(self):
+        self.ap: dict[str, list[float]] = {}
+        self.dp: dict[str, list[float]] = {}
+        self.by_layer: dict[tuple[str, int], list[float]] = {}
+        self.n = 0
+
+    def add(self, scores: dict[str, np.ndarray], r: Ranking, random_name: str) -> None:
+        """The kept rows of [B, T] ``scores``, and the random expectation as ``random_name``."""
+        self.n += int(r.keep.sum())
+        for name, s in scores.items():
+            self.ap.setdefault(name, []).extend(
+                average_precision_rows(s, r.relevant, r.ranked)[r.keep])
+            with np.errstate(invalid="ignore"):  # rows with nothing ranked: NaN, not kept
+                dp = dot_product_alignment_rows(s, r.relevant, r.ranked)
+            self.dp.setdefault(name, []).extend(dp[r.keep])
+        random_ap, random_dp = random_baselines_rows(r.relevant, r.ranked)
+        self.ap.setdefault(random_name, []).extend(random_ap[r.keep])
+        self.dp.setdefault(random_name, []).extend(random_dp[r.keep])
+
+    def add_layers(self, stacks: dict[str, np.ndarray], layers: Sequence[int],
+                   r: Ranking) -> None:
+        for name, stack in stacks.items():  # [L, B, T]
+            per_layer = average_precision_rows(stack, r.relevant, r.ranked)[:, r.keep]
+            for layer, values in zip(layers, per_layer):
+                self.by_layer.setdefault((name, layer), []).extend(values)
+
+    def metrics(self, methods: Sequence[str]) -> dict[str, float]:
+        out = {}
+        for name in methods:
+            out[EVIDENCE_AP.format(method=name)] = nanmean(self.ap.get(name, []))
+            out[EVIDENCE_DP.format(method=name)] = nanmean(self.dp.get(name, []))
+        for (name, layer), values in sorted(self.by_layer.items()):
+            out[EVIDENCE_AP_BY_LAYER.format(method=name, layer=layer)] = nanmean(values)
+        return out
+
+
+class EvidenceBase:
+    """The evidence probes' skeleton. A subclass sets ``rows`` (its laid-out pairs:
+    ``len`` and slicing) in `_encode` and supplies `_explain`, `_inputs`, `_check_model`,
+    `_evidence_metrics` and `_accuracy`. Keys written here::
+
+        normx/evidence_ap/<method>, normx/evidence_dp/<method>, normx/evidence_n_pairs
+        normx/evidence_ap_by_layer/<method>/layer_NN
+        (contrastive) .../<method>_contrastive, normx/evidence_n_pairs_contrastive
+    """
+
+    what = "evidence probe"  # in messages
+
+    def __init__(self, pairs: Sequence[MinimalPair] | str | Path, tokenizer,
+                 batch_size: int = 128, layers: str | Sequence[int] = "all", seed: int = 0, *,
+                 max_pairs: int | None = None, max_length: int | None = None,
+                 contrastive: bool = True, norm_factor: str = "word_embedding",
+                 by_uid: bool = True, leading_space: bool = True,
+                 layerwise: Sequence[LayerwiseMethod] = ()):
+        if isinstance(pairs, (str, Path)):
+            pairs = load_probe_file(pairs)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_pairs is not None and max_pairs < 1:
+            raise ValueError(f"max_pairs must be >= 1 (or None: all), got {max_pairs}")
+        if norm_factor not in NORM_FACTORS:
+            raise ValueError(f"norm_factor must be one of {NORM_FACTORS}, got {norm_factor!r}")
+        names = [m.name for m in layerwise]
+        clash = [n for n in names if n in (*METHODS, *CONTRASTIVE_METHODS)]
+        if clash or len(set(names)) < len(names):
+            raise ValueError(f"layer-wise method names must be new and distinct, got {names}")
+        pairs = seeded_subset(pairs, max_pairs, seed)
+        if not pairs:
+            raise ValueError(f"no minimal pairs for the {self.what}")
+        self.batch_size, self.layers, self.seed = batch_size, layers, seed
+        self.contrastive, self.norm_factor, self.by_uid = contrastive, norm_factor, by_uid
+        self.layerwise = tuple(layerwise)
+        self.rows = None
+        self.stats: dict[str, float] = {}
+        self._encode(pairs, tokenizer, max_length, leading_space)
+
+    # ------------------------------------------------------------------ subclass parts
+    def _encode(self, pairs, tokenizer, max_length, leading_space) -> None:
+        raise NotImplementedError
+
+    def _check_model(self, model: nn.Module) -> None:
+        """Raise when the probe cannot run on ``model`` (kind, context size)."""
+
+    def _explain(self, model: nn.Module, batch) -> ExplainedBatch:
+        raise NotImplementedError
+
+    def _inputs(self, batch) -> tuple[Tensor, Tensor, Tensor]:
+        """(input_ids, attention_mask, explained position) of a batch, for `layerwise`."""
+        raise NotImplementedError
+
+    def _has_evidence(self) -> bool:
+        """Whether this probe writes the evidence keys (it has one-prefix pairs)."""
+        return self.rows is not None
+
+    def _evidence_metrics(self, carried: list) -> dict[str, float]:
+        """The subclass's own keys from what its batches carried."""
+        return {}
+
+    def _accuracy(self, model: nn.Module, carried: list) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        self._check_model(model)
+        out: dict[str, float] = dict(self.stats)
+        carried: list = []
+        with eval_mode(model), torch.no_grad():
+            if self._has_evidence():
+                out.update(self._evidence(model, carried))
+            out.update(self._accuracy(model, carried))
+        return out
+
+    def _evidence(self, model: nn.Module, carried: list) -> dict[str, float]:
+        main, contrast = Alignment(), Alignment()
+        n = len(self.rows) if self.rows is not None else 0
+        for start in range(0, n, self.batch_size):
+            batch = self.rows[start: start + self.batch_size]
+            e = self._explain(model, batch)
+            carried.append(e.carry)
+            main.add(e.scores, e.ranking, "random")
+            main.add_layers(e.stacks, e.layers, e.ranking)
+            if self.layerwise:
+                self._add_layerwise(model, batch, e.ranking, main)
+            if self.contrastive and e.contrast is not None:
+                contrast.add(e.contrastive, e.contrast, "random_contrastive")
+        out = main.metrics([*METHODS, *(m.name for m in self.layerwise)])
+        out[EVIDENCE_N_PAIRS] = main.n
+        if self.contrastive:
+            out.update(contrast.metrics(CONTRASTIVE_METHODS))
+            out[EVIDENCE_N_PAIRS_CONTRASTIVE] = contrast.n
+        out.update(self._evidence_metrics(carried))
+        return out
+
+    def _add_layerwise(self, model: nn.Module, batch, ranking: Ranking,
+                       main: Alignment) -> None:
+        device = model_device(model)
+        inputs = LayerwiseInputs(*(x.to(device) for x in self._inputs(batch)))
+        for method in self.layerwise:
+            layers, stack = method(model, inputs)
+            stack = torch.as_tensor(stack).float().cpu().numpy()
+            main.add_layers({method.name: stack}, layers, ranking)
+            # The last layer as the method's headline AP / DP (random already counted).
+            ap = average_precision_rows(stack[-1], ranking.relevant, ranking.ranked)
+            with np.errstate(invalid="ignore"):
+                dp = dot_product_alignment_rows(stack[-1], ranking.relevant, ranking.ranked)
+            main.ap.setdefault(method.name, []).extend(ap[ranking.keep])
+            main.dp.setdefault(method.name, []).extend(dp[ranking.keep])
+
+    def _by_uid(self, key: str, correct: np.ndarray, pairs: Sequence[MinimalPair]) -> dict:
+        return accuracy_by_uid(key, correct, pairs) if self.by_uid else {}
