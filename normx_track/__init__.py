@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 # `import normx_track.keys` (analysis) must not pull in torch or Lightning.
 _EXPORTS = {
     "Tracker": "tracker.core",
+    "TrackerUsageError": "tracker.core",
+    "RankMissingError": "tracker.distributed",
     "NormTracker": "tracker.lightning",
     "GoldStatistics": "gold.statistics",
     "compute_gold": "gold.statistics",
