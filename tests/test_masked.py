@@ -755,3 +755,26 @@ def test_a_batch_without_a_masked_token_is_left_out_of_the_loss_and_the_row(tmp_
     assert "train/loss" not in rows[1]
     assert rows[2]["train/loss"] == pytest.approx(masked["loss"].item())
     assert rows[2]["train/loss_step"] == 2  # the masked batch's, not the empty one's 0.0
+
+
+# --------------------------------------------------------------------------- layer-wise hook
+def test_a_layerwise_method_is_ranked_as_normxlogit_per_layer_at_the_mask(wordpiece):
+    """The evidence base calls a layer-wise method with the rows and their [MASK]
+    position and ranks its scores with the probe's rules (specials, the mask dropped)."""
+    class Lens:
+        name = "lens"
+
+        def __call__(self, model, inputs):
+            a = attribute(model, inputs.input_ids, inputs.attention_mask, layers="all",
+                          target=inputs.target, position=inputs.position)
+            return a.layers, a.normxlogit_layers
+
+    model = make("bert", vocab=len(wordpiece))
+    out = MaskedEvidenceProbe(PAIRS, wordpiece, layerwise=[Lens()])(model)
+    for layer in range(L + 1):
+        key = "normx/evidence_ap_by_layer/{}/layer_%02d" % layer
+        assert out[key.format("lens")] == pytest.approx(out[key.format("normxlogit")])
+    assert out[EVIDENCE_AP.format(method="lens")] == pytest.approx(
+        out[EVIDENCE_AP.format(method="normxlogit")])
+    assert out[EVIDENCE_DP.format(method="lens")] == pytest.approx(
+        out[EVIDENCE_DP.format(method="normxlogit")])

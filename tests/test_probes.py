@@ -861,3 +861,30 @@ def test_max_probe_pairs_null_means_every_pair_and_zero_is_refused(tmp_path, tok
     probe, = build_probes(t, 0, tok, path, np.zeros(0, dtype=np.int32), max_length=64)
     assert len(probe.encoded) == 3 and probe.stats["normx/probe/leading_space"] == 0.0
     assert probe.encoded.context[0] == ids_of(tok, "The keys to the cabinet")
+
+
+# --------------------------------------------------------------------------- layer-wise hook
+class _LensMethod:
+    """A stand-in layer-wise method: NormXLogit's own per-layer stack at each row's t, so
+    the evidence base must rank it exactly as it ranks NormXLogit's."""
+
+    name = "lens"
+
+    def __call__(self, model, inputs):
+        a = attribute(model, inputs.input_ids, inputs.attention_mask, layers="all",
+                      target=inputs.target, position=inputs.position)
+        return a.layers, a.normxlogit_layers
+
+
+def test_a_layerwise_method_is_ranked_as_normxlogit_per_layer(tok):
+    model = perturbed_gpt2(tok)
+    out = EvidenceProbe(cued_pairs(), tok, batch_size=3, layerwise=[_LensMethod()])(model)
+    plain = EvidenceProbe(cued_pairs(), tok, batch_size=3)(model)
+    assert {k: v for k, v in out.items() if "/lens" not in k} == pytest.approx(plain)
+    for layer in range(3):
+        key = "normx/evidence_ap_by_layer/{}/layer_%02d" % layer
+        assert out[key.format("lens")] == pytest.approx(out[key.format("normxlogit")])
+    assert out["normx/evidence_ap/lens"] == pytest.approx(out["normx/evidence_ap/normxlogit"])
+    assert out["normx/evidence_dp/lens"] == pytest.approx(out["normx/evidence_dp/normxlogit"])
+    with pytest.raises(ValueError, match="layer-wise method names"):
+        EvidenceProbe(cued_pairs(), tok, layerwise=[type("M", (), {"name": "logat"})()])

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["AttributionScores", "Ids", "Layers", "NORM_FACTORS", "Prepared", "as_ids",
-           "choice_scores", "explained_position", "layer_ids", "norm_of", "prepare",
+           "check_norm_factor", "choice_scores", "explained_position", "layer_ids", "norm_of", "prepare",
            "split_choice"]
 
 Ids = Union[int, Sequence[int], Tensor, None]
@@ -73,6 +73,11 @@ def explained_position(mask: Tensor, position: Ids) -> Tensor:
     return t
 
 
+def check_norm_factor(norm_factor: str) -> None:
+    if norm_factor not in NORM_FACTORS:
+        raise ValueError(f"norm_factor must be one of {NORM_FACTORS}, got {norm_factor!r}")
+
+
 def layer_ids(layers: Layers, n_layers: int) -> tuple[int, ...]:
     """"last" -> (), "all" -> 0..L, else the indices (negative ok) checked and made >= 0."""
     if layers == "last":
@@ -101,8 +106,7 @@ class Prepared:
 def prepare(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
             layers: Layers, norm_factor: str, n_layers: int) -> Prepared:
     """The checks both paths make before their forward pass."""
-    if norm_factor not in NORM_FACTORS:
-        raise ValueError(f"norm_factor must be one of {NORM_FACTORS}, got {norm_factor!r}")
+    check_norm_factor(norm_factor)
     device = model.get_input_embeddings().weight.device
     input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids, dtype=torch.bool)

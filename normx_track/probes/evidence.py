@@ -169,7 +169,7 @@ class EvidenceProbe(EvidenceBase):
                               carry=(good_logp, n_cue_at_t))
 
     def _inputs(self, batch: EncodedPairs):
-        return batch.input_ids, batch.attention_mask, batch.last
+        return batch.input_ids, batch.attention_mask, batch.last, batch.good_ids
 
     def _evidence_metrics(self, carried: list) -> dict[str, float]:
         return {EVIDENCE_N_CUE_AT_PREDICTION: sum(n for _, n in carried)}

@@ -9,7 +9,7 @@ score. AP and DP per method over the ranked positions (`normx_track.gold.metrics
 random expectation over the same positions, per layer for the methods with layer stacks.
 
 Layer-wise methods plug in as `LayerwiseMethod`s (``layerwise=[...]``): per batch, the
-base calls each with the batch's inputs and the explained position of each row, and ranks
+base calls each with the batch's inputs and each row's explained position and token, and ranks
 its scores layer by layer with the same rules (``normx/evidence_ap_by_layer/<name>/...``;
 the last layer also as ``normx/evidence_ap/<name>`` and ``.../evidence_dp/<name>``).
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from normx_track.attribution.scores import NORM_FACTORS, AttributionScores
+from normx_track.attribution.scores import AttributionScores, check_norm_factor
 from normx_track.gold.metrics import (average_precision_rows, dot_product_alignment_rows,
                                       random_baselines_rows)
 from normx_track.keys import (CONTRASTIVE_METHODS, EVIDENCE_AP, EVIDENCE_AP_BY_LAYER,
@@ -74,6 +74,7 @@ class LayerwiseInputs:
     input_ids: Tensor  # [B, T]
     attention_mask: Tensor  # [B, T]
     position: Tensor  # [B] the explained position t of each row
+    target: Tensor  # [B] the token explained there (the good word's); target-free may ignore
 
 
 class LayerwiseMethod(Protocol):
@@ -164,8 +165,7 @@ class EvidenceBase:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_pairs is not None and max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1 (or None: all), got {max_pairs}")
-        if norm_factor not in NORM_FACTORS:
-            raise ValueError(f"norm_factor must be one of {NORM_FACTORS}, got {norm_factor!r}")
+        check_norm_factor(norm_factor)
         names = [m.name for m in layerwise]
         clash = [n for n in names if n in (*METHODS, *CONTRASTIVE_METHODS)]
         if clash or len(set(names)) < len(names):
@@ -190,8 +190,9 @@ class EvidenceBase:
     def _explain(self, model: nn.Module, batch) -> ExplainedBatch:
         raise NotImplementedError
 
-    def _inputs(self, batch) -> tuple[Tensor, Tensor, Tensor]:
-        """(input_ids, attention_mask, explained position) of a batch, for `layerwise`."""
+    def _inputs(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(input_ids, attention_mask, explained position, explained token) of a batch,
+        for `layerwise`."""
         raise NotImplementedError
 
     def _has_evidence(self) -> bool:

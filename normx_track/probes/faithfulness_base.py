@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from normx_track.attribution.scores import NORM_FACTORS, AttributionScores
+from normx_track.attribution.scores import AttributionScores, check_norm_factor
 from normx_track.gold.metrics import (AUTHORS_FRACTIONS, comprehensiveness, spearman,
                                       sufficiency, topk_positions)
 from normx_track.keys import (CAPTUM_METHODS, COMPREHENSIVENESS, FAITHFULNESS_MEAN_P_FULL,
@@ -94,8 +94,7 @@ class FaithfulnessBase:
             raise ValueError(f"ig_steps must be >= 1, got {ig_steps}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (or None), got {batch_size}")
-        if norm_factor not in NORM_FACTORS:
-            raise ValueError(f"norm_factor must be one of {NORM_FACTORS}, got {norm_factor!r}")
+        check_norm_factor(norm_factor)
         self.methods, self.fractions = methods, tuple(fractions)
         self.seed, self.ig_steps, self.batch_size = seed, ig_steps, batch_size
         self.norm_factor, self.gradient_reduction = norm_factor, gradient_reduction

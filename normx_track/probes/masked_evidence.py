@@ -191,7 +191,7 @@ class MaskedEvidenceProbe(EvidenceBase):
                               ranking if contrastive else None, contrastive, carry=mask_correct)
 
     def _inputs(self, batch: MaskedRows):
-        return batch.input_ids, batch.attention_mask, batch.mask_position
+        return batch.input_ids, batch.attention_mask, batch.mask_position, batch.good_ids
 
     def _evidence_metrics(self, carried: list) -> dict[str, float]:
         correct = np.concatenate(carried) if carried else np.zeros(0, bool)
