@@ -489,7 +489,7 @@ def test_the_sweep_summary_counts_the_jobs_an_experiment_sweeps_over():
     from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
 
-    import train
+    import normx_launch  # train.py's launch guards
     from normx_track.training.config import Config
 
     ConfigStore.instance().store(name="config_schema", node=Config)
@@ -498,5 +498,5 @@ def test_the_sweep_summary_counts_the_jobs_an_experiment_sweeps_over():
     counts = []
     for task in (["experiment=clm_vs_mlm"], ["experiment=clm_vs_mlm", "seed=0,1"]):
         cfg.hydra.overrides.task = task  # what `-m` puts there, sweep values included
-        counts.append(train.planned_jobs(cfg))
+        counts.append(normx_launch.planned_jobs(cfg))
     assert counts == [6, 4]
