@@ -21,7 +21,6 @@ called at every step, a step repeated with other tokens, no step 0 on a fresh re
 """
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import platform
@@ -37,9 +36,9 @@ from normx_track import __version__, keys
 from normx_track.errors import InputError
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.probes.base import Probe, run_probes
-from normx_track.record.store import (RECORD_DIR, RecordLock, RecordWriter, RunFolderError,
-                                      check_run_folder, read_json, set_aside, vocab_hash)
+from normx_track.record.store import RecordWriter, vocab_hash
 from normx_track.tracker.distributed import Distributed, TorchDistributed
+from normx_track.tracker.run_record import RunRecord, check_out_dir
 from normx_track.tracker.snapshot import (NormMetrics, find_language_model, full_params,
                                           is_sharded, norm_arrays)
 from normx_track.tracker.tokens import TokenCounter
@@ -220,10 +219,23 @@ class Tracker:
     State (``state_dict``: last recorded step, tokens seen) follows torch's ``Stateful``
     protocol, so Fabric, Accelerate and torchtitan checkpoints carry it: a resumed run
     continues its record with no gap and no duplicate.
+
+    The contract every front end keeps (the Lightning and HF callbacks are nothing more):
+
+    1. Build it once with the settings above; ``out_dir`` may wait for step 2.
+    2. Before training, `bind` what only the framework knows (``out_dir``, ``distributed``,
+       ``loggers``, ``meta``; ``counts_tokens=True`` if it will call `count_tokens` for
+       every batch). Resuming, `load_state_dict` the state saved with the checkpoint.
+    3. On every rank, call `step(model, step, ...)` once at the step training starts at and
+       after every optimizer step; `record_loss` for losses measured elsewhere (validation).
+    4. `snapshot(model, step)` forces a row (a checkpoint save, the end of training); save
+       `state_dict()` after it, so the checkpoint says the row is recorded.
+    5. `close()` at the end (or use it as a context manager).
     """
 
     def __init__(self, gold: GoldStatistics | str | Path, vocab: Any = None, *,
-                 out_dir: str | Path, every_n_steps: int = 100, log_spaced: bool = True,
+                 out_dir: str | Path | None = None, every_n_steps: int = 100,
+                 log_spaced: bool = True,
                  min_count: int = 10, signals: Mapping[str, np.ndarray] | None = None,
                  probes: Sequence[Probe] = (), stop_on_nonfinite: bool = False,
                  top_k_tokens: int = 20, meta: Mapping[str, Any] | None = None,
@@ -237,9 +249,8 @@ class Tracker:
         self.vocab = vocab_by_id(vocab, self.gold.vocab_size)
         self.signals = {**{n: getattr(self.gold, n) for n in self.gold.names()}, **(signals or {})}
         self._check_lengths()
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        if self.out_dir is not None:  # refused now, not at the first step
-            check_run_folder(self.out_dir, {RECORD_DIR: "record"})
+        self.out_dir = None
+        self._set_out_dir(out_dir)
         self.every_n_steps, self.log_spaced = every_n_steps, log_spaced
         self.min_count, self.top_k_tokens = min_count, top_k_tokens
         self.probes, self.stop_on_nonfinite = list(probes), stop_on_nonfinite
@@ -249,9 +260,9 @@ class Tracker:
         self.last_step = -1  # nothing after it is recorded (state kept in checkpoints)
         self.tokens = TokenCounter(None)  # unknown until given or counted: null in rows
         self.should_stop = False  # non-finite norms with stop_on_nonfinite
-        self.writer: RecordWriter | None = None
+        self._record: RunRecord | None = None  # rank zero's, from the first step on
         self._opened = False
-        self._lock: RecordLock | None = None
+        self._counts_tokens = False  # a front end counts every batch (count_tokens)
         self._metrics: NormMetrics | None = None
         self._losses: dict[str, tuple[Any, int]] = {}  # key -> (value, step), read lazily
         self._estimate_from: tuple[int, int, int] | None = None  # mid-run attach, see there
@@ -271,7 +282,39 @@ class Tracker:
                 raise ValueError(f"gold signal {name!r} has shape {np.shape(values)}, "
                                  f"expected ({size},) to match the vocabulary")
 
+    def _set_out_dir(self, out_dir: str | Path | None) -> None:
+        if out_dir is not None:
+            self.out_dir = Path(out_dir)
+            check_out_dir(self.out_dir)  # refused now, not at the first step
+
     # -- the public API ----------------------------------------------------------------------
+    def bind(self, out_dir: str | Path | None = None, distributed: Distributed | None = None,
+             loggers: Sequence[Sink] | None = None, meta: Mapping[str, Any] | None = None,
+             counts_tokens: bool = False) -> "Tracker":
+        """For front ends: what only the framework knows, once per training run, before the
+        first `step()`. ``out_dir`` where the constructor had none; ``meta`` entries are
+        added; ``counts_tokens``: the front end calls `count_tokens` for every batch, so a
+        fresh run counts from 0. A tracker closed by an earlier run (a second ``fit()`` with
+        the same callback) starts again as a fresh one, with the same settings."""
+        if self._closed is not None:
+            self.__dict__.update(_fresh_lifecycle())
+        if self._opened:
+            raise TrackerUsageError("bind() after the first step(): bind before training starts")
+        if self.out_dir is None:
+            self._set_out_dir(out_dir)
+        if distributed is not None:
+            self.dist = distributed
+        if loggers is not None:
+            self.loggers = list(loggers)
+        self.meta.update(meta or {})
+        self._counts_tokens = counts_tokens
+        return self
+
+    @property
+    def writer(self) -> RecordWriter | None:
+        """The record's writer (rank zero, once the first step opened the record)."""
+        return self._record.writer if self._record is not None else None
+
     @property
     def tokens_seen(self) -> int | None:
         """Training tokens so far, over all ranks (read from the device only when asked);
@@ -288,14 +331,16 @@ class Tracker:
                                                            self.log_spaced)
 
     def step(self, model: torch.nn.Module, step: int, tokens_seen: int | None = None,
-             losses: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+             losses: Mapping[str, Any] | None = None, root: torch.nn.Module | None = None
+             ) -> dict[str, Any] | None:
         """Call on every rank once before training (step 0) and after each optimizer step,
         with the number of optimizer steps done (not micro-batches). Snapshots when due;
         returns the row (on rank zero), else None. `tokens_seen`: the training tokens so far
         over all ranks, the same number on every rank (under DDP: this rank's count times the
         world size, or all-reduced); not given, the rows say null. `losses`: e.g.
         ``{"train/loss": loss}``, this rank's (tensors are averaged over the ranks and read
-        only when a row is written)."""
+        only when a row is written). `root`: the module to gather under FSDP when `model`
+        is not it (a LightningModule's wrapped root)."""
         self._check_usable()
         self._check_call(step, tokens_seen)
         for key, value in (losses or {}).items():
@@ -303,10 +348,21 @@ class Tracker:
         if tokens_seen is not None:
             self.tokens_seen = tokens_seen
         if not self._opened:
-            row = self.open(model, step)
+            row = self.open(model, step, root)
             if row is not None or not self.due(step):
                 return row
-        return self.snapshot(model, step) if self.due(step) else None
+        return self.snapshot(model, step, root=root) if self.due(step) else None
+
+    def count_tokens(self, tokens: int | torch.Tensor, tokens_per_step: int | None = None
+                     ) -> None:
+        """For front ends that count batches: add a batch's training tokens over all ranks
+        (a device tensor is read only at a snapshot). Attached mid-run without state, the
+        first batch also estimates the untracked stretch from `tokens_per_step` (one
+        optimizer step's tokens; default `tokens`), and meta.json says so."""
+        if self._estimate_from is not None:
+            self.estimate_skipped_tokens(int(tokens_per_step if tokens_per_step is not None
+                                             else tokens))
+        self.tokens.add(tokens)
 
     def record_loss(self, key: str, value: Any, step: int, tokens: Any = None) -> None:
         """Keep the latest `key` (``train/loss``, ``val/loss``) to write beside the next row,
@@ -320,11 +376,11 @@ class Tracker:
             self._losses[key] = self._unless_empty(key, value.detach(), step, tokens)
             return
         self._losses[key] = (value.detach() if isinstance(value, torch.Tensor) else value, step)
-        if self.writer is None or step != self.last_step:  # the usual case, every step: no I/O
+        if self._record is None or step != self.last_step:  # the usual case, every step: no I/O
             return
-        last = self.writer.last_row()
-        if last is not None and last["step"] == step and last.get(keys.loss_step_key(key)) != step:
-            self.writer.update_last({key: float(value), keys.loss_step_key(key): int(step)})
+        last = self._record.last_row()
+        if last is not None and last.get(keys.loss_step_key(key)) != step:
+            self._record.add_to_last(step, {key: float(value), keys.loss_step_key(key): int(step)})
 
     def open(self, model: torch.nn.Module, step: int = 0,
              root: torch.nn.Module | None = None) -> dict[str, Any] | None:
@@ -340,15 +396,22 @@ class Tracker:
             raise TrackerUsageError(
                 f"the tracker's state says step {self.last_step} is recorded, but training "
                 f"starts at step {step}: load the state saved with this checkpoint")
+        if self.out_dir is None:
+            raise TrackerUsageError("the tracker has no run folder: pass out_dir= to Tracker(), "
+                                    "or bind(out_dir=...) before the first step()")
         self._opened = True
         lm = unwrap_model(model)
-        self._check_embedding_rows(lm)
+        self.check_model(lm)
         _Owners.take(self)
         self._roll_call(step, "open")
+        fresh = step == 0 and self.last_step < 0
+        if fresh and self._counts_tokens:
+            self.tokens.start()  # every batch is counted from here
         if self.dist.is_main:
             self._metrics = NormMetrics(self.signals, self.gold.counts, self.min_count)
-            self._open_record(lm, step)
-        if step == 0 and self.last_step < 0:
+            self._record = RunRecord(self.out_dir)
+            self._record.open(self._meta(lm), self.vocab, self.gold, fresh, step, owner=self)
+        if fresh:
             return self.snapshot(model, 0, root=root)
         # Rank zero knows the record: it decides what the last recorded step is and whether
         # this step needs a row; every rank follows (due() must agree on all of them).
@@ -365,17 +428,11 @@ class Tracker:
         up to `step` when its row is there (the end of training, or a checkpoint hook, wrote
         it after the state was saved: the weights are the same); drop the rest. Returns the
         last recorded step and whether `step` is to be recorded now."""
-        if self.writer is None:
+        if self._record is None:
             return max(self.last_step, step - 1), False
-        steps = self.writer.steps()
-        keep = step if step in steps else (self.last_step if self.last_step >= 0 else step - 1)
-        later = [s for s in steps if s > keep]
-        if later:
-            log.warning("%s: dropping %d rows recorded after step %d (steps %d..%d); the run "
-                        "records them again from its checkpoint", self.writer.metrics_path,
-                        len(later), keep, later[0], later[-1])
-        self.writer.truncate_after(keep)
-        self._losses_from(self.writer.last_row())
+        steps = self._record.steps()
+        self._record.continue_at(step, self.last_step)
+        self._losses_from(self._record.last_row())
         if step in steps:
             return step, False
         if self.last_step == step:  # the state says recorded, the record lost it: measure again
@@ -410,8 +467,7 @@ class Tracker:
         if self.dist.is_main:
             row = {"step": step, "tokens_seen": self.tokens_seen, **losses,
                    **self._metrics(arrays), **probe_row}
-            self.writer.write_snapshot(step, arrays)
-            self.writer.append_metrics(row)
+            self._record.append(step, row, arrays)
             self._log(step, row, arrays)
         self._check_finite(step, arrays)
         return row
@@ -438,15 +494,8 @@ class Tracker:
                       "was open; the first is closed and records nothing more", stacklevel=4)
 
     def _release(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def _restart(self) -> None:
-        """For the front ends: a closed tracker used by a new training run (a second fit()
-        or train() with the same callback) starts as a fresh one, with the same settings."""
-        if self._closed is not None:
-            self.__dict__.update(_fresh_lifecycle())
+        if self._record is not None:
+            self._record.release()
 
     def __enter__(self) -> "Tracker":
         return self
@@ -476,21 +525,20 @@ class Tracker:
         base_step, base_tokens, at = self._estimate_from
         self.tokens_seen = base_tokens + (at - base_step) * int(tokens_per_step)
         self._estimate_from = None
-        if self.writer is not None and self._closed is None:
-            meta = read_json(self.writer.dir, "meta.json") or {}
-            meta["tokens_seen_estimated"] = {"from_step": base_step, "to_step": at,
-                                             "tokens_per_step": int(tokens_per_step)}
-            self.writer.write_meta(meta)
-            last = self.writer.last_row()
-            if last is not None and last["step"] == at and last.get("tokens_seen") is None:
-                self.writer.update_last({"tokens_seen": self.tokens_seen})  # recorded at open
+        if self._record is not None and self._closed is None:
+            self._record.note_token_estimate({"from_step": base_step, "to_step": at,
+                                              "tokens_per_step": int(tokens_per_step)},
+                                             self.tokens_seen)
 
     @property
     def awaiting_token_estimate(self) -> bool:
         return self._estimate_from is not None
 
-    # -- the record's lifecycle ----------------------------------------------------------------
-    def _check_embedding_rows(self, lm: torch.nn.Module) -> None:
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse a model the gold cannot describe (fewer embedding rows than token types),
+        warn about one far larger; `step()` checks at its first call, front ends may call it
+        before training starts."""
+        lm = unwrap_model(model)
         rows, size = embedding_rows(lm), self.gold.vocab_size
         if rows < size:
             raise ValueError(f"the model's embedding has {rows} rows but the gold statistics "
@@ -549,38 +597,6 @@ class Tracker:
         if roll_call is not None:
             roll_call(f"{self._id}.{next(self._roll_calls)}", f"tracker.{call} at step {step}")
 
-    def _open_record(self, lm: torch.nn.Module, step: int) -> None:
-        check_run_folder(self.out_dir, {RECORD_DIR: "record"})
-        try:
-            self._write_record_files(lm, step)
-        except OSError as err:
-            if not isinstance(err, PermissionError) and err.errno not in (errno.EROFS, errno.EACCES):
-                raise
-            self._release()
-            raise RunFolderError(f"{err.filename or self.out_dir}: cannot write the record there "
-                                 f"({err.strerror}); choose another out_dir") from None
-
-    def _write_record_files(self, lm: torch.nn.Module, step: int) -> None:
-        run_dir = self.out_dir
-        self._lock = RecordLock.acquire(run_dir)  # before anything in the folder is touched
-        weakref.finalize(self, self._lock.release)  # a tracker dropped unclosed lets go too
-        if self.last_step < 0 and step == 0:  # a fresh run never writes over an earlier
-            moved = set_aside(run_dir)          # run's record
-            if moved is not None:
-                log.warning("%s already held a record from another run; moved it to %s",
-                            run_dir, moved)
-        self.writer = RecordWriter(run_dir)
-        meta = self._meta(lm)
-        resumed = self.last_step >= 0 or step > 0
-        if resumed:
-            meta = self._resumed_meta(meta, step)
-        self.writer.write_meta(meta)
-        if self.vocab is not None:
-            self.writer.write_vocab(self.vocab)
-        if resumed:
-            self._keep_earlier_gold(step)
-        self.gold.save(self.writer.dir / "gold.npz")
-
     def _attach_mid_run(self, step: int) -> None:
         """Started at a step > 0 without the tracker's state (trained with the tracker off,
         load_state_dict() forgotten, or attached now): the record in the folder, if any,
@@ -588,8 +604,8 @@ class Tracker:
         once. Unless the loop gives tokens_seen, the tokens of the steps in between are
         estimated from one step's (`estimate_skipped_tokens`), and meta.json says so."""
         base = (0, 0)
-        if self.writer is not None:
-            last = self.writer.last_row()
+        if self._record is not None:
+            last = self._record.last_row()
             tokens = last.get("tokens_seen") if last else None
             if isinstance(tokens, (int, float)) and np.isfinite(tokens):  # else: from step 0
                 base = (int(last["step"]), int(tokens))
@@ -601,47 +617,10 @@ class Tracker:
                 log.warning("%s: resumed at step %d without the tracker's state (was "
                             "load_state_dict() called?); the record continues from step %d; "
                             "unless given, tokens_seen over steps %d..%d is estimated from one "
-                            "step's batch", self.writer.dir, step, base[0], base[0], step)
+                            "step's batch", self._record.dir, step, base[0], base[0], step)
         base = self.dist.broadcast(base)
         if self.tokens_seen is None:  # the loop did not give it: a front end estimates it
             self._estimate_from = (*base, step)
-
-    def _keep_earlier_gold(self, step: int) -> None:
-        """A resumed run with other gold (other statistics settings) keeps the gold its
-        earlier rows were measured against, as gold.until_step_XXXXXXXX.npz."""
-        path = self.writer.dir / "gold.npz"
-        if not path.exists():
-            return
-        try:
-            same = GoldStatistics.load(path).same_as(self.gold)
-        except (OSError, ValueError, KeyError) as err:
-            log.warning("%s: unreadable (%s); kept beside the new one", path, err)
-            same = False
-        if not same:
-            kept = path.with_name(f"gold.until_step_{step:08d}.npz")
-            path.replace(kept)
-            log.warning("%s: the resumed run's gold statistics differ; the earlier rows' "
-                        "gold is kept as %s", path, kept.name)
-
-    def _resumed_meta(self, meta: dict[str, Any], step: int) -> dict[str, Any]:
-        """The record continues: keep its history, and say which tracker settings the
-        resumed run changed (the rows before and after were taken under different ones)."""
-        before = read_json(self.writer.dir, "meta.json") or {}
-        changed = {}
-        for part in ("tracker", "gold_settings"):
-            earlier = before.get(part, {})
-            changed.update({k: [earlier[k], v] for k, v in meta[part].items()
-                            if k in earlier and earlier[k] != v})
-        if "gold" in before and before["gold"] != meta["gold"]:
-            changed["gold"] = [before["gold"], meta["gold"]]
-        if changed:
-            log.warning("%s: resumed at step %d with changed tracker settings %s; the record "
-                        "continues (both settings are in meta.json)", self.writer.dir, step,
-                        ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
-        history = list(before.get("resumed", []))
-        history.append({"at_step": step, "changed": changed})
-        kept = {k: before[k] for k in ("tokens_seen_estimated",) if k in before}
-        return {**kept, **meta, "resumed": history}
 
     def _meta(self, lm: torch.nn.Module) -> dict[str, Any]:
         import transformers
@@ -730,12 +709,12 @@ class Tracker:
                 if id(sink) not in self._failed_sinks:
                     self._failed_sinks.add(id(sink))
                     log.warning("normx tracker: %s failed (%s: %s); the record under %s goes on",
-                                type(sink).__name__, type(err).__name__, err, self.writer.dir)
+                                type(sink).__name__, type(err).__name__, err, self._record.dir)
 
 
 def _fresh_lifecycle() -> dict[str, Any]:
     """The attributes a just-built Tracker has for its state and record (not its settings)."""
-    return {"last_step": -1, "tokens": TokenCounter(None), "should_stop": False, "writer": None,
-            "_opened": False, "_lock": None, "_metrics": None, "_losses": {},
+    return {"last_step": -1, "tokens": TokenCounter(None), "should_stop": False, "_record": None,
+            "_opened": False, "_counts_tokens": False, "_metrics": None, "_losses": {},
             "_estimate_from": None, "_closed": None, "_last_call": None, "_warned": set(),
             "_id": next(_IDS), "_roll_calls": itertools.count()}

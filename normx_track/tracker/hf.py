@@ -89,7 +89,7 @@ class NormTrackerCallback(TrainerCallback, ExportableState):
 
     @tracker_state.setter
     def tracker_state(self, value: dict[str, Any]) -> None:
-        self.core._restart()  # this callback trained before (an earlier train() call)
+        self.core.bind()  # this callback trained before (an earlier train() call): fresh
         self.core.load_state_dict(value)
 
     def on_save(self, args, state, control, **kwargs):
@@ -118,35 +118,28 @@ class NormTrackerCallback(TrainerCallback, ExportableState):
 
     # -- training ----------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        core = self.core
-        core._restart()  # a second train() with this callback: a new run, as a fresh tracker
-        core.out_dir = Path(core.out_dir or args.output_dir)
-        core.dist = _TrainerRanks(state)
-        if "wandb" in (args.report_to or []):
-            core.loggers = [WandbRunSink()]
+        counted = _counts_tokens(args)
+        self.core.bind(out_dir=args.output_dir, distributed=_TrainerRanks(state),
+                       loggers=[WandbRunSink()] if "wandb" in (args.report_to or []) else None,
+                       meta={"tokens_seen_from": "state.num_input_tokens_seen" if counted else
+                             "the model's training inputs on rank zero x world size"},
+                       counts_tokens=not counted)
         if state.global_step > 0:
             self._restore_from_checkpoint_folder(args, state)
-        elif core.last_step < 0:
-            core.tokens.start()  # every batch is counted from here
         self._export_into(state)
-        counted = _counts_tokens(args)
-        if counted:  # the Trainer's own count (restored with its state on a resume)
-            core.tokens_seen = state.num_input_tokens_seen
-        else:
+        if not counted:
             self._hook = model.register_forward_pre_hook(self._count, with_kwargs=True)
-        core.meta["tokens_seen_from"] = ("state.num_input_tokens_seen" if counted else
-                                         "the model's training inputs on rank zero x world size")
         self._world_size = max(1, int(args.world_size))
-        core.open(model, state.global_step)
+        # the Trainer's own count, restored with its state on a resume
+        self.core.step(model, state.global_step,
+                       tokens_seen=state.num_input_tokens_seen if counted else None)
 
     def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if not module.training:
             return  # evaluation, or the tracker's own probes
         batch = kwargs if "input_ids" in kwargs else (args[0] if args else None)
         tokens = batch_tokens(batch) if batch is not None else 0
-        if self.core.awaiting_token_estimate:
-            self.core.estimate_skipped_tokens(int(tokens) * self._world_size)
-        self.core.tokens.add(tokens * self._world_size)
+        self.core.count_tokens(tokens * self._world_size)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         tokens = state.num_input_tokens_seen if _counts_tokens(args) else None

@@ -74,35 +74,28 @@ class NormTracker(L.Callback):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        core = self.core
-        core._restart()  # a second fit() with this callback: a new run, as a fresh tracker
-        core.out_dir = Path(core.out_dir or trainer.default_root_dir)
-        core.dist = StrategyDistributed(trainer)
-        core.loggers = [LightningLoggers(trainer)] if trainer.loggers else []
-        core._check_embedding_rows(self._language_model(pl_module))
+        self.core.bind(out_dir=trainer.default_root_dir, distributed=StrategyDistributed(trainer),
+                       loggers=[LightningLoggers(trainer)] if trainer.loggers else [],
+                       counts_tokens=True)
+        self.core.check_model(self._language_model(pl_module))  # before any training
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Checkpoint state is restored by now (under FSDP only after on_fit_start), so a
-        # fresh run (last_step < 0) is told apart from a resumed one.
-        if self.core.last_step < 0 and trainer.global_step == 0:
-            self.core.tokens.start()  # every batch is counted from here
-        self.core.open(self._language_model(pl_module), trainer.global_step, root=self._root(
-            trainer, pl_module))
+        # fresh run is told apart from a resumed one: step 0's row, or the resume's.
+        self._step(trainer, pl_module)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         tokens = batch_tokens(batch) * trainer.world_size
-        if self.core.awaiting_token_estimate:
-            self.core.estimate_skipped_tokens(int(tokens) * trainer.accumulate_grad_batches)
-        self.core.tokens.add(tokens)
-        step = trainer.global_step
+        per_step = int(tokens) * trainer.accumulate_grad_batches \
+            if self.core.awaiting_token_estimate else None  # read once: a mid-run attach
+        self.core.count_tokens(tokens, tokens_per_step=per_step)
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        tokens = outputs.get(LOSS_TOKENS) if isinstance(outputs, Mapping) else None
+        loss_tokens = outputs.get(LOSS_TOKENS) if isinstance(outputs, Mapping) else None
         if isinstance(loss, torch.Tensor):
-            self.core.record_loss(keys.TRAIN_LOSS, loss, step, tokens=tokens)
-        if self.core.due(step):
-            self._snapshot(trainer, pl_module)
+            self.core.record_loss(keys.TRAIN_LOSS, loss, trainer.global_step, tokens=loss_tokens)
+        self._step(trainer, pl_module)
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -150,6 +143,12 @@ class NormTracker(L.Callback):
     @staticmethod
     def _root(trainer: L.Trainer, pl_module: L.LightningModule) -> torch.nn.Module:
         return trainer.strategy.model if trainer.strategy.model is not None else pl_module
+
+    def _step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.core.step(self._language_model(pl_module), trainer.global_step,
+                       root=self._root(trainer, pl_module))
+        if self.core.should_stop:
+            trainer.should_stop = True
 
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.core.snapshot(self._language_model(pl_module), trainer.global_step,
