@@ -39,8 +39,10 @@ def test_every_package_folder_is_installed_and_no_generic_top_level_name():
     packages = setuptools["packages"]
     folders = sorted(".".join(p.parent.relative_to(ROOT).parts)
                      for p in (ROOT / "normx_track").rglob("__init__.py"))
-    assert sorted(p for p in packages if p.startswith("normx_track.") or p == "normx_track") \
-        == folders
+    listed = sorted(p for p in packages if p.startswith("normx_track.") or p == "normx_track")
+    assert listed == folders, ("pyproject.toml [tool.setuptools] packages must list every "
+                               f"package folder: missing {sorted(set(folders) - set(listed))}, "
+                               f"gone {sorted(set(listed) - set(folders))}")
     assert setuptools["package-dir"] == {"normx_track_analysis": "analysis"}
     assert {p.split(".")[0] for p in packages} == {"normx_track", "normx_track_analysis"}
     assert not list((ROOT / "analysis").glob("*/__init__.py")), "list analysis' subpackages"
