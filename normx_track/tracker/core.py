@@ -33,11 +33,12 @@ import numpy as np
 import torch
 
 from normx_track import __version__, keys
-from normx_track.errors import InputError
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.probes.base import Probe, run_probes
 from normx_track.record.store import RecordWriter, vocab_hash
 from normx_track.tracker.distributed import Distributed, TorchDistributed
+from normx_track.tracker.inputs import checked_state, vocab_by_id
+from normx_track.tracker.schedule import schedule_points_between, snapshot_schedule
 from normx_track.tracker.run_record import RunRecord, check_out_dir
 from normx_track.tracker.snapshot import (NormMetrics, find_language_model, full_params,
                                           is_sharded, norm_arrays)
@@ -52,94 +53,6 @@ _IDS = itertools.count()  # trackers in this process, in construction order (sam
 class TrackerUsageError(RuntimeError):
     """The tracker was used out of order (closed, displaced, state loaded too late, a step
     that goes back); the message says what to do instead."""
-
-
-def snapshot_schedule(step: int, every_n_steps: int, log_spaced: bool) -> bool:
-    """0, then (if log_spaced) 1, 2, 4, ... below every_n_steps, then every every_n_steps."""
-    if step % every_n_steps == 0:
-        return True
-    return log_spaced and step < every_n_steps and (step & (step - 1)) == 0
-
-
-def schedule_points_between(after: int, before: int, every_n_steps: int, log_spaced: bool,
-                            limit: int = 5) -> list[int]:
-    """The first `limit` schedule steps strictly between `after` and `before` (without
-    walking every step in between: the gap may be millions of steps)."""
-    found = []
-    power = 1
-    while log_spaced and power < min(every_n_steps, before) and len(found) < limit:
-        if power > after:
-            found.append(power)
-        power *= 2
-    multiple = (after // every_n_steps + 1) * every_n_steps
-    while multiple < before and len(found) < limit:
-        found.append(multiple)
-        multiple += every_n_steps
-    return sorted(set(found))[:limit]
-
-
-def vocab_by_id(vocab: Any, size: int) -> list[str] | None:
-    """Token strings by id from a list of them, a tokenizer (``get_vocab()``, else
-    ``convert_ids_to_tokens``) or a ``{token: id}`` dict (read by id, not in dict order)."""
-    if vocab is None:
-        return None
-    if callable(getattr(vocab, "get_vocab", None)):
-        vocab = vocab.get_vocab()
-    elif callable(getattr(vocab, "convert_ids_to_tokens", None)):
-        vocab = list(vocab.convert_ids_to_tokens(list(range(size))))
-    if isinstance(vocab, Mapping):
-        by_id = {}
-        for token, index in vocab.items():
-            if not isinstance(token, str) or isinstance(index, bool) or not isinstance(index, int):
-                raise InputError(f"vocab: a {{token: id}} dict maps strings to ints; it has "
-                                 f"{token!r}: {index!r}")
-            by_id[index] = token
-        missing = sorted(set(range(len(by_id))) - set(by_id))
-        if missing:
-            raise InputError(f"vocab: the {{token: id}} dict's ids are not 0..{len(by_id) - 1}: "
-                             f"no token for id(s) {missing[:5]}")
-        return [by_id[i] for i in range(len(by_id))]
-    if isinstance(vocab, (str, bytes)) or not isinstance(vocab, Sequence):
-        raise InputError(f"vocab: pass token strings by id (a list), a tokenizer (with "
-                         f"get_vocab()) or a {{token: id}} dict; got {type(vocab).__name__}")
-    for index, token in enumerate(vocab):
-        if token is not None and not isinstance(token, str):
-            raise InputError(f"vocab[{index}] is {type(token).__name__} {token!r}, not a token "
-                             "string; pass token strings by id, a tokenizer or a {token: id} dict")
-    return list(vocab)
-
-
-def _checked_state(state: Any) -> tuple[int, int | None, dict[str, tuple[float, int]]]:
-    """(last_step, tokens_seen, losses) of a `Tracker.state_dict()`, each key checked."""
-    if not isinstance(state, Mapping):
-        raise InputError(f"tracker state: expected the dict Tracker.state_dict() returns, got "
-                         f"{type(state).__name__}")
-    unknown = sorted(set(state) - {"last_step", "tokens_seen", "losses"})
-    if unknown:
-        raise InputError(f"tracker state: unknown key(s) {unknown}; a Tracker.state_dict() "
-                         "holds last_step, tokens_seen and losses")
-
-    def whole(key: str, value: Any, least: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not np.isfinite(value) or value != int(value) or value < least:
-            raise InputError(f"tracker state: {key} must be a whole number >= {least}, got "
-                             f"{value!r}")
-        return int(value)
-
-    last_step = whole("last_step", state.get("last_step", -1), -1)
-    tokens = state.get("tokens_seen")
-    tokens = None if tokens is None else whole("tokens_seen", tokens, 0)
-    losses = state.get("losses") or {}
-    if not isinstance(losses, Mapping):
-        raise InputError(f"tracker state: losses must map a loss name to [value, step], got "
-                         f"{type(losses).__name__} {losses!r}")
-    checked = {}
-    for key, pair in losses.items():
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or isinstance(pair[0], bool) \
-                or not isinstance(pair[0], (int, float)):
-            raise InputError(f"tracker state: losses[{key!r}] must be [value, step], got {pair!r}")
-        checked[str(key)] = (float(pair[0]), whole(f"losses[{key!r}] step", pair[1], 0))
-    return last_step, tokens, checked
 
 
 class _Owners:
@@ -515,7 +428,7 @@ class Tracker:
             raise TrackerUsageError(
                 "load_state_dict() after the first step(): the record was already opened as a "
                 "fresh run; call load_state_dict() before the first step() of a resumed run")
-        self.last_step, self.tokens_seen, self._losses = _checked_state(state_dict)
+        self.last_step, self.tokens_seen, self._losses = checked_state(state_dict)
 
     def estimate_skipped_tokens(self, tokens_per_step: int) -> None:
         """After a mid-run attach (no tracker state at a step > 0): tokens over the steps
