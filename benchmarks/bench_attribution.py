@@ -3,6 +3,7 @@
     python benchmarks/bench_attribution.py                 # 4 layers x 256, vocab 8192
     python benchmarks/bench_attribution.py --full          # GPT-2 small (124M)
     python benchmarks/bench_attribution.py --lengths 128 --batch 4 --threads 0  # torch's threads
+    python benchmarks/bench_attribution.py --methods normxlogit --mixing-lengths 128  # mixing only
 
 Peak memory: each method runs once per length in its own subprocess, so the others do not
 pollute it: on CUDA ``torch.cuda.max_memory_allocated`` above the loaded model, on CPU the
@@ -18,6 +19,14 @@ Methods: ``forward`` (plain ``model(input_ids)``, full [B,T,V] logits: the ratio
 (``inputs_embeds``, zero baseline) explaining the argmax at the last position; their
 forward keeps only the last position's logits, and the target is computed beforehand
 (untimed). Random weights: costs do not depend on training.
+
+Context mixing (a second section, ``--mixing-lengths``, default T = 128; ``--no-mixing``
+skips it): the layer-wise methods of `normx_track.attribution.mixing` (raw attention,
+rollout, Value Zeroing, ALTI, GlobEnc: all layers' [L, T, T] matrices for the batch, as
+``context_mixing(model, x, method)`` computes them, eager attention switched on for the call
+where the method needs the probabilities), timed interleaved with NormXLogit at the same
+lengths and batch, and printed side by side with their ratio to it; one SUMMARY line each
+(information only: no target).
 """
 
 from __future__ import annotations
@@ -44,6 +53,11 @@ CHECKS = [
 ]
 SHORT = {"forward": "forward", "forward_last": "forward(last)", "normxlogit": "NormXLogit",
          "saliency": "Saliency", "input_x_gradient": "IxG", "integrated_gradients": "IG"}
+# context mixing: benchmark name -> the method's name in normx_track.attribution.mixing.METHODS
+MIXING = {"raw_attention": "attention", "rollout": "rollout", "value_zeroing": "value_zeroing",
+          "alti": "alti", "globenc": "globenc"}
+SHORT.update(raw_attention="attention", rollout="rollout", value_zeroing="ValueZeroing",
+             alti="ALTI", globenc="GlobEnc")
 
 
 def parse(argv=None):
@@ -64,7 +78,11 @@ def parse(argv=None):
                    help="CPU threads (0: torch's default). One thread by default: with several, "
                         "other load on the machine stalls OpenMP barriers and skews the ratios")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    p.add_argument("--mixing-lengths", type=int, nargs="+", default=[128],
+                   help="lengths of the context-mixing section")
+    p.add_argument("--mixing-methods", nargs="+", default=list(MIXING), choices=list(MIXING))
+    p.add_argument("--no-mixing", action="store_true", help="skip the context-mixing section")
+    p.add_argument("--worker", choices=[*METHODS, *MIXING], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.full:
         args.layers, args.hidden, args.vocab = 12, 768, 50257
@@ -82,7 +100,8 @@ def build(args):
     logging.set_verbosity_error()
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=args.layers, n_embd=args.hidden, n_head=max(1, args.hidden // 64),
-                     vocab_size=args.vocab, n_positions=max(1024, max(args.lengths)))
+                     vocab_size=args.vocab,
+                     n_positions=max(1024, *args.lengths, *args.mixing_lengths))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return GPT2LMHeadModel(cfg).to(device).eval(), device
 
@@ -102,6 +121,10 @@ def method_fn(name, model, x, args):
         return lambda: torch.no_grad()(model)(input_ids=x, logits_to_keep=1).logits
     if name == "normxlogit":
         return lambda: attribute(model, x).normxlogit
+    if name in MIXING:
+        from normx_track.attribution.mixing import context_mixing
+
+        return lambda: context_mixing(model, x, MIXING[name])
 
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
 
@@ -165,15 +188,18 @@ def worker(args):
     print("RESULT " + json.dumps(peaks))
 
 
-def time_methods(args):
+def time_methods(args, methods=None, lengths=None):
     """Seconds per example, methods interleaved round by round so that load from other
-    processes hits them alike; the minimum over runs is the least disturbed figure."""
+    processes hits them alike; the minimum over runs is the least disturbed figure.
+    ``methods`` / ``lengths`` default to ``args.methods`` / ``args.lengths``."""
+    methods = args.methods if methods is None else methods
+    lengths = args.lengths if lengths is None else lengths
     _set_threads(args)
     model, device = build(args)
-    out = {name: {} for name in args.methods}
-    for length in sorted(args.lengths):
+    out = {name: {} for name in methods}
+    for length in sorted(lengths):
         x = _batch(args, length, device)
-        fns = {name: method_fn(name, model, x, args) for name in args.methods}
+        fns = {name: method_fn(name, model, x, args) for name in methods}
         for fn in fns.values():  # warm-up
             fn()
         best = dict.fromkeys(fns, float("inf"))
@@ -237,6 +263,42 @@ def report(res, args):
                 emit(f"{label}, T={length}", r, "ratio", str(target), None if ok is None else ok(r))
 
 
+def report_mixing(res, args):
+    """The context-mixing section: each method beside NormXLogit, same lengths and batch."""
+    print(f"\ncontext mixing (all {args.layers} layers' [T, T] matrices) against NormXLogit:")
+    print(f"{'method':<15}{'T':>6}{'ms/example':>13}{'x NormXLogit':>14}{'peak MB':>10}")
+    for length in sorted(args.mixing_lengths):
+        nx = res["normxlogit"][length]["s_per_example"]
+        for name in ["normxlogit", *args.mixing_methods]:
+            r = res[name][length]
+            ratio = r["s_per_example"] / nx
+            print(f"{SHORT[name]:<15}{length:>6}{1e3 * r['s_per_example']:>13.2f}{ratio:>14.2f}"
+                  f"{r['peak_mb']:>10.1f}")
+    for length in sorted(args.mixing_lengths):
+        nx = res["normxlogit"][length]["s_per_example"]
+        for name in args.mixing_methods:
+            emit(f"{SHORT[name]}/NormXLogit, T={length}", res[name][length]["s_per_example"] / nx,
+                 "ratio", "(info)", None)
+
+
+def mixing_section(argv, args):
+    """Peak memory (one subprocess per method) and interleaved timing at the mixing lengths."""
+    names = ["normxlogit", *args.mixing_methods]
+    lengths_argv = [*argv, "--lengths", *map(str, args.mixing_lengths)]
+    res = {name: {} for name in names}
+    for name in names:
+        t0 = time.perf_counter()
+        for length, mb in peak_memory(name, lengths_argv).items():
+            res[name][length] = {"peak_mb": mb}
+        print(f"  memory {name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    for name, per_length in time_methods(args, names, args.mixing_lengths).items():
+        for length, sec in per_length.items():
+            res[name][length]["s_per_example"] = sec
+    print(f"  mixing timing: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    report_mixing(res, args)
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -257,6 +319,8 @@ def main(argv=None):
             res[name][length]["s_per_example"] = sec
     print(f"  timing: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     report(res, args)
+    if not args.no_mixing:
+        mixing_section(argv, args)
 
 
 if __name__ == "__main__":
