@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel,
-                          GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
-                          OPTConfig, OPTForCausalLM, RobertaConfig, RobertaForMaskedLM)
+from transformers import (BertConfig, BertForMaskedLM, Gemma2Config, Gemma2ForCausalLM,
+                          GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
+                          LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM,
+                          RobertaConfig, RobertaForMaskedLM)
 from transformers.utils import logging
 
 from normx_track.attribution.mixing import (ALTI, METHODS, AttentionRollout, GlobEnc,
@@ -392,3 +393,12 @@ def test_attention_implementation_restored_and_unsupported_named(models, ids):
         context_mixing(opt, ids, "value_zeroing")
     with pytest.raises(ValueError, match="one of"):
         context_mixing(model, ids, "flow")
+    # Gemma 2's layout (norms around the sublayers): the split methods refuse, naming it; the
+    # methods needing only probabilities or the value projection still run
+    gemma = Gemma2ForCausalLM(Gemma2Config(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=8, intermediate_size=32,
+                                           vocab_size=V)).eval()
+    with pytest.raises(UnsupportedModel, match="alti.*gemma2"):
+        ALTI(gemma)
+    for method in ("attention", "rollout", "value_zeroing"):
+        torch.testing.assert_close(context_mixing(gemma, ids, method).sum(-1), torch.ones(2, 1, T))

@@ -19,10 +19,13 @@ right): padded positions get zero rows and columns and the real ones score as th
 alone. A causal model's matrices are zero above the diagonal. Every method's rows sum to 1
 on real positions (raw attention by construction; the others are normalised).
 
-Architectures (each method, each of): GPT-2, GPT-NeoX (rotary; parallel or sequential
-residual), Llama (RMSNorm, rotary, grouped-query attention) and models with its layout,
-BERT and RoBERTa. Anything else raises `UnsupportedModel` (a NotImplementedError) naming
-the method and the architecture. Each module's docstring gives its method's definition and
+Architectures (every method on each; all tested): GPT-2, GPT-NeoX (rotary; parallel or
+sequential residual), Llama (RMSNorm, rotary, grouped-query attention), BERT and RoBERTa.
+Raw attention, rollout and Value Zeroing also take other models of Llama's module layout
+(``self_attn.{v,o}_proj``, e.g. Mistral, Qwen2, Gemma); ALTI and GlobEnc only those whose
+layer adds the attention output straight onto the residual (`structure.SPLIT_MODEL_TYPES`:
+llama, mistral, qwen2). Anything else raises `UnsupportedModel` (a NotImplementedError)
+naming the method and the architecture. Each module's docstring gives its method's definition and
 the choices taken where the paper leaves one.
 
 No gradients. Attention, rollout, ALTI and GlobEnc take one forward pass with hooks (eager

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from normx_track.attribution.mixing.base import ContextMixing, allowed, normalise_rows, roll_out
-from normx_track.attribution.mixing.structure import (Structure, eager_attention,
+from normx_track.attribution.mixing.structure import (Structure, check_split, eager_attention,
                                                       forward_inputs, record, structure_of)
 from normx_track.modeling import eval_mode, model_device
 
@@ -156,6 +156,7 @@ def decompose(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None
     "layer": the layer's output, GlobEnc's), for ``input_ids`` [B, T]. For inspection and
     tests: it holds [B, T, T, d] per layer."""
     st = structure_of(model, "decompose")
+    check_split(st, "decompose", model)
     ids = input_ids.to(model_device(model))
     mask = (torch.ones_like(ids, dtype=torch.bool) if attention_mask is None
             else attention_mask.to(ids.device).bool())
@@ -168,6 +169,7 @@ class _Decomposed(ContextMixing):
 
     def __init__(self, model: nn.Module, rolled_out: bool = True):
         super().__init__(model)
+        check_split(self.structure, self.method, model)
         self.rolled_out = rolled_out
 
     def contributions(self, split: LayerDecomposition) -> Tensor:

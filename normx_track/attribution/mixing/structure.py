@@ -12,6 +12,13 @@ so a task head on top does not matter):
     bert       BertForMaskedLM, RobertaForMaskedLM,  post   sequential         no
                their sequence classifiers
 
+ALTI and GlobEnc read the output projection and the residual directly, so they need the
+layout exactly: for the ``llama`` structure only the model types in `SPLIT_MODEL_TYPES`
+(whose layers add the attention output straight onto the residual stream; Gemma 2/3-style
+extra norms around the sublayers would break the split) — only Llama itself is tested.
+Raw attention, rollout and Value Zeroing need only the probabilities / the value
+projection and take any model of the layout.
+
 For every layer l the pass records (all float32, detached):
     ``x``      [B, T, d]         the layer's input hidden state h^(l-1)
     ``probs``  [B, H, T, T]      the attention probabilities (eager attention)
@@ -36,8 +43,11 @@ from torch import Tensor, nn
 
 from normx_track.modeling import padding_inputs
 
-__all__ = ["Structure", "UnsupportedModel", "eager_attention", "record", "structure_of",
-           "forward_inputs"]
+__all__ = ["SPLIT_MODEL_TYPES", "Structure", "UnsupportedModel", "check_split", "eager_attention",
+           "forward_inputs", "record", "structure_of"]
+
+# Llama-layout model types whose layers are x + Attn(norm(x)), then x' + MLP(norm(x')).
+SPLIT_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 class UnsupportedModel(NotImplementedError):
@@ -49,6 +59,7 @@ class Structure:
     """One architecture's layout. ``kind`` names it (the table above)."""
 
     kind: str
+    model_type: str
     layers: tuple[nn.Module, ...]
     num_heads: int
     num_kv_heads: int
@@ -130,22 +141,23 @@ def structure_of(model: nn.Module, method: str = "context mixing") -> Structure:
     """The layout of ``model``; `UnsupportedModel` naming ``method`` and the architecture
     when it is none of the supported ones."""
     base, cfg = _base(model), model.config
-    name = f"{type(model).__name__} ({getattr(cfg, 'model_type', '?')})"
+    mt = getattr(cfg, "model_type", "?")
+    name = f"{type(model).__name__} ({mt})"
     H = cfg.num_attention_heads
     if hasattr(base, "h") and all(hasattr(b, "attn") and hasattr(b.attn, "c_attn") for b in base.h):
         if getattr(cfg, "add_cross_attention", False):
             raise UnsupportedModel(f"{method}: cross-attention GPT-2 blocks are not supported ({name})")
-        return Structure("gpt2", tuple(base.h), H, H, cfg.hidden_size // H, True, False)
+        return Structure("gpt2", mt, tuple(base.h), H, H, cfg.hidden_size // H, True, False)
     layers = getattr(base, "layers", None)
     if layers is not None and len(layers) and hasattr(layers[0], "attention") \
             and hasattr(layers[0].attention, "query_key_value"):
-        return Structure("gpt_neox", tuple(layers), H, H, cfg.hidden_size // H, True, False)
+        return Structure("gpt_neox", mt, tuple(layers), H, H, cfg.hidden_size // H, True, False)
     if layers is not None and len(layers) and hasattr(layers[0], "self_attn") \
             and all(hasattr(layers[0].self_attn, p) for p in ("v_proj", "o_proj")) \
             and hasattr(layers[0], "input_layernorm") and hasattr(layers[0], "mlp"):
         dh = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
         kv = getattr(cfg, "num_key_value_heads", None) or H
-        return Structure("llama", tuple(layers), H, kv, dh, True, False)
+        return Structure("llama", mt, tuple(layers), H, kv, dh, True, False)
     encoder = getattr(base, "encoder", None)
     enc_layers = getattr(encoder, "layer", None)
     if enc_layers is not None and len(enc_layers) and hasattr(enc_layers[0], "attention") \
@@ -155,10 +167,18 @@ def structure_of(model: nn.Module, method: str = "context mixing") -> Structure:
         pe = getattr(cfg, "position_embedding_type", "absolute")
         if pe not in (None, "absolute"):
             raise UnsupportedModel(f"{method}: position_embedding_type={pe!r} is not supported ({name})")
-        return Structure("bert", tuple(enc_layers), H, H, cfg.hidden_size // H, False, True)
+        return Structure("bert", mt, tuple(enc_layers), H, H, cfg.hidden_size // H, False, True)
     raise UnsupportedModel(
         f"{method} is not implemented for {name}: supported are GPT-2, GPT-NeoX, Llama-style "
         "decoders and BERT/RoBERTa encoders")
+
+
+def check_split(structure: Structure, method: str, model: nn.Module) -> None:
+    """`UnsupportedModel` unless ALTI/GlobEnc's split is exact for this layout."""
+    if structure.kind == "llama" and structure.model_type not in SPLIT_MODEL_TYPES:
+        raise UnsupportedModel(
+            f"{method} is not implemented for {type(model).__name__} ({structure.model_type}): "
+            f"of the Llama-style layouts only {', '.join(SPLIT_MODEL_TYPES)} are split")
 
 
 @contextlib.contextmanager
