@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from normx_track.version import __version__
 
 # Lazy exports: `import normx_track.training.config` (Hydra start-up) and
 # `import normx_track.keys` (analysis) must not pull in torch or Lightning.

@@ -182,18 +182,18 @@ def _read_json(path: Path, what: str) -> dict:
 def find_tokenizer(checkpoint: Path, run_dir: Path, tokenizer: str | Path | None):
     """`--tokenizer`, else explain's search for a .ckpt; else the model folder itself, the
     run folder, its tokenizer/ and the data cache its record names."""
-    from normx_track.attribution.explain import (ExplainError, _recorded_tokenizer,
-                                                 _tokenizer_from, load_tokenizer)
+    from normx_track.attribution.explain import (ExplainError, recorded_tokenizer,
+                                                 tokenizer_from, load_tokenizer)
     from normx_track.record.checkpoint_loader import first_line
 
     if tokenizer is not None or checkpoint.suffix == ".ckpt":
         return load_tokenizer(checkpoint, tokenizer)
     places = [checkpoint] if checkpoint.is_dir() else []
-    places += [run_dir, run_dir / "tokenizer", _recorded_tokenizer(run_dir)]
+    places += [run_dir, run_dir / "tokenizer", recorded_tokenizer(run_dir)]
     for where in places:
         if (where / "tokenizer.json").exists():
             try:
-                return _tokenizer_from(where)
+                return tokenizer_from(where)
             except Exception as err:  # noqa: BLE001 - tokenizer loaders raise many kinds
                 raise ExplainError(f"cannot load the tokenizer from {where} "
                                    f"({first_line(err)})") from None
@@ -223,11 +223,11 @@ def check_tokenizer(tok, model, run_dir: Path, given: bool, own: str | None = No
     """The run's own tokenizer: of the model's size and of the vocabulary the checkpoint
     carries (``own``) or else the run's meta.json records (explain's check: another corpus's
     tokenizer of the same size maps ids to other tokens)."""
-    from normx_track.attribution.explain import _check_vocabulary
+    from normx_track.attribution.explain import check_vocabulary
     from normx_track.record.store import read_json, vocab_hash
     from normx_track.record.vocabulary import token_strings
 
-    _check_vocabulary(tok, model.get_input_embeddings().weight.shape[0])
+    check_vocabulary(tok, model.get_input_embeddings().weight.shape[0])
     found = vocab_hash(token_strings(tok))
     where = "--tokenizer" if given else f"the tokenizer found for {run_dir}"
     if own is not None:

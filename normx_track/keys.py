@@ -93,3 +93,7 @@ REPLAY_FILE_BYTES = "normx/replay/file_bytes"
 # meta.json of a replay: each step's embedding fingerprints, and the groups of equal ones
 REPLAY_FINGERPRINTS = "embedding_fingerprints"
 REPLAY_SAME_GROUPS = "same_embeddings"
+
+# The Lightning callback's entry in a checkpoint's "callbacks" (its class name; older
+# checkpoints wrote "NormTracker{...settings...}").
+TRACKER_STATE_KEY = "NormTracker"

@@ -18,7 +18,8 @@ from normx_track.gold import texts
 from normx_track.gold.__main__ import main
 from normx_track.gold.corpus import (PROVENANCE_KEYS, corpus_gold, iter_document_chunks,
                                      write_token_file)
-from normx_track.gold.statistics import (GoldStatistics, _document_chunks, compute_gold,
+from normx_track.gold.cooccurrence import document_chunks
+from normx_track.gold.statistics import (GoldStatistics, compute_gold,
                                          read_gold_provenance)
 from normx_track.record.store import vocab_hash
 
@@ -300,7 +301,7 @@ def test_document_chunks_streamed_equal_compute_golds():
         lengths[rng.random(lengths.size) < 0.01] = 400        # documents over a chunk
         for chunk in (1, 37, 300, 10**6):
             expected = [(d.start, d.stop, t.start, t.stop)
-                        for d, t in _document_chunks(lengths, chunk)]
+                        for d, t in document_chunks(lengths, chunk)]
             assert list(iter_document_chunks(lengths, chunk)) == expected
 
 

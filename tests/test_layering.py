@@ -5,7 +5,8 @@ pointing up the layers, and no module reaching into another's ``_private`` names
 Layers, bottom to top (a module may import its own layer and those below it; imports
 inside functions count, since they are how circles hide):
 
-    0  keys, errors, modeling, text        plain names, model plumbing, text helpers
+    0  keys, errors, modeling, text,       plain names, model plumbing, text helpers,
+       version                             the package's version
     1  record, gold                        files and statistics
     2  attribution                         NormXLogit / LogAt, explain
     3  probes                              evidence, faithfulness, likelihood, files
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "normx_track"
 
 LAYERS = {
-    "keys": 0, "errors": 0, "modeling": 0, "text": 0,
+    "keys": 0, "errors": 0, "modeling": 0, "text": 0, "version": 0,
     "record": 1, "gold": 1,
     "attribution": 2,
     "probes": 3,
@@ -33,26 +34,8 @@ LAYERS = {
     "": 6, "hf": 6, "export": 6,  # "" is normx_track/__init__.py
 }
 
-# Known, in packages this change does not own (issue 26): kind, importer, imported.
-ELSEWHERE = {
-    ('private', 'normx_track.export', 'normx_track.attribution.explain._check_vocabulary'),
-    ('private', 'normx_track.export', 'normx_track.attribution.explain._recorded_tokenizer'),
-    ('private', 'normx_track.export', 'normx_track.attribution.explain._tokenizer_from'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._check_window'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._chunk_terms'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._clogc_terms'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._key_dtype'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._kl_from_sums'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._log_counts'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._merge'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._neighbour_counts'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._runs'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._tri'),
-    ('private', 'normx_track.gold.corpus', 'normx_track.gold.statistics._xlogx'),
-    ('up', 'normx_track.gold.__main__', 'normx_track'),
-    ('up', 'normx_track.record.checkpoint_loader', 'normx_track.tracker.lightning'),
-    ('up', 'normx_track.tracker.core', 'normx_track'),
-}
+# Known and left (kind, importer, imported): none now.
+ELSEWHERE: set[tuple[str, str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

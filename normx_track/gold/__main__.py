@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def write(gold, vocab: list[str], out: Path, args: argparse.Namespace, eos) -> None:
-    import normx_track
+    from normx_track.version import __version__
     from normx_track.record.atomic import atomic_write_json
     from normx_track.record.store import vocab_hash
 
@@ -168,7 +168,7 @@ def write(gold, vocab: list[str], out: Path, args: argparse.Namespace, eos) -> N
         "n_tokens": int(gold.n_tokens), "n_documents": int(gold.provenance["n_documents"]),
         "max_tokens": args.max_tokens, "window": args.window, "eos": eos,
         "shuffle_correction": bool(args.shuffle_correction), "seed": args.seed,
-        "normx_track_version": normx_track.__version__}
+        "normx_track_version": __version__}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         gold.save(out)

@@ -4,17 +4,17 @@ memory bounded by a chunk size rather than by the stream, on several cores.
 The stream goes to a temporary token file first (`TokenFile`: ids in the smallest uint
 dtype that holds the vocabulary, uint16 up to 65536 types, plus the document lengths),
 then is read back by chunks of whole documents, the chunks `compute_gold` itself uses
-(`statistics._document_chunks`, computed here without holding all document lengths):
+(`cooccurrence.document_chunks`, computed here without holding all document lengths):
 
 1. counts c(w) and n_w = sum_c C[w,c] (integer-valued, summed chunk by chunk);
 2. per chunk, in a worker: its share of sum_c C[w,c] log m_c (the positional term), and the
-   sorted distinct pair keys of the chunk with their counts (`statistics._chunk_terms`,
-   `_runs`), spilled to a temporary file (about 8 bytes per distinct pair of the chunk);
+   sorted distinct pair keys of the chunk with their counts (`cooccurrence.chunk_terms`,
+   `runs`), spilled to a temporary file (about 8 bytes per distinct pair of the chunk);
 3. per bucket, in a worker: the keys of a key range, read from every chunk's spill
-   (each spill is sorted, so a range is a slice), merged (`statistics._merge`) into the
-   range's diagonal counts and repeated pairs' C log C terms (`statistics._clogc_terms`),
+   (each spill is sorted, so a range is a slice), merged (`cooccurrence.merge`) into the
+   range's diagonal counts and repeated pairs' C log C terms (`cooccurrence.clogc_terms`),
    which the parent adds into sum_c C log C in key order (np.add.at, one term after
-   another, as `_sum_clogc`'s np.bincount does). Bucket boundaries are quantiles of a
+   another, as `sum_clogc`'s np.bincount does). Bucket boundaries are quantiles of a
    sample of all spilled keys, about ``bucket_pairs`` distinct pairs a bucket.
 
 Working memory is a chunk per worker (roughly 100 bytes per token of ``chunk_tokens``, as
@@ -56,10 +56,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from normx_track.errors import InputError
-from normx_track.gold.statistics import (GoldStatistics, _check_window, _chunk_terms,
-                                         _clogc_terms, _key_dtype, _kl_from_sums,
-                                         _log_counts, _merge, _neighbour_counts, _runs, _tri,
-                                         _xlogx)
+from normx_track.gold.cooccurrence import (check_window, chunk_terms, clogc_terms,
+                                           kl_from_sums, log_counts, merge, neighbour_counts,
+                                           pair_key_dtype, runs, triangular_numbers,
+                                           xlogx)
+from normx_track.gold.statistics import GoldStatistics
 
 PROVENANCE_KEYS = ("tokenizer", "vocab_hash", "vocab_size", "corpus", "text_field",
                    "n_tokens", "n_documents", "max_tokens", "window", "eos",
@@ -153,7 +154,7 @@ class TokenWriter:
 def iter_document_chunks(lengths: np.ndarray, chunk_tokens: int
                          ) -> Iterator[tuple[int, int, int, int]]:
     """(first document, end document, first token, end token) of each chunk: the chunks of
-    `statistics._document_chunks` (whole documents, about ``chunk_tokens`` tokens, at least
+    `cooccurrence.document_chunks` (whole documents, about ``chunk_tokens`` tokens, at least
     one document each), read from ``lengths`` (a memmap) a window at a time."""
     d0, t0, n = 0, 0, lengths.size
     step = 1024
@@ -184,7 +185,7 @@ def _pass1_task(tf: TokenFile, chunk, window: int, vocab_size: int):
     """Counts c(w) and n_w of one chunk (integers: any summation order is exact)."""
     ids, lens = _chunk_ids(tf, chunk)
     return (np.bincount(ids, minlength=vocab_size),
-            _neighbour_counts(ids, lens, window, vocab_size))
+            neighbour_counts(ids, lens, window, vocab_size))
 
 
 def _pass2_task(tf: TokenFile, chunk, window: int, vocab_size: int, log_n_path: str,
@@ -194,12 +195,12 @@ def _pass2_task(tf: TokenFile, chunk, window: int, vocab_size: int, log_n_path: 
     counts' dtype))."""
     ids, lens = _chunk_ids(tf, chunk)
     log_n = np.load(log_n_path)
-    key_dtype = _key_dtype(vocab_size)
-    s_clogm, keys = _chunk_terms(ids, lens, log_n, window, vocab_size, key_dtype)
+    key_dtype = pair_key_dtype(vocab_size)
+    s_clogm, keys = chunk_terms(ids, lens, log_n, window, vocab_size, key_dtype)
     del ids
     # pairs with the sentinel (id V) sort last: cut before spilling
-    keys = keys[:np.searchsorted(keys, key_dtype(_tri(vocab_size)[vocab_size]))]
-    distinct, counts = _runs(keys)
+    keys = keys[:np.searchsorted(keys, key_dtype(triangular_numbers(vocab_size)[vocab_size]))]
+    distinct, counts = runs(keys)
     del keys
     distinct.tofile(spill + ".keys")
     counts.tofile(spill + ".counts")
@@ -210,7 +211,7 @@ def _spilled(spill: str, n: tuple[int, str], vocab_size: int
              ) -> tuple[np.ndarray, np.ndarray]:
     """The spill's (keys, counts) as memmaps; ``n`` is (pairs > 0, the counts' dtype)."""
     size, count_dtype = n
-    return (np.memmap(spill + ".keys", dtype=_key_dtype(vocab_size), mode="r", shape=(size,)),
+    return (np.memmap(spill + ".keys", dtype=pair_key_dtype(vocab_size), mode="r", shape=(size,)),
             np.memmap(spill + ".counts", dtype=count_dtype, mode="r", shape=(size,)))
 
 
@@ -228,7 +229,7 @@ def _bucket_task(spills: list[tuple[str, tuple[int, str]]], lo, hi, vocab_size: 
             parts.append((np.array(keys[a:b]), np.array(counts[a:b])))
     if not parts:
         return np.zeros(vocab_size, np.int64), 0
-    diag_n, lo_ids, hi_ids, clogc = _clogc_terms(*_merge(parts), vocab_size)
+    diag_n, lo_ids, hi_ids, clogc = clogc_terms(*merge(parts), vocab_size)
     del parts
     lo_ids.astype(np.uint32).tofile(out + ".lo")
     hi_ids.astype(np.uint32).tofile(out + ".hi")
@@ -240,7 +241,7 @@ def _add_bucket(lo_sum: np.ndarray, hi_sum: np.ndarray, out: str, n: int,
                 block: int = 1 << 22) -> None:
     """Add a bucket's C log C terms into the per-token sums, in key order: np.add.at adds
     one term after another as np.bincount does, so the sums over all buckets, in bucket
-    order, are `_sum_clogc`'s bitwise."""
+    order, are `sum_clogc`'s bitwise."""
     lo = np.memmap(out + ".lo", dtype=np.uint32, mode="r", shape=(n,))
     hi = np.memmap(out + ".hi", dtype=np.uint32, mode="r", shape=(n,))
     clogc = np.memmap(out + ".clogc", dtype=np.float64, mode="r", shape=(n,))
@@ -321,7 +322,7 @@ def _stream_kl(tf: TokenFile, vocab_size: int, window: int, chunk_tokens: int,
     for c, nc in runner.map((_pass1_task, tf, chunk, window, vocab_size) for chunk in chunks):
         counts += c
         n += nc
-    log_n = _log_counts(n)
+    log_n = log_counts(n)
     log_n_path = str(work / f"{tag}_log_n.npy")
     np.save(log_n_path, log_n)
     spills = [(str(work / f"{tag}_chunk{i:06d}"), chunk) for i, chunk in enumerate(chunks)]
@@ -349,8 +350,8 @@ def _stream_kl(tf: TokenFile, vocab_size: int, window: int, chunk_tokens: int,
     for spill, _ in spills:
         for suffix in (".keys", ".counts"):
             Path(spill + suffix).unlink(missing_ok=True)
-    s_clogc = _xlogx(2.0 * diag_n) + lo_sum + hi_sum      # as `_sum_clogc` adds them
-    return counts, _kl_from_sums(n, log_n, s_clogc, s_clogm)
+    s_clogc = xlogx(2.0 * diag_n) + lo_sum + hi_sum      # as `sum_clogc` adds them
+    return counts, kl_from_sums(n, log_n, s_clogc, s_clogm)
 
 
 def _bucket_bounds(spilled: list[tuple[str, tuple[int, str]]], vocab_size: int,
@@ -379,7 +380,7 @@ def gold_from_token_file(tf: TokenFile, vocab_size: int, window: int = 5,
     """`compute_gold` of the stream in ``tf`` (see the module docstring). With
     ``shuffle_correction`` the token file is shuffled in place (it is consumed).
     ``provenance`` holds the stream's n_tokens and n_documents (callers add theirs)."""
-    _check_window(window)
+    check_window(window)
     if tf.n_tokens == 0:
         raise EmptyStreamError("no tokens to compute gold statistics from (empty documents)")
     if workers < 1:
@@ -420,7 +421,7 @@ def corpus_gold(documents: Iterable[np.ndarray], vocab_size: int, window: int = 
     ids, read once, lazily) go to a temporary token file in ``tmp_dir`` (default: the
     system's), which is then counted by chunks of ``chunk_tokens`` on ``workers``
     processes. Equal to `compute_gold` as the module docstring says."""
-    _check_window(window)
+    check_window(window)
     with tempfile.TemporaryDirectory(prefix="normx-gold-", dir=tmp_dir) as tmp:
         tf = write_token_file(documents, tmp, vocab_size, max_tokens, progress)
         return gold_from_token_file(tf, vocab_size, window, shuffle_correction, seed,

@@ -8,12 +8,13 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
 
 from normx_track.errors import InputError
+from normx_track.keys import TRACKER_STATE_KEY
 
 
 class CheckpointError(InputError):
@@ -53,9 +54,19 @@ def read_lightning_checkpoint(path: str | Path, mmap: bool = False) -> dict[str,
     return checkpoint
 
 
-def _tracker_tokens(checkpoint: dict[str, Any]) -> int | None:
-    from normx_track.tracker.lightning import tracker_state  # the callback module is heavy; only replay needs it
+def tracker_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The tracker's state in a Lightning checkpoint dict: under its key "NormTracker", or
+    under the older keys that carried its settings ("NormTracker{...}")."""
+    states = checkpoint.get("callbacks", {}) or {}
+    if TRACKER_STATE_KEY in states:
+        return states[TRACKER_STATE_KEY]
+    for key, state in states.items():
+        if str(key).startswith(TRACKER_STATE_KEY + "{") and isinstance(state, dict):
+            return state
+    return None
 
+
+def _tracker_tokens(checkpoint: dict[str, Any]) -> int | None:
     state = tracker_state(checkpoint)
     return int(state["tokens_seen"]) if state and "tokens_seen" in state else None
 

@@ -32,7 +32,8 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
-from normx_track import __version__, keys
+from normx_track import keys
+from normx_track.version import __version__
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.probes.base import Probe, run_probes
 from normx_track.record.store import RecordWriter, vocab_hash

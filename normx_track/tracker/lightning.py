@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from normx_track import keys
 from normx_track.gold.statistics import GoldStatistics
+from normx_track.record.checkpoint_loader import tracker_state  # noqa: F401 - re-exported
 from normx_track.probes.base import Probe
 from normx_track.tracker.core import LOSS_TOKENS, Tracker
 from normx_track.tracker.distributed import StrategyDistributed
@@ -155,15 +156,3 @@ class NormTracker(L.Callback):
                            root=self._root(trainer, pl_module))
         if self.core.should_stop:
             trainer.should_stop = True
-
-
-def tracker_state(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The NormTracker's state in a Lightning checkpoint dict: under its key "NormTracker",
-    or under the older keys that carried its settings ("NormTracker{...}")."""
-    states = checkpoint.get("callbacks", {}) or {}
-    if NormTracker.__qualname__ in states:
-        return states[NormTracker.__qualname__]
-    for key, state in states.items():
-        if str(key).startswith(NormTracker.__qualname__ + "{") and isinstance(state, dict):
-            return state
-    return None
