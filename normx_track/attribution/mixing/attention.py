@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from normx_track.attribution.mixing.base import ContextMixing, allowed, normalise_rows, roll_out
-from normx_track.attribution.mixing.structure import forward_inputs, record
+from normx_track.attribution.mixing.structure import body, forward_inputs, record
 
 __all__ = ["AttentionRollout", "RawAttention", "attention_matrices", "rollout_matrices"]
 
@@ -31,7 +31,7 @@ def attention_matrices(model, structure, ids: Tensor, mask: Tensor) -> Tensor:
     """[B, L, T, T] head-averaged attention, pad rows/columns and the causal upper
     triangle zeroed."""
     with record(structure, probs=True) as recs:
-        model(**forward_inputs(structure, ids, mask))
+        body(model)(**forward_inputs(structure, ids, mask))
     A = torch.stack([r["probs"].mean(1) for r in recs], dim=1)
     return A * allowed(structure, mask)[:, None].to(A.dtype)
 

@@ -59,8 +59,9 @@ import torch
 from torch import Tensor, nn
 
 from normx_track.attribution.mixing.base import ContextMixing, allowed, normalise_rows, roll_out
-from normx_track.attribution.mixing.structure import (Structure, check_split, eager_attention,
-                                                      forward_inputs, record, structure_of)
+from normx_track.attribution.mixing.structure import (Structure, body, check_split,
+                                                      eager_attention, forward_inputs, record,
+                                                      structure_of)
 from normx_track.modeling import eval_mode, model_device
 
 __all__ = ["ALTI", "GlobEnc", "LayerDecomposition", "alti_contributions", "attention_terms",
@@ -145,7 +146,7 @@ def _layer_splits(model: nn.Module, st: Structure, ids: Tensor, mask: Tensor, st
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     with record(st, probs=True, decomposition=True) as recs:
-        model(**forward_inputs(st, ids, mask))
+        body(model)(**forward_inputs(st, ids, mask))
     for layer, rec in zip(st.layers, recs):
         yield _split(st, layer, rec, stage)
 

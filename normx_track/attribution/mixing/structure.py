@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from normx_track.modeling import padding_inputs
 
-__all__ = ["SPLIT_MODEL_TYPES", "Structure", "UnsupportedModel", "check_split", "eager_attention",
-           "forward_inputs", "record", "structure_of"]
+__all__ = ["SPLIT_MODEL_TYPES", "Structure", "UnsupportedModel", "body", "check_split",
+           "eager_attention", "forward_inputs", "record", "structure_of"]
 
 # Llama-layout model types whose layers are x + Attn(norm(x)), then x' + MLP(norm(x')).
 SPLIT_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -194,6 +194,12 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.set_attn_implementation(current)
+
+
+def body(model: nn.Module) -> nn.Module:
+    """The transformer without its task head (``model.base_model``): the methods read the
+    layers only, so the head (GPT-2 small's [T, 50257] logits) is not computed."""
+    return getattr(model, "base_model", model)
 
 
 def forward_inputs(structure: Structure, input_ids: Tensor, mask: Tensor) -> dict:

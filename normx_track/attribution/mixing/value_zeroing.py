@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normx_track.attribution.mixing.base import ContextMixing, allowed, normalise_rows
-from normx_track.attribution.mixing.structure import forward_inputs, record
+from normx_track.attribution.mixing.structure import body, forward_inputs, record
 
 __all__ = ["ValueZeroing", "select_row"]
 
@@ -80,7 +80,7 @@ class ValueZeroing(ContextMixing):
     def compute(self, ids: Tensor, mask: Tensor) -> Tensor:
         st = self.structure
         with record(st, probs=False, layer_calls=True) as recs:
-            self.model(**forward_inputs(st, ids, mask))
+            body(self.model)(**forward_inputs(st, ids, mask))
         B, T = ids.shape
         out = torch.zeros(B, len(st.layers), T, T, device=ids.device)
         per_run = max(1, self.max_tokens // T - 1)
