@@ -25,6 +25,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from normx_track import Tracker, compute_gold
 from normx_track.record.store import read_metrics
 from normx_track.tracker.core import TrackerUsageError, snapshot_schedule
+from normx_track.tracker.run_record import RunMismatchError
 
 V, EVERY = 32, 4
 torch.manual_seed(0)
@@ -47,6 +48,7 @@ class TrackerLifecycle(RuleBasedStateMachine):
         self.last_call = -1       # the live tracker's last step() call
         self.expected: list[int] = []   # the record's rows, as the model has them
         self.checkpoints: list[tuple[int, dict, list[int]]] = []  # (step, state, rows then)
+        self.foreign: list[tuple[int, dict, list[int]]] = []  # of runs set aside since
         self.stale: list[Tracker] = []  # closed or displaced: must refuse, write nothing
 
     def teardown(self):
@@ -77,7 +79,7 @@ class TrackerLifecycle(RuleBasedStateMachine):
         self.retire_live()
         self.live, self.last_call = self.new_tracker(), 0
         self.call(self.live, 0)
-        self.expected, self.checkpoints = [0], []
+        self.expected, self.foreign, self.checkpoints = [0], self.foreign + self.checkpoints, []
 
     @precondition(lambda self: self.live is not None)
     @rule(by=st.integers(1, 9))
@@ -141,7 +143,20 @@ class TrackerLifecycle(RuleBasedStateMachine):
         self.expected = [s for s in self.expected if s <= step]
         if on_schedule(step) and step not in self.expected:
             self.expected.append(step)
-        self.checkpoints = [c for c in self.checkpoints if c[0] <= step]
+        if step == 0:  # no state at step 0: a fresh run, the record before it set aside
+            self.expected, self.foreign = [0], self.foreign + self.checkpoints
+        self.checkpoints = [c for c in self.checkpoints if c[0] <= step and step > 0]
+
+    @precondition(lambda self: self.foreign)
+    @rule(pick=st.integers(0, 1000))
+    def resume_another_runs_checkpoint(self, pick):
+        """A checkpoint of a run set aside since, resumed into the folder's newer record:
+        refused, naming both runs, and the record is left as it was."""
+        step, state, _ = self.foreign[pick % len(self.foreign)]
+        self.retire_live()
+        with pytest.raises(RunMismatchError, match="the record is of run .* checkpoint "
+                                                    "resumed from is of run"):
+            self.call(self.new_tracker(), step, state)
 
     @precondition(lambda self: self.stale)
     @rule(pick=st.integers(0, 1000), by=st.integers(0, 9))

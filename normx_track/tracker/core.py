@@ -34,11 +34,12 @@ import torch
 
 from normx_track import keys
 from normx_track.version import __version__
+from normx_track.errors import InputError
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.probes.base import Probe, run_probes
 from normx_track.record.store import RecordWriter, vocab_hash
 from normx_track.tracker.distributed import Distributed, TorchDistributed
-from normx_track.tracker.inputs import checked_state, vocab_by_id
+from normx_track.tracker.inputs import checked_state, state_identity, vocab_by_id
 from normx_track.tracker.schedule import schedule_points_between, snapshot_schedule
 from normx_track.tracker.run_record import RunRecord, check_out_dir
 from normx_track.tracker.snapshot import (NormMetrics, find_language_model, full_params,
@@ -177,6 +178,7 @@ class Tracker:
         self._record: RunRecord | None = None  # rank zero's, from the first step on
         self._opened = False
         self._counts_tokens = False  # a front end counts every batch (count_tokens)
+        self._identity: dict[str, str] = {}  # the run id (and vocab hash) of the record
         self._metrics: NormMetrics | None = None
         self._losses: dict[str, tuple[Any, int]] = {}  # key -> (value, step), read lazily
         self._estimate_from: tuple[int, int, int] | None = None  # mid-run attach, see there
@@ -324,7 +326,9 @@ class Tracker:
         if self.dist.is_main:
             self._metrics = NormMetrics(self.signals, self.gold.counts, self.min_count)
             self._record = RunRecord(self.out_dir)
-            self._record.open(self._meta(lm), self.vocab, self.gold, fresh, step, owner=self)
+            self._identity["run_id"] = self._record.open(
+                self._meta(lm), self.vocab, self.gold, fresh, step, owner=self,
+                run_id=self._identity.get("run_id"))
         if fresh:
             return self.snapshot(model, 0, root=root)
         # Rank zero knows the record: it decides what the last recorded step is and whether
@@ -420,7 +424,10 @@ class Tracker:
     def state_dict(self) -> dict[str, Any]:
         # The losses travel too: a resumed run's next rows carry the same last val/loss.
         losses = {k: [float(v), int(at)] for k, (v, at) in self._losses.items() if int(at) >= 0}
-        return {"last_step": self.last_step, "tokens_seen": self.tokens_seen, "losses": losses}
+        # Which run and tokenizer: a resume into another run's record is refused.
+        identity = {"run_id": self._identity.get("run_id"), "vocab_hash": vocab_hash(self.vocab)}
+        return {"last_step": self.last_step, "tokens_seen": self.tokens_seen, "losses": losses,
+                **{k: v for k, v in identity.items() if v is not None}}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Before the first `step()` (the record is opened by it, as the state says)."""
@@ -430,6 +437,12 @@ class Tracker:
                 "load_state_dict() after the first step(): the record was already opened as a "
                 "fresh run; call load_state_dict() before the first step() of a resumed run")
         self.last_step, self.tokens_seen, self._losses = checked_state(state_dict)
+        self._identity = state_identity(state_dict)
+        theirs, ours = self._identity.get("vocab_hash"), vocab_hash(self.vocab)
+        if None not in (theirs, ours) and theirs != ours:
+            raise InputError(f"tracker state: saved by a run with another tokenizer (vocab hash "
+                             f"{theirs[:12]}, this tracker's {ours[:12]}); resume with the run's "
+                             "own tokenizer, or start a fresh run")
 
     def estimate_skipped_tokens(self, tokens_per_step: int) -> None:
         """After a mid-run attach (no tracker state at a step > 0): tokens over the steps
@@ -629,6 +642,7 @@ class Tracker:
 def _fresh_lifecycle() -> dict[str, Any]:
     """The attributes a just-built Tracker has for its state and record (not its settings)."""
     return {"last_step": -1, "tokens": TokenCounter(None), "should_stop": False, "_record": None,
-            "_opened": False, "_counts_tokens": False, "_metrics": None, "_losses": {},
+            "_opened": False, "_counts_tokens": False, "_identity": {}, "_metrics": None,
+            "_losses": {},
             "_estimate_from": None, "_closed": None, "_last_call": None, "_warned": set(),
             "_id": next(_IDS), "_roll_calls": itertools.count()}

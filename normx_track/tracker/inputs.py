@@ -40,15 +40,30 @@ def vocab_by_id(vocab: Any, size: int) -> list[str] | None:
     return list(vocab)
 
 
+IDENTITY = ("run_id", "vocab_hash")  # which run's record, and which tokenizer, a state is of
+
+
+def state_identity(state: Mapping[str, Any]) -> dict[str, str]:
+    """The run id and vocab hash a state carries (states written before them carry none)."""
+    found = {}
+    for key in IDENTITY:
+        value = state.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InputError(f"tracker state: {key} must be a string, got {value!r}")
+        if value is not None:
+            found[key] = value
+    return found
+
+
 def checked_state(state: Any) -> tuple[int, int | None, dict[str, tuple[float, int]]]:
     """(last_step, tokens_seen, losses) of a `Tracker.state_dict()`, each key checked."""
     if not isinstance(state, Mapping):
         raise InputError(f"tracker state: expected the dict Tracker.state_dict() returns, got "
                          f"{type(state).__name__}")
-    unknown = sorted(set(state) - {"last_step", "tokens_seen", "losses"})
+    unknown = sorted(set(state) - {"last_step", "tokens_seen", "losses", *IDENTITY})
     if unknown:
         raise InputError(f"tracker state: unknown key(s) {unknown}; a Tracker.state_dict() "
-                         "holds last_step, tokens_seen and losses")
+                         "holds last_step, tokens_seen, losses, run_id and vocab_hash")
 
     def whole(key: str, value: Any, least: int) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import errno
 import logging
+import uuid
 import weakref
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from normx_track.errors import InputError
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.record.store import (RECORD_DIR, RecordLock, RecordWriter, RunFolderError,
                                       check_run_folder, read_json, set_aside)
 
 log = logging.getLogger(__name__)
+
+
+class RunMismatchError(InputError):
+    """A checkpoint of one run resumed into another run's record."""
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -42,13 +48,15 @@ class RunRecord:
         return self.writer.dir
 
     def open(self, meta: dict[str, Any], vocab: list[str] | None, gold: GoldStatistics,
-             fresh: bool, step: int, owner: object) -> None:
+             fresh: bool, step: int, owner: object, run_id: str | None = None) -> str:
         """Take the folder's lock (held until `release`, or until `owner` is collected) and
-        write meta, vocab and gold. A fresh run sets an earlier run's record aside first; a
-        resumed one keeps the record's history and the gold its earlier rows used."""
+        write meta, vocab and gold. A fresh run sets an earlier run's record aside first and
+        gets a new run id (``meta["run_id"]`` if given); a resumed one keeps the record's
+        history, its run id and the gold its earlier rows used, and is refused when its
+        state's `run_id` is another record's. Returns the record's run id."""
         check_out_dir(self.out_dir)
         try:
-            self._open(meta, vocab, gold, fresh, step, owner)
+            return self._open(meta, vocab, gold, fresh, step, owner, run_id)
         except OSError as err:
             if not isinstance(err, PermissionError) and err.errno not in (errno.EROFS, errno.EACCES):
                 raise
@@ -56,9 +64,12 @@ class RunRecord:
             raise RunFolderError(f"{err.filename or self.out_dir}: cannot write the record there "
                                  f"({err.strerror}); choose another out_dir") from None
 
-    def _open(self, meta, vocab, gold, fresh, step, owner) -> None:
+    def _open(self, meta, vocab, gold, fresh, step, owner, run_id) -> str:
         self._lock = RecordLock.acquire(self.out_dir)  # before anything in the folder is touched
         weakref.finalize(owner, self._lock.release)  # a tracker dropped unclosed lets go too
+        if not fresh:
+            run_id = self._same_run(run_id)
+        meta = {**meta, "run_id": run_id or meta.get("run_id") or uuid.uuid4().hex[:12]}
         if fresh:  # a fresh run never writes over an earlier run's record
             moved = set_aside(self.out_dir)
             if moved is not None:
@@ -73,6 +84,20 @@ class RunRecord:
         if not fresh:
             self._keep_earlier_gold(gold, step)
         gold.save(self.writer.dir / "gold.npz")
+        return meta["run_id"]
+
+    def _same_run(self, run_id: str | None) -> str | None:
+        """A resumed run's state and the record in the folder must be of one run: another
+        run's checkpoint would continue this record with that run's weights."""
+        path = self.out_dir / RECORD_DIR / "meta.json"
+        recorded = (read_json(path.parent, "meta.json") or {}).get("run_id") \
+            if path.exists() else None
+        if run_id is not None and recorded is not None and run_id != recorded:
+            self.release()
+            raise RunMismatchError(f"{path}: the record is of run {recorded}, but the checkpoint "
+                                   f"resumed from is of run {run_id}; resume that run in its own "
+                                   "folder, or start a fresh run here")
+        return run_id or recorded
 
     def release(self) -> None:
         if self._lock is not None:

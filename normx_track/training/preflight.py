@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 from lightning.pytorch.utilities import rank_zero_only
 
 from normx_track.record.checkpoint_loader import (CheckpointError, first_line,
-                                                  read_lightning_checkpoint)
-from normx_track.record.store import RecordLock, check_run_folder, set_aside
+                                                  read_lightning_checkpoint, tracker_state)
+from normx_track.record.store import RecordLock, check_run_folder, read_json, set_aside
 from normx_track.training.config import Config, ConfigError
 from normx_track.training.model import LanguageModel
 
@@ -56,8 +56,22 @@ def resume_checkpoint(cfg: Config) -> str | None:
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {path}; leave "
                               "ckpt_path out to start a fresh run")
-    read_lightning_checkpoint(path, mmap=True)  # weights_only; tensors stay on disk
+    check_same_run(read_lightning_checkpoint(path, mmap=True), path, Path(cfg.output_dir))
     return str(path)
+
+
+def check_same_run(checkpoint: dict, path: Path, out: Path) -> None:
+    """A checkpoint of another run (its tracker state names another run id than the
+    folder's record) would continue this record with that run's weights: refused now,
+    before anything starts (the tracker refuses it too, for runs outside train.py)."""
+    theirs = (tracker_state(checkpoint) or {}).get("run_id")
+    meta = out / "normx" / "meta.json"
+    ours = (read_json(meta.parent, "meta.json") or {}).get("run_id") if meta.exists() else None
+    if None not in (theirs, ours) and theirs != ours:
+        raise CheckpointError(f"ckpt_path={path}: a checkpoint of run {theirs}, but {meta} is "
+                              f"the record of run {ours}; resume a run in its own folder "
+                              "(hydra.run.dir=<its folder>), or leave ckpt_path out to start a "
+                              "fresh run here")
 
 
 def newest_step_checkpoint(folder: Path, last: Path) -> str:
