@@ -46,6 +46,7 @@ def loss_step_key(loss_key: str) -> str:
 EVIDENCE_AP = "normx/evidence_ap/{method}"
 EVIDENCE_DP = "normx/evidence_dp/{method}"
 EVIDENCE_AP_BY_LAYER = "normx/evidence_ap_by_layer/{method}/layer_{layer:02d}"
+EVIDENCE_DP_BY_LAYER = "normx/evidence_dp_by_layer/{method}/layer_{layer:02d}"
 EVIDENCE_N_PAIRS = "normx/evidence_n_pairs"
 EVIDENCE_N_PAIRS_CONTRASTIVE = "normx/evidence_n_pairs_contrastive"
 EVIDENCE_N_CUE_AT_PREDICTION = "normx/evidence_n_cue_at_prediction"
@@ -72,6 +73,11 @@ MASK_N_PAIRS = "normx/mask_n_pairs"
 # The attribution methods every probe ranks (evidence and faithfulness alike).
 METHODS = ("normxlogit", "logat", "norm", "random")
 CONTRASTIVE_METHODS = ("normxlogit_contrastive", "logat_contrastive", "random_contrastive")
+# The context-mixing methods the evidence probes rank layer by layer when asked
+# (tracker.layerwise_methods; normx_track.attribution.mixing.METHODS, the same names): their
+# keys are the by-layer ones above, layer_01 .. layer_L (the matrix after layer l), and
+# normx/evidence_ap/<method>, .../evidence_dp/<method> for the last layer.
+CONTEXT_MIXING_METHODS = ("attention", "rollout", "value_zeroing", "alti", "globenc")
 
 # Faithfulness (normx_track.probes.faithfulness).
 COMPREHENSIVENESS = "normx/comprehensiveness/{method}"

@@ -76,6 +76,10 @@ class EvidenceProbe(EvidenceBase):
         normx/evidence_ap/<method>, normx/evidence_dp/<method>   normxlogit, logat, norm,
             random (+ normxlogit_contrastive, logat_contrastive, random_contrastive)
         normx/evidence_ap_by_layer/<normxlogit|logat>/layer_NN     NN: 00 embeddings .. L
+        normx/evidence_dp_by_layer/<normxlogit|logat>/layer_NN     (the same, DP)
+        normx/evidence_{ap,dp}_by_layer/<mixing>/layer_NN, normx/evidence_{ap,dp}/<mixing>
+            with layerwise=[<mixing>, ...] (attention, rollout, value_zeroing, alti,
+            globenc): row t of layer NN's matrix, NN 01 .. L; the bare keys: the last layer
         normx/evidence_n_pairs, normx/evidence_n_pairs_contrastive (the scored pairs)
         normx/evidence_n_cue_at_prediction  pairs whose cues all lie in the word at t
         normx/evidence_n_cue_truncated      pairs whose cues were all cut (long prefix)
@@ -95,19 +99,24 @@ class EvidenceProbe(EvidenceBase):
                  max_pairs: int | None = None, max_length: int | None = None,
                  contrastive: bool = True, norm_factor: str = "word_embedding",
                  by_uid: bool = True, leading_space: bool = True,
-                 layerwise: Sequence[LayerwiseMethod] = ()):
+                 layerwise: Sequence[LayerwiseMethod | str] = (),
+                 model: nn.Module | None = None):
         """
         pairs: minimal pairs, or the path of a probe file (`load_probe_file`).
         batch_size: pairs per forward pass. layers: "all", "last" or layer indices for the
             per-layer AP. seed: picks ``max_pairs`` of them (None: all) when there are more.
         max_length: the most positions a row may use (the model's context size).
         leading_space: tokenise probe text as running text (`encoding.encode_pairs`).
-        layerwise: methods with per-layer scores, ranked as NormXLogit's (`evidence_base`).
+        layerwise: methods with per-layer scores, ranked as NormXLogit's (`evidence_base`):
+            context-mixing methods by name (``["alti", "rollout"]``, row t of each layer's
+            matrix) or `LayerwiseMethod` objects.
+        model: try the layer-wise methods on it now: an architecture one of them cannot
+            read is refused here, in one line naming both (else at the first call).
         """
         super().__init__(pairs, tokenizer, batch_size, layers, seed, max_pairs=max_pairs,
                          max_length=max_length, contrastive=contrastive,
                          norm_factor=norm_factor, by_uid=by_uid, leading_space=leading_space,
-                         layerwise=layerwise)
+                         layerwise=layerwise, model=model)
 
     def _encode(self, pairs, tokenizer, max_length, leading_space) -> None:
         self.encoded, self.stats = _encode_prefixed([p for p in pairs if p.has_prefix],

@@ -10,8 +10,14 @@ random expectation over the same positions, per layer for the methods with layer
 
 Layer-wise methods plug in as `LayerwiseMethod`s (``layerwise=[...]``): per batch, the
 base calls each with the batch's inputs and each row's explained position and token, and ranks
-its scores layer by layer with the same rules (``normx/evidence_ap_by_layer/<name>/...``;
-the last layer also as ``normx/evidence_ap/<name>`` and ``.../evidence_dp/<name>``).
+its scores layer by layer with the same rules (``normx/evidence_ap_by_layer/<name>/...`` and
+``normx/evidence_dp_by_layer/<name>/...``; the last layer also as ``normx/evidence_ap/<name>``
+and ``.../evidence_dp/<name>``). A context-mixing method is named by its string
+(``layerwise=["alti", "rollout"]``, `keys.CONTEXT_MIXING_METHODS`): `ContextMixingMethod`
+ranks row t of each layer's matrix (how much the explained position draws on each input
+position after layer l: ``layer_01`` .. ``layer_L``), all layers from one call per batch.
+An architecture a method cannot read is refused when the probe is built with ``model=``
+(or when first called), in one line naming the method and the architecture.
 """
 from __future__ import annotations
 
@@ -23,18 +29,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from normx_track.attribution.mixing import context_mixing, method_class
 from normx_track.attribution.scores import AttributionScores, check_norm_factor
 from normx_track.gold.metrics import (average_precision_rows, dot_product_alignment_rows,
                                       random_baselines_rows)
-from normx_track.keys import (CONTRASTIVE_METHODS, EVIDENCE_AP, EVIDENCE_AP_BY_LAYER,
-                              EVIDENCE_DP, EVIDENCE_N_PAIRS, EVIDENCE_N_PAIRS_CONTRASTIVE,
-                              METHODS)
+from normx_track.keys import (CONTEXT_MIXING_METHODS, CONTRASTIVE_METHODS, EVIDENCE_AP,
+                              EVIDENCE_AP_BY_LAYER, EVIDENCE_DP, EVIDENCE_DP_BY_LAYER,
+                              EVIDENCE_N_PAIRS, EVIDENCE_N_PAIRS_CONTRASTIVE, METHODS)
 from normx_track.modeling import eval_mode, model_device
 from normx_track.probes.common import accuracy_by_uid, nanmean, seeded_subset
 from normx_track.probes.files import MinimalPair, load_probe_file
 
-__all__ = ["Alignment", "EvidenceBase", "ExplainedBatch", "LayerwiseInputs",
-           "LayerwiseMethod", "Ranking", "score_arrays"]
+__all__ = ["Alignment", "ContextMixingMethod", "EvidenceBase", "ExplainedBatch",
+           "LayerwiseInputs", "LayerwiseMethod", "Ranking", "layerwise_methods", "score_arrays"]
 
 
 @dataclass
@@ -87,6 +94,63 @@ class LayerwiseMethod(Protocol):
                  ) -> tuple[Sequence[int], Tensor | np.ndarray]: ...
 
 
+class ContextMixingMethod:
+    """A context-mixing method (`normx_track.attribution.mixing`) as a `LayerwiseMethod`:
+    the scores of row b at layer l are row t_b of layer l's matrix, ``M_l[t_b, :]`` (how
+    much the explained position draws on each input position after layer l; layer l is the
+    mixing matrix's index l - 1, so the keys run ``layer_01`` .. ``layer_L``, as the
+    logit lens's ``layer_NN`` is the hidden state after layer NN). One `context_mixing`
+    call per batch gives every layer.
+
+    ``layers``: "all", "last", or layer numbers (1..L; 0, the embeddings, has no mixing
+    matrix and is skipped), as the probe's; the last one listed is the headline
+    ``evidence_ap/<name>``. ``options`` go to the method's class (``max_tokens``, ``p``,
+    ``rolled_out``)."""
+
+    def __init__(self, name: str, layers: str | Sequence[int] = "all", **options):
+        if name not in CONTEXT_MIXING_METHODS:
+            raise ValueError(f"unknown layer-wise method {name!r}: one of "
+                             f"{list(CONTEXT_MIXING_METHODS)}")
+        if isinstance(layers, str) and layers not in ("all", "last"):
+            raise ValueError(f"layers must be 'all', 'last' or layer numbers, got {layers!r}")
+        self.name, self.layers, self.options = name, layers, options
+
+    def check(self, model: nn.Module) -> None:
+        """`UnsupportedModel` (one line naming the method and the architecture) when the
+        method cannot read ``model``; nothing is computed."""
+        method_class(self.name)(model, **self.options)
+
+    def _selected(self, n_layers: int) -> list[int]:
+        if self.layers == "all":
+            return list(range(1, n_layers + 1))
+        if self.layers == "last":
+            return [n_layers]
+        chosen = sorted({int(l) for l in self.layers if int(l) != 0})
+        bad = [l for l in chosen if not 1 <= l <= n_layers]
+        if bad:
+            raise ValueError(f"{self.name}: layers {bad} out of range (the model has "
+                             f"{n_layers}: 1..{n_layers})")
+        return chosen or [n_layers]
+
+    def __call__(self, model: nn.Module, inputs: LayerwiseInputs
+                 ) -> tuple[list[int], Tensor]:
+        m = context_mixing(model, inputs.input_ids, self.name, inputs.attention_mask,
+                           **self.options)  # [B, L, T, T]
+        rows = torch.arange(m.shape[0], device=m.device)
+        at_t = m[rows, :, inputs.position.to(m.device)]  # [B, L, T]: row t_b of each layer
+        layers = self._selected(m.shape[1])
+        index = torch.tensor([l - 1 for l in layers], device=m.device)
+        return layers, at_t.transpose(0, 1)[index]  # [L', B, T]
+
+
+def layerwise_methods(methods: Sequence[LayerwiseMethod | str],
+                      layers: str | Sequence[int] = "all") -> tuple[LayerwiseMethod, ...]:
+    """``methods`` with each name (`keys.CONTEXT_MIXING_METHODS`) made a
+    `ContextMixingMethod` over ``layers``; an unknown name is a ValueError naming the
+    choices."""
+    return tuple(ContextMixingMethod(m, layers) if isinstance(m, str) else m for m in methods)
+
+
 def score_arrays(a: AttributionScores, contrast: AttributionScores | None = None
                  ) -> tuple[dict, dict, dict]:
     """An attribution's scores as numpy: per method [B, T], per layer [L, B, T], and the
@@ -109,6 +173,7 @@ class Alignment:
         self.ap: dict[str, list[float]] = {}
         self.dp: dict[str, list[float]] = {}
         self.by_layer: dict[tuple[str, int], list[float]] = {}
+        self.by_layer_dp: dict[tuple[str, int], list[float]] = {}
         self.n = 0
 
     def add(self, scores: dict[str, np.ndarray], r: Ranking, random_name: str) -> None:
@@ -128,8 +193,11 @@ class Alignment:
                    r: Ranking) -> None:
         for name, stack in stacks.items():  # [L, B, T]
             per_layer = average_precision_rows(stack, r.relevant, r.ranked)[:, r.keep]
-            for layer, values in zip(layers, per_layer):
+            with np.errstate(invalid="ignore"):
+                dp = dot_product_alignment_rows(stack, r.relevant, r.ranked)[:, r.keep]
+            for layer, values, dp_values in zip(layers, per_layer, dp):
                 self.by_layer.setdefault((name, layer), []).extend(values)
+                self.by_layer_dp.setdefault((name, layer), []).extend(dp_values)
 
     def metrics(self, methods: Sequence[str]) -> dict[str, float]:
         out = {}
@@ -138,6 +206,8 @@ class Alignment:
             out[EVIDENCE_DP.format(method=name)] = nanmean(self.dp.get(name, []))
         for (name, layer), values in sorted(self.by_layer.items()):
             out[EVIDENCE_AP_BY_LAYER.format(method=name, layer=layer)] = nanmean(values)
+        for (name, layer), values in sorted(self.by_layer_dp.items()):
+            out[EVIDENCE_DP_BY_LAYER.format(method=name, layer=layer)] = nanmean(values)
         return out
 
 
@@ -147,7 +217,7 @@ class EvidenceBase:
     `_evidence_metrics` and `_accuracy`. Keys written here::
 
         normx/evidence_ap/<method>, normx/evidence_dp/<method>, normx/evidence_n_pairs
-        normx/evidence_ap_by_layer/<method>/layer_NN
+        normx/evidence_ap_by_layer/<method>/layer_NN, normx/evidence_dp_by_layer/<method>/layer_NN
         (contrastive) .../<method>_contrastive, normx/evidence_n_pairs_contrastive
     """
 
@@ -158,7 +228,8 @@ class EvidenceBase:
                  max_pairs: int | None = None, max_length: int | None = None,
                  contrastive: bool = True, norm_factor: str = "word_embedding",
                  by_uid: bool = True, leading_space: bool = True,
-                 layerwise: Sequence[LayerwiseMethod] = ()):
+                 layerwise: Sequence[LayerwiseMethod | str] = (),
+                 model: nn.Module | None = None):
         if isinstance(pairs, (str, Path)):
             pairs = load_probe_file(pairs)
         if batch_size < 1:
@@ -166,6 +237,7 @@ class EvidenceBase:
         if max_pairs is not None and max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1 (or None: all), got {max_pairs}")
         check_norm_factor(norm_factor)
+        layerwise = layerwise_methods(layerwise, layers)
         names = [m.name for m in layerwise]
         clash = [n for n in names if n in (*METHODS, *CONTRASTIVE_METHODS)]
         if clash or len(set(names)) < len(names):
@@ -179,6 +251,16 @@ class EvidenceBase:
         self.rows = None
         self.stats: dict[str, float] = {}
         self._encode(pairs, tokenizer, max_length, leading_space)
+        if model is not None:
+            self.check_layerwise(model)
+
+    def check_layerwise(self, model: nn.Module) -> None:
+        """Refuse, before anything runs, a layer-wise method that cannot read ``model``
+        (`mixing.UnsupportedModel`, one line naming the method and the architecture)."""
+        for method in self.layerwise:
+            check = getattr(method, "check", None)
+            if check is not None:
+                check(model)
 
     # ------------------------------------------------------------------ subclass parts
     def _encode(self, pairs, tokenizer, max_length, leading_space) -> None:
@@ -209,6 +291,7 @@ class EvidenceBase:
     # ------------------------------------------------------------------ the call
     def __call__(self, model: nn.Module) -> dict[str, float]:
         self._check_model(model)
+        self.check_layerwise(model)
         out: dict[str, float] = dict(self.stats)
         carried: list = []
         with eval_mode(model), torch.no_grad():

@@ -119,7 +119,8 @@ def masked_rows(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None 
 class MaskedEvidenceProbe(EvidenceBase):
     """Evidence alignment, mask accuracy and PLL accuracy of a masked LM (module docstring
     for the choices). Keys: those of `EvidenceProbe` (``normx/evidence_ap/<method>``,
-    ``.../evidence_dp/...``, ``evidence_ap_by_layer/...``, ``evidence_n_pairs(_contrastive)``,
+    ``.../evidence_dp/...``, ``evidence_{ap,dp}_by_layer/...`` (context-mixing methods
+    too, with ``layerwise``), ``evidence_n_pairs(_contrastive)``,
     ``pair_accuracy``, ``pair_n_pairs``, ``blimp_*``, ``*_by_uid/<UID>``) and
     ``normx/evidence_n_multitoken_target``, ``normx/mask_accuracy``, ``normx/mask_n_pairs``.
 
@@ -134,16 +135,21 @@ class MaskedEvidenceProbe(EvidenceBase):
                  max_pairs: int | None = None, max_length: int | None = None,
                  contrastive: bool = True, norm_factor: str = "word_embedding",
                  rank_specials: bool = False, by_uid: bool = True, pll_batch_size: int = 512,
-                 leading_space: bool = True, layerwise: Sequence[LayerwiseMethod] = ()):
+                 leading_space: bool = True,
+                 layerwise: Sequence[LayerwiseMethod | str] = (),
+                 model: nn.Module | None = None):
         """As `EvidenceProbe`; ``rank_specials`` ranks [CLS]/[SEP] as the authors' code
         does; ``pll_batch_size``: masked copies per forward pass of the PLL;
         ``leading_space``: probe text as running text (`encoding.encode_pairs`; the PLL's
-        sentences after a space where the tokenizer marks word starts)."""
+        sentences after a space where the tokenizer marks word starts); ``layerwise``:
+        context-mixing methods by name (row t = the mask position of each layer's matrix)
+        or `LayerwiseMethod`s, ranked as NormXLogit is (specials, the mask dropped);
+        ``model``: try them on it now (an architecture one cannot read is refused)."""
         self.rank_specials, self.pll_batch_size = rank_specials, pll_batch_size
         super().__init__(pairs, tokenizer, batch_size, layers, seed, max_pairs=max_pairs,
                          max_length=max_length, contrastive=contrastive,
                          norm_factor=norm_factor, by_uid=by_uid, leading_space=leading_space,
-                         layerwise=layerwise)
+                         layerwise=layerwise, model=model)
 
     def _encode(self, pairs, tokenizer, max_length, leading_space) -> None:
         self.prefixed = [p for p in pairs if p.has_prefix]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from normx_track.errors import InputError
+from normx_track.keys import CONTEXT_MIXING_METHODS
 
 
 class ConfigError(InputError):
@@ -149,6 +150,11 @@ class TrackerConfig:
     # (lm-eval 0.3's BLiMP convention; lm-eval >= 0.4 puts the space, as the default).
     probe_leading_space: bool = True
     evidence_by_layer: bool = True
+    # Context-mixing methods the evidence probe also ranks layer by layer (row t of each
+    # layer's matrix; normx/evidence_{ap,dp}_by_layer/<method>/layer_NN): any of attention,
+    # rollout, value_zeroing, alti, globenc. Empty: off. Value Zeroing re-runs every layer
+    # once per input position (the costly one).
+    layerwise_methods: list[str] = field(default_factory=list)
     faithfulness_examples: int = 0  # held-out windows for comprehensiveness etc. (0: off)
     faithfulness_length: int = 32
     # The k of top-k%: the authors' 0, 0.1, ..., 1.0; ERASER's [0.01,0.05,0.1,0.2,0.5].
@@ -311,6 +317,16 @@ def validate(cfg: Config) -> Config:
     if cfg.trainer.strategy.startswith("fsdp_") and cfg.trainer.accelerator == "cpu":
         raise ConfigError(f"trainer.strategy={cfg.trainer.strategy} needs trainer.accelerator=gpu;"
                           " on CPU use trainer.strategy=fsdp (gloo) or ddp")
+    if isinstance(cfg.tracker.layerwise_methods, str):
+        raise ConfigError(f"tracker.layerwise_methods must be a list, e.g. [alti,rollout], got "
+                          f"{cfg.tracker.layerwise_methods!r}")
+    unknown = [m for m in cfg.tracker.layerwise_methods if m not in CONTEXT_MIXING_METHODS]
+    if unknown:
+        raise ConfigError(f"tracker.layerwise_methods: unknown method(s) {unknown}; the "
+                          f"choices are {list(CONTEXT_MIXING_METHODS)}")
+    if len(set(cfg.tracker.layerwise_methods)) < len(cfg.tracker.layerwise_methods):
+        raise ConfigError(f"tracker.layerwise_methods names a method twice: "
+                          f"{list(cfg.tracker.layerwise_methods)}")
     bad = [f for f in cfg.tracker.faithfulness_fractions if not 0 <= f <= 1]
     if bad or not cfg.tracker.faithfulness_fractions:
         raise ConfigError(f"tracker.faithfulness_fractions must be a non-empty list of "

@@ -7,10 +7,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import AutoTokenizer
 
 from normx_track.tracker.lightning import NormTracker
-from normx_track.training.config import Config, TrackerConfig, is_masked, to_dict
+from normx_track.attribution.mixing import UnsupportedModel, method_class
+from normx_track.training.config import Config, ConfigError, TrackerConfig, is_masked, to_dict
 from normx_track.training.data.datamodule import TextDataModule
 from normx_track.training.data.tokenizer import surface_forms
 from normx_track.gold.statistics import GoldStatistics, cache_key, compute_gold, load_lexicon
@@ -85,22 +87,54 @@ PROBES_BY_OBJECTIVE = {"causal": (EvidenceProbe, FaithfulnessProbe),
                        "masked": (MaskedEvidenceProbe, MaskedFaithfulnessProbe)}
 
 
+def layout_model(arch: str) -> torch.nn.Module:
+    """A tiny model of architecture ``arch`` (an HF model type) on the meta device: its
+    module layout, no weights, for checking that the layer-wise methods can read it."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    sizes = dict(num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
+                 intermediate_size=16, vocab_size=16, bos_token_id=0, eos_token_id=0,
+                 pad_token_id=0)
+    config = AutoConfig.for_model(arch, **sizes)
+    auto = AutoModelForMaskedLM if is_masked(arch) else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)
+
+
+def check_layerwise_methods(methods, arch: str) -> None:
+    """`ConfigError` in one line naming the method and the architecture when one of the
+    context-mixing ``methods`` cannot read ``arch``'s layout (at start-up)."""
+    if not methods:
+        return
+    model = layout_model(arch)
+    for method in methods:
+        try:
+            method_class(method)(model)
+        except UnsupportedModel as err:
+            raise ConfigError(f"tracker.layerwise_methods: {err} (model.arch={arch})") from None
+
+
 def build_probes(t: TrackerConfig, seed: int, tokenizer, probe_file: str | Path | None,
                  held_out: np.ndarray, max_length: int | None = None,
-                 masked: bool = False) -> list:
+                 masked: bool = False, arch: str | None = None) -> list:
     """The probes `t` asks for: evidence on `t.probe_file` (a file or a BLiMP spec; else
     the corpus's own `probe_file`), faithfulness on `held_out` tokens. ``max_length``:
-    the model's context size. ``masked``: a masked LM's probes (PROBES_BY_OBJECTIVE)."""
+    the model's context size. ``masked``: a masked LM's probes (PROBES_BY_OBJECTIVE).
+    ``t.layerwise_methods`` go to the evidence probe of either objective; ``arch`` (the
+    model's type): refuse now a method that cannot read it (`check_layerwise_methods`)."""
     evidence, faithfulness = PROBES_BY_OBJECTIVE["masked" if masked else "causal"]
     probes: list = []
     probe_file = t.probe_file or probe_file
     if t.evidence and probe_file:
+        if arch is not None:
+            check_layerwise_methods(t.layerwise_methods, arch)
         pairs = load_blimp(probe_file) if is_blimp_spec(probe_file) else probe_file
         # null: every pair (0 meant that in records written before 0 was refused)
         probes.append(evidence(pairs, tokenizer, seed=seed, max_pairs=t.max_probe_pairs or None,
                                max_length=max_length,
                                layers="all" if t.evidence_by_layer else "last",
-                               leading_space=t.probe_leading_space))
+                               leading_space=t.probe_leading_space,
+                               layerwise=list(t.layerwise_methods)))
     elif t.evidence:
         log.info("no probe file (tracker.probe_file): evidence alignment is not measured")
     if t.faithfulness_examples:
@@ -129,7 +163,8 @@ def probes_for_record(meta: dict) -> list:
     model = meta["config"]["model"]
     return build_probes(tracker, meta["config"]["seed"], tokenizer,
                         synthetic if synthetic.exists() else None, held_out,
-                        model["n_positions"], is_masked(model.get("arch", "gpt2")))
+                        model["n_positions"], is_masked(model.get("arch", "gpt2")),
+                        model.get("arch", "gpt2"))
 
 
 def tracker_arguments(cfg: Config, datamodule: TextDataModule, out_dir: Path) -> dict:
@@ -147,7 +182,7 @@ def tracker_arguments(cfg: Config, datamodule: TextDataModule, out_dir: Path) ->
                 signals=lexicon_signals(t.lexicons, datamodule),
                 probes=build_probes(t, cfg.seed, datamodule.tokenizer, datamodule.probe_file,
                                     datamodule.val_set.tokens, cfg.model.n_positions,
-                                    is_masked(cfg.model.arch)),
+                                    is_masked(cfg.model.arch), cfg.model.arch),
                 stop_on_nonfinite=t.stop_on_nonfinite, top_k_tokens=t.top_k_tokens,
                 meta={"config": to_dict(cfg), "data_dir": str(datamodule.dir.resolve())})
 
