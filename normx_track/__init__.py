@@ -9,6 +9,7 @@ from normx_track.version import __version__
 # `import normx_track.keys` (analysis) must not pull in torch or Lightning.
 _EXPORTS = {
     "Tracker": "tracker.core",
+    "tracker_inputs": "tracker.from_corpus",
     "TrackerUsageError": "tracker.core",
     "RankMissingError": "tracker.distributed",
     "NormTracker": "tracker.lightning",

@@ -5,11 +5,12 @@ probe text is tokenised as running text). Used by the attribution CLI and the pr
   word's first token (byte-level BPE, Metaspace), read from what it does.
 * `running_text`: text as it would appear mid-text (after a space).
 * `continuation_tokens`: a word's tokens as they continue a context.
+* `surface_forms`: each token id's text as the tokenizer decodes it alone.
 """
 from __future__ import annotations
 
 __all__ = ["continuation_tokens", "encode_text", "marks_word_starts", "running_text",
-           "token_ids", "word_first_token"]
+           "surface_forms", "token_ids", "word_first_token"]
 
 _COMMON_WORDS = ("the", "a", "of", "and", "to", "in", "is", "I")
 
@@ -70,3 +71,11 @@ def continuation_tokens(tokenizer, word: str, context: str = "") -> list[int]:
 def word_first_token(tokenizer, word: str, context: str = "") -> int:
     """The first of `continuation_tokens`."""
     return continuation_tokens(tokenizer, word, context)[0]
+
+
+def surface_forms(tokenizer) -> list[str]:
+    """Each token id's text as the tokenizer decodes it alone: byte-level pieces become
+    their bytes ("Ċ" a newline, a lone UTF-8 lead byte "\ufffd"), SentencePiece's "▁" a
+    space. Ids without a token give ""."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return ["" if t is None else tokenizer.convert_tokens_to_string([t]) for t in tokens]

@@ -114,17 +114,6 @@ def load_tokenizer(name: str):
         raise TokenizerError(f"tokenizer {name!r} could not be loaded ({reason})") from None
 
 
-def documents(tokenizer, batches, eos: int | None):
-    """Token-id arrays of each text batch's documents (EOS appended when there is one)."""
-    import numpy as np
-
-    for texts in batches:
-        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            if eos is not None:
-                ids.append(eos)
-            yield np.asarray(ids, dtype=np.int64)
-
-
 def run(args: argparse.Namespace) -> None:
     from normx_track.gold import texts
     from normx_track.gold.corpus import DEFAULT_CHUNK_TOKENS, corpus_gold, EmptyStreamError
@@ -137,8 +126,9 @@ def run(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.tokenizer)
     vocab = token_strings(tokenizer)
     eos = tokenizer.eos_token_id
-    stream = documents(tokenizer, texts.iter_texts(args.corpus, args.text_field, args.split),
-                       eos)
+    stream = texts.token_documents(
+        tokenizer, texts.iter_texts(args.corpus, args.text_field, args.split),
+        eos)
     try:
         gold = corpus_gold(stream, len(vocab), window=args.window,
                            shuffle_correction=args.shuffle_correction, seed=args.seed,

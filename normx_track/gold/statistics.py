@@ -216,6 +216,21 @@ def compute_gold(documents: Iterable[np.ndarray], vocab_size: int, window: int =
                           n_tokens=n_tokens, seed=seed)
 
 
+def without_specials(gold: GoldStatistics, special_ids: Iterable[int]) -> GoldStatistics:
+    """The gold signals NaN at the special tokens, so no correlation uses them (counts
+    and function-word labels as they are): a masked LM's [SEP] or </s> ends every document
+    but is no word of the language."""
+    ids = np.asarray(sorted(set(special_ids)), dtype=np.int64)
+    ids = ids[ids < gold.vocab_size]
+    for name in gold.names():
+        if name in ("counts", "function_word"):
+            continue
+        values = np.array(getattr(gold, name), dtype=np.float64)
+        values[ids] = np.nan
+        setattr(gold, name, values)
+    return gold
+
+
 def cache_key(*parts: str | bytes | int) -> str:
     """Stable sha256 hex over identifiers (tokenizer hash, data name, settings...).
 

@@ -157,3 +157,15 @@ def _spec_texts(spec: str, text_field: str, split: str) -> Iterator[list[str]]:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CorpusError(f"{spec}: could not be read ({type(err).__name__}"
                           f"{': ' + reason if reason else ''})") from None
+
+
+def token_documents(tokenizer, batches, eos: int | None):
+    """Token-id arrays of each text batch's documents (EOS appended when there is one),
+    tokenised as a run's stream is (no special tokens but the EOS)."""
+    import numpy as np
+
+    for texts in batches:
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            if eos is not None:
+                ids.append(eos)
+            yield np.asarray(ids, dtype=np.int64)

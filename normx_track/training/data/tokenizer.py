@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tokenizers import AddedToken, ByteLevelBPETokenizer, processors
+from normx_track.text import surface_forms  # noqa: F401 - re-exported
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,6 @@ def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
-
-
-def surface_forms(tokenizer) -> list[str]:
-    """Each token id's text as the tokenizer decodes it alone: byte-level pieces become
-    their bytes ("Ċ" a newline, a lone UTF-8 lead byte "\ufffd"), SentencePiece's "▁" a
-    space. Ids without a token give ""."""
-    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    return ["" if t is None else tokenizer.convert_tokens_to_string([t]) for t in tokens]
 
 
 def load_pretrained(name: str) -> PreTrainedTokenizerFast | None:
