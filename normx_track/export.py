@@ -29,16 +29,13 @@ naming the file, exit status 2.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from normx_track.errors import InputError
-from normx_track.record.atomic import AtomicWriteError
+from normx_track.record.atomic import AtomicWriteError, atomic_folder
 
 __all__ = ["ExportError", "export", "main"]
 
@@ -77,41 +74,16 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def write_atomically(out_dir: Path, write) -> None:
-    """`write(folder)` into a temp folder beside `out_dir`, then one rename: a failure
-    leaves neither `out_dir` nor the temp folder."""
+    """`write(folder)` into a temp folder beside `out_dir`, then one rename
+    (`atomic_folder`): a failure leaves neither `out_dir` nor the temp folder."""
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+        with atomic_folder(out_dir) as folder:
+            write(folder)
+    except AtomicWriteError:
+        raise  # the write itself failed (a full disk): named, nothing left behind
     except OSError as err:
         raise ExportError(f"{out_dir}: cannot create it ({err.strerror or err})") from None
-    try:
-        write(tmp)
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                _fsync(path)
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
-        os.replace(tmp, out_dir)  # over an empty folder too (checked before)
-        _fsync(out_dir.parent)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise AtomicWriteError(err.errno or errno.EIO, f"could not write {out_dir} "
-                                   f"({err.strerror or err}); nothing was written") from err
-        raise
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # -- the model ----------------------------------------------------------------------------

@@ -3,8 +3,10 @@ over it. A crash, a kill or a full disk mid-write leaves the previous version in
 by the record, the gold cache, the synthetic corpus and checkpoints."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["AtomicWriteError", "atomic_open", "atomic_save_npz", "atomic_write_json"]
+__all__ = ["AtomicWriteError", "atomic_folder", "atomic_open", "atomic_save_npz",
+           "atomic_write_json"]
 
 
 class AtomicWriteError(OSError):
@@ -41,7 +44,31 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A temp folder beside `path` to write into; on clean exit its files are fsynced and
+    it replaces `path` (absent, or an empty folder) in one rename. On failure it is
+    removed: `path` never appears half-written (an exported model folder)."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        for written in tmp.rglob("*"):
+            if written.is_file():
+                _fsync_folder(written)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, AtomicWriteError):
+            raise AtomicWriteError(err.errno or errno.EIO, f"could not write {path} "
+                                   f"({err.strerror or err}); nothing was written") from err
+        raise
+
+
 def _fsync_folder(folder: Path) -> None:
+    """fsync a file or a folder (a folder's entry list: a rename in it survives a power cut)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
