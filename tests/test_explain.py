@@ -17,7 +17,7 @@ from normx_track.attribution.normxlogit import attribute
 from normx_track.training.config import ModelConfig, OptimConfig
 from normx_track.training.data.tokenizer import train_bpe
 from normx_track.record.checkpoint_loader import load_model as load_checkpoint
-from normx_track.attribution.explain import explain, main
+from normx_track.attribution.explain import explain, main, render_html
 
 
 def load_model(path):
@@ -203,3 +203,99 @@ def test_a_tokenizer_of_another_vocabulary_is_refused(run_dir, tmp_path, capsys)
     code, _, err = run_main(capsys, run_dir / "checkpoints" / "last.ckpt", TEXT,
                             "--tokenizer", tmp_path / "other")
     assert code == 2 and "not this model's tokenizer" in err
+
+
+# ---------------------------------------------------------------- layer by layer (mixing)
+def _two_layer_dir(run_dir, tmp_path):
+    """A 2-layer GPT-2 of the run's vocabulary as an HF directory (per-layer rows to tell
+    apart), with the run's tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    torch.manual_seed(3)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=16, n_head=2,
+                                       n_positions=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "hf2")
+    return tmp_path / "hf2", tok
+
+
+def _layerwise_cells(page):
+    import re
+
+    rows = {}
+    for method, layer, cells in re.findall(
+            r'<tr class="layerwise" data-method="([^"]+)" data-layer="(\d+)">(.*?)</tr>', page):
+        rows[method, int(layer)] = np.array([float(c) for c in
+                                             re.findall(r"<td>(.*?)</td>", cells)[2:]])
+    return rows
+
+
+def test_layerwise_html_rows_are_context_mixings_row_t_beside_normxlogit(run_dir, tmp_path,
+                                                                         capsys):
+    from normx_track.attribution.mixing import context_mixing
+
+    hf, tok = _two_layer_dir(run_dir, tmp_path)
+    out = tmp_path / "layers.html"
+    code, stdout, err = run_main(capsys, hf, TEXT, "--target", "are", "--layerwise",
+                                 "alti,rollout", "--html", out, "--tokenizer",
+                                 run_dir / "tokenizer")
+    assert code == 0, err
+    assert "layer by layer" in stdout and "alti" in stdout and "rollout" in stdout
+    page = out.read_text()
+    assert "<h2>Layer by layer</h2>" in page and "<script" not in page
+    model = load_model(hf)
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"]
+    t = len(ids) - 1
+    cells = _layerwise_cells(page)
+    assert set(cells) == {("NormXLogit", l) for l in range(3)} | {
+        (m, l) for m in ("alti", "rollout") for l in (1, 2)}
+    for method in ("alti", "rollout"):
+        m = context_mixing(model, torch.tensor(ids), method)
+        for layer in (1, 2):
+            np.testing.assert_allclose(cells[method, layer], m[layer - 1, t].numpy(),
+                                       atol=6e-5)
+            assert f'class="row layerwise" data-method="{method}" data-layer="{layer}"' in page
+    target = tok(" are", add_special_tokens=False)["input_ids"][0]
+    a = attribute(model, torch.tensor([ids]), target=target, layers="all")
+    for layer in range(3):
+        np.testing.assert_allclose(cells["NormXLogit", layer],
+                                   a.normxlogit_layers[layer, 0].numpy(), atol=6e-5)
+    e = explain(model, tok, TEXT, target="are", layerwise=["globenc", "value_zeroing"])
+    for method in ("globenc", "value_zeroing"):  # the API: the exact rows
+        torch.testing.assert_close(torch.from_numpy(e.mixing[method]),
+                                   context_mixing(model, torch.tensor(ids), method)[:, t])
+    assert explain(model, tok, TEXT).mixing == {}  # none asked: none computed
+
+
+def test_layerwise_at_the_mask_of_a_masked_lm(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from normx_track.attribution.mixing import context_mixing
+
+    rng = np.random.default_rng(0)
+    tok = train_bpe([" ".join(rng.choice(WORDS, size=10)) for _ in range(200)], 300,
+                    tmp_path / "bert_tok", specials="bert")
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=16,
+                                       num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=32, max_position_embeddings=32,
+                                       pad_token_id=tok.pad_token_id)).eval()
+    text = f"the keys to the cabinet {tok.mask_token} red"
+    e = explain(model, tok, text, layerwise="alti,attention")
+    ids = tok(text)["input_ids"]
+    assert e.masked and ids[e.position] == tok.mask_token_id
+    for method in ("alti", "attention"):
+        torch.testing.assert_close(torch.from_numpy(e.mixing[method]),
+                                   context_mixing(model, torch.tensor(ids), method)[:, e.position])
+    page = render_html(e)
+    assert _layerwise_cells(page).keys() >= {("alti", 1), ("alti", 2), ("attention", 2)}
+
+
+def test_an_unknown_layerwise_method_is_one_line_and_status_2(run_dir, capsys):
+    code, _, err = run_main(capsys, run_dir / "checkpoints" / "last.ckpt", TEXT,
+                            "--layerwise", "alti,flow")
+    assert code == 2 and "unknown method(s) ['flow']" in err and "value_zeroing" in err
+    assert err.count("\n") == 1

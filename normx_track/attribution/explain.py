@@ -2,6 +2,7 @@
 
     python -m normx_track.attribution.explain CHECKPOINT "some text" [--target WORD] [--foil WORD]
                                   [--layer N] [--tokenizer PATH] [--html out.html]
+                                  [--layerwise alti,rollout]
 
 CHECKPOINT is either a Lightning ``.ckpt`` written by `normx_track.training.model.LanguageModel`
 (the HF model is rebuilt from its ``hf_config`` hyper-parameters and the ``model.``
@@ -26,6 +27,15 @@ special tokens; every other position is attributed. It prints a table of tokens 
 norm factor (||E[x_i]||), LogAt and NormXLogit, and with ``--html`` writes a
 self-contained coloured view. Errors (unreadable or corrupt checkpoint, missing tokenizer, bad layer) print one
 line naming the problem and exit with status 2.
+
+``--layerwise alti,rollout`` (any of attention, rollout, value_zeroing, alti, globenc;
+`normx_track.attribution.mixing`) adds the sentence layer by layer: for each method, row t
+of each layer's context-mixing matrix (how much the explained position draws on each
+input position after layer l, l = 1..L), beside NormXLogit through the logit lens at every
+layer (0 = embeddings .. L): printed as a block per method, and in the HTML view as heat
+rows per layer and a table of the numbers. ``explain(..., layerwise=("alti",))`` gives the
+same rows in `Explanation.mixing` and `Explanation.normxlogit_by_layer`. A method the
+architecture cannot be read by is one line and status 2, like the errors above.
 """
 from __future__ import annotations
 
@@ -33,7 +43,7 @@ import argparse
 import html
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +51,8 @@ import numpy as np
 import torch
 
 from normx_track.attribution.masked import is_masked_lm
+from normx_track.attribution.mixing import METHODS as MIXING_METHODS
+from normx_track.attribution.mixing import UnsupportedModel, context_mixing
 from normx_track.attribution.normxlogit import attribute
 from normx_track.errors import InputError
 from normx_track.modeling import context_size, encoder_context_size, num_layers
@@ -49,8 +61,8 @@ from normx_track.record.store import read_json, vocab_hash
 from normx_track.text import continuation_tokens
 
 __all__ = ["ExplainError", "Explanation", "check_run_tokenizer", "check_vocabulary", "explain",
-           "format_table", "load_tokenizer", "main", "recorded_tokenizer", "render_html",
-           "tokenizer_from"]
+           "format_table", "layerwise_names", "load_tokenizer", "main", "recorded_tokenizer",
+           "render_html", "tokenizer_from"]
 
 
 class ExplainError(InputError):
@@ -145,6 +157,11 @@ class Explanation:
     n_layers: int = 0
     note: str = ""  # how a multi-token target (or a shared start with the foil) was read
     masked: bool = False  # a masked LM's prediction at the mask (position), not after it
+    # Layer by layer (``layerwise``): per context-mixing method [L, T], row ``position`` of
+    # each layer's matrix (index l-1: after layer l); NormXLogit per layer [L+1, T] (index l:
+    # the hidden state after layer l, 0 = embeddings), None when no method was asked for.
+    mixing: dict[str, np.ndarray] = field(default_factory=dict)
+    normxlogit_by_layer: np.ndarray | None = None
 
 
 def _decode(tokenizer, token_id: int) -> str:
@@ -214,11 +231,29 @@ def _masked_targets(tokenizer, text: str, ids: list[int], target: str | None,
     return ids, target_id, foil_id, note
 
 
+def layerwise_names(methods: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Context-mixing method names from ``"alti,rollout"`` or a sequence; an unknown one is
+    an `ExplainError` naming the choices."""
+    if methods is None:
+        return ()
+    names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
+    names = [m for m in names if m]
+    unknown = [m for m in names if m not in MIXING_METHODS]
+    if unknown:
+        raise ExplainError(f"--layerwise: unknown method(s) {unknown}; the choices are "
+                           f"{', '.join(MIXING_METHODS)}")
+    return tuple(dict.fromkeys(names))
+
+
 def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = None,
             foil: str | None = None, layer: int | None = None,
-            norm_factor: str = "word_embedding") -> Explanation:
+            norm_factor: str = "word_embedding",
+            layerwise: str | Sequence[str] | None = ()) -> Explanation:
     """NormXLogit / LogAt of every token of ``text`` for the prediction after it (a causal
-    LM), or at the mask token in it (a masked LM, the text with its special tokens)."""
+    LM), or at the mask token in it (a masked LM, the text with its special tokens).
+    ``layerwise``: context-mixing methods (`mixing.METHODS`) whose row at the explained
+    position is given for every layer, with NormXLogit at every layer beside them."""
+    methods = layerwise_names(layerwise)
     masked = is_masked_lm(model)
     ids = tokenizer(text, add_special_tokens=masked)["input_ids"]
     if not ids:
@@ -253,6 +288,17 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
     lat = a.logat[0] if layer is None else a.logat_layers[0, 0]
     nxl = a.normxlogit[0] if layer is None else a.normxlogit_layers[0, 0]
     n_layers = num_layers(model)
+    mixing, by_layer = {}, None
+    if methods:
+        explained = int(a.position[0])
+        try:
+            mixing = {m: context_mixing(model, torch.tensor(ids), m)[:, explained].cpu().numpy()
+                      for m in methods}
+        except UnsupportedModel as err:
+            raise ExplainError(f"--layerwise: {checkpoints.first_line(err)}") from None
+        every = attribute(model, torch.tensor([ids]), target=tid, foil=foil_id, layers="all",
+                          norm_factor=norm_factor, position=position)
+        by_layer = every.normxlogit_layers[:, 0].numpy()
     return Explanation(
         text=text, token_ids=list(ids), tokens=[_decode(tokenizer, i) for i in ids],
         norm=a.norm[0].numpy(), logat=lat.numpy(), normxlogit=nxl.numpy(),
@@ -263,7 +309,7 @@ def explain(model: torch.nn.Module, tokenizer, text: str, target: str | None = N
         foil_id=foil_id, foil=None if foil_id is None else _decode(tokenizer, foil_id),
         foil_prob=None if foil_id is None else float(probs[foil_id]),
         layer=None if layer is None else int(a.layers[0]), n_layers=int(n_layers), note=note,
-        masked=masked)
+        masked=masked, mixing=mixing, normxlogit_by_layer=by_layer)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -294,7 +340,32 @@ def format_table(e: Explanation) -> str:
             bar = ("+" if value >= 0 else "-") * max(1, round(12 * abs(value) / peak))
         lines.append(f"{i:>4}  {repr(token):<{width}}  {e.norm[i]:>9.4f}  {e.logat[i]:>10.4f}  "
                      f"{value:>11.4f}  {bar}")
+    lines += _layerwise_table(e)
     return "\n".join(lines)
+
+
+def _layerwise_rows(e: Explanation) -> list[tuple[str, int, np.ndarray]]:
+    """(method, layer, [T] scores) for every layer-wise row: NormXLogit per layer (0 = the
+    embeddings .. L), then each context-mixing method's row t per layer (1 .. L)."""
+    rows: list[tuple[str, int, np.ndarray]] = []
+    if e.normxlogit_by_layer is not None:
+        rows += [("NormXLogit", l, v) for l, v in enumerate(e.normxlogit_by_layer)]
+    for method, stack in e.mixing.items():
+        rows += [(method, l + 1, v) for l, v in enumerate(stack)]
+    return rows
+
+
+def _layerwise_table(e: Explanation) -> list[str]:
+    rows = _layerwise_rows(e)
+    if not rows:
+        return []
+    where = "the mask" if e.masked else "the last position"
+    lines = ["", f"layer by layer: NormXLogit (logit lens) and row {e.position} ({where}) of "
+             "each context-mixing matrix, by input position",
+             f"{'method':<14}{'layer':>5}  " + " ".join(f"{i:>8}" for i in range(len(e.tokens)))]
+    for method, layer, values in rows:
+        lines.append(f"{method:<14}{layer:>5}  " + " ".join(f"{v:>8.4f}" for v in values))
+    return lines
 
 
 def _colour(value: float, peak: float) -> str:
@@ -327,6 +398,7 @@ def render_html(e: Explanation, title: str = "NormXLogit explanation") -> str:
         f"<td>{e.logat[i]:.4f}</td><td>{e.normxlogit[i]:.4f}</td></tr>"
         for i, t in enumerate(e.tokens))
     top = ", ".join(f"<code>{html.escape(repr(t))}</code> {p:.3f}" for t, p in e.top)
+    layerwise = _layerwise_html(e)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -347,7 +419,41 @@ td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
 {"".join(rows)}
 <table><tr><th>pos</th><th>token</th><th>norm</th><th>LogAt</th><th>NormXLogit</th></tr>
 {table}</table>
-</body></html>
+{layerwise}</body></html>
+"""
+
+
+def _layerwise_html(e: Explanation) -> str:
+    """Heat rows per layer (each row coloured by its own max |score|) and the numbers:
+    NormXLogit through the logit lens, then each context-mixing method's row t."""
+    rows = _layerwise_rows(e)
+    if not rows:
+        return ""
+    heat, cells = [], []
+    for method, layer, values in rows:
+        finite = values[np.isfinite(values)]
+        peak = float(np.abs(finite).max()) if finite.size else 0.0
+        spans = "".join(
+            f'<span class="tok" style="background:{_colour(values[i], peak)}" '
+            f'title="{html.escape(f"position {i}: {method} layer {layer} {values[i]:.4f}")}">'
+            f'{html.escape(token)}</span>' for i, token in enumerate(e.tokens))
+        heat.append(f'<div class="row layerwise" data-method="{html.escape(method)}" '
+                    f'data-layer="{layer}"><div class="name">{html.escape(method)} '
+                    f'{layer}</div><div class="text">{spans}</div></div>')
+        cells.append(f'<tr class="layerwise" data-method="{html.escape(method)}" '
+                     f'data-layer="{layer}"><td>{html.escape(method)}</td><td>{layer}</td>'
+                     + "".join(f"<td>{v:.4f}</td>" for v in values) + "</tr>")
+    where = "the mask" if e.masked else "the last position"
+    header = "".join(f"<th>{i} <code>{html.escape(repr(t))}</code></th>"
+                     for i, t in enumerate(e.tokens))
+    return f"""<h2>Layer by layer</h2>
+<p>NormXLogit through the logit lens at each layer (0 = embeddings), and for each
+context-mixing method row {e.position} ({html.escape(where)}) of layer l's matrix: how much
+the explained position draws on each input position after layer l. Each row is coloured by
+its own largest value.</p>
+{"".join(heat)}
+<table class="layerwise"><tr><th>method</th><th>layer</th>{header}</tr>
+{"".join(cells)}</table>
 """
 
 
@@ -366,6 +472,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--norm-factor", default="word_embedding",
                    choices=("word_embedding", "embedding_output"))
     p.add_argument("--html", type=Path, help="write a coloured HTML view here")
+    p.add_argument("--layerwise", metavar="METHODS",
+                   help="context-mixing methods shown layer by layer beside NormXLogit, "
+                        f"comma-separated: {','.join(MIXING_METHODS)}")
     return p
 
 
@@ -373,12 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_transformers()
     try:
+        methods = layerwise_names(args.layerwise)  # before loading: a typo fails fast
         model = checkpoints.load_model(args.checkpoint).model
         tokenizer = load_tokenizer(args.checkpoint, args.tokenizer)
         if args.tokenizer is not None:
             check_run_tokenizer(args.checkpoint, tokenizer)
         e = explain(model, tokenizer, args.text, args.target, args.foil, args.layer,
-                    args.norm_factor)
+                    args.norm_factor, methods)
         print(f"checkpoint: {args.checkpoint}")
         print(format_table(e))
         if args.html is not None:
