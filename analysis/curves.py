@@ -23,17 +23,33 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-from matplotlib.figure import Figure
-
-from normx_track.gold.metrics import correlations as _correlations
-
-from . import figures as F
-from . import robustness
-from .load import Run, cli_load_run, cli_warnings, unwritable
-
 FIGURES = ("correlations", "frequency_control", "beyond_frequency", "frequency_deciles",
            "function_content", "evidence_by_layer", "evidence", "faithfulness")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.curves", description=__doc__.split(
+        "\n\n")[0], epilog="Figures: " + ", ".join(FIGURES))
+    p.add_argument("run_dir", type=Path, help="a run's output dir (holding normx/)")
+    p.add_argument("--out", type=Path, help="where to write the figures (default RUN_DIR/figures)")
+    p.add_argument("--log-steps", action=argparse.BooleanOptionalAction, default=True,
+                   help="log-scaled step axis (symlog: step 0 stays visible; the default)")
+    p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT",
+                   help="file formats (default: png svg)")
+    return p
+
+
+if __name__ == "__main__":  # --help and a bad option answer before the imports below
+    parser().parse_args()
+
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from normx_track.gold.metrics import correlations as _correlations  # noqa: E402
+
+from . import figures as F  # noqa: E402
+from . import robustness  # noqa: E402
+from .load import Run, cli_load_run, cli_warnings, unwritable  # noqa: E402
 
 
 def build_figures(run: Run, log_steps: bool = True) -> dict[str, Figure | str]:
@@ -90,18 +106,6 @@ def frequency_confound(gold: dict, min_count: int) -> dict[str, float]:
             continue
         out[name] = spearman_over_types(values, counts, min_count)
     return out
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.curves", description=__doc__.split(
-        "\n\n")[0], epilog="Figures: " + ", ".join(FIGURES))
-    p.add_argument("run_dir", type=Path, help="a run's output dir (holding normx/)")
-    p.add_argument("--out", type=Path, help="where to write the figures (default RUN_DIR/figures)")
-    p.add_argument("--log-steps", action=argparse.BooleanOptionalAction, default=True,
-                   help="log-scaled step axis (symlog: step 0 stays visible; the default)")
-    p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT",
-                   help="file formats (default: png svg)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

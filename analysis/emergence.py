@@ -24,7 +24,35 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+from .cli import non_negative_int
+
+# normx_track.gold.emergence's DEFAULT_BAND and DEFAULT_N_PERM, for the parser: importing
+# it (scipy) would slow --help (tests/test_cli_startup.py checks that they agree).
+_BAND, _N_PERM = 10.0, 200
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.emergence",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path, help="a run's output dir (holding normx/)")
+    p.add_argument("--band", type=float, default=_BAND,
+                   help="settled = within +-BAND percentile points of the final rank (10)")
+    p.add_argument("--min-count", type=non_negative_int,
+                   help="types seen at least this often (the run's)")
+    p.add_argument("--out", type=Path, help="output dir (default RUN_DIR/figures)")
+    p.add_argument("--top", type=int, default=15, help="tokens listed settling first/last")
+    p.add_argument("--n-perm", type=int, default=_N_PERM,
+                   help="shuffled draws of the settling null (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the null and the bootstrap (default 0)")
+    p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT")
+    return p
+
+
+if __name__ == "__main__":  # --help and a bad option answer before the imports below
+    parser().parse_args()
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,7 +65,7 @@ from normx_track.gold import emergence as E  # noqa: E402
 from normx_track.keys import correlation_key  # noqa: E402
 
 from . import figures as F  # noqa: E402
-from .load import Run, cli_load_run, cli_warnings, non_negative_int, unwritable  # noqa: E402
+from .load import Run, cli_load_run, cli_warnings, unwritable  # noqa: E402
 
 GOLD_COLUMNS = ("self_information", "information_gain", "information_gain_corrected")
 ORDER_SIGNALS = ("information_gain", "information_gain_corrected")
@@ -250,24 +278,6 @@ def write(tables: dict[str, pd.DataFrame], figures: dict[str, Figure | str], out
     paths += [out / f"{n}.{fmt}" for n, f in figures.items() if not isinstance(f, str)
               for fmt in formats]
     return paths
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.emergence",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", type=Path, help="a run's output dir (holding normx/)")
-    p.add_argument("--band", type=float, default=E.DEFAULT_BAND,
-                   help="settled = within +-BAND percentile points of the final rank (10)")
-    p.add_argument("--min-count", type=non_negative_int,
-                   help="types seen at least this often (the run's)")
-    p.add_argument("--out", type=Path, help="output dir (default RUN_DIR/figures)")
-    p.add_argument("--top", type=int, default=15, help="tokens listed settling first/last")
-    p.add_argument("--n-perm", type=int, default=E.DEFAULT_N_PERM,
-                   help="shuffled draws of the settling null (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the null and the bootstrap (default 0)")
-    p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ gaps. The record readers themselves are `normx_track.record.store`'.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import json
 import re
@@ -26,6 +25,8 @@ import pandas as pd
 from normx_track.record.store import (list_snapshots, load_snapshot, read_json, read_metrics,
                                  record_dir, snapshot_path)
 from normx_track.keys import PREFIX
+
+from .cli import non_negative_int  # noqa: F401 - analysis.load.non_negative_int, as before
 
 T = TypeVar("T")
 MAX_JOB_DEPTH = 3  # how deep below a multirun dir job dirs are looked for
@@ -234,14 +235,6 @@ def unwritable(out: str | Path, default: bool) -> str | None:
         return None
     hint = "; pass --out DIR to write elsewhere" if default else ""
     return f"{existing}: cannot write there (read-only or not a folder){hint}"
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: a count such as --min-count."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def find_runs(multirun_dir: str | Path) -> list[Path]:

@@ -32,21 +32,52 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from normx_track import keys
-from normx_track.gold.statistics import GoldStatistics
-from normx_track.probes.base import run_probes
-from normx_track.record.checkpoint_loader import (CheckpointError, load_lightning,
-                                                  load_pretrained, read_lightning_checkpoint)
-from normx_track.record.embedding_reader import fingerprint, read_embeddings
-from normx_track.record.store import (RecordLock, RecordLockedError, RecordWriter, read_json,
-                                      read_metrics, record_dir, set_aside, vocab_hash)
-from normx_track.record.suite import (Checkpoint, is_local_suite,
-                                      single_checkpoints, suite_checkpoints, suite_tokenizer)
-from normx_track.attribution.normxlogit import row_norms
-from normx_track.tracker.snapshot import NormMetrics, norm_arrays
-from normx_track.training.config import TrackerConfig
+from .cli import non_negative_int, positive_int
 
-from .load import non_negative_int
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.replay",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("sources", nargs="+", help="a suite (hub repo or folder of step folders), "
+                   "HF model folders or hub repos named by step, or .ckpt files")
+    p.add_argument("--revisions", nargs="+", help="the suite's revisions: 'all' (its step "
+                   "branches or folders) or names, e.g. step0 step1000")
+    p.add_argument("--like", type=Path, help="a run dir whose gold, vocab and settings to use")
+    p.add_argument("--gold", type=Path, help="gold.npz (python -m normx_track.gold)")
+    p.add_argument("--vocab", type=Path, help="vocab.json: token strings by id "
+                   "(default: the one beside --gold)")
+    p.add_argument("--min-count", type=non_negative_int, default=None)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--norms-only", action="store_true", help="read only the embedding "
+                      "tensors (the default for Hugging Face checkpoints)")
+    mode.add_argument("--full", action="store_true", help="load whole models (for probes)")
+    p.add_argument("--probes", type=Path, help="with --full: an evidence probe file (JSON "
+                   "lines, or BLiMP rows) scored with the suite's tokenizer")
+    p.add_argument("--tokens-per-step", type=non_negative_int, default=None,
+                   help="tokens per optimizer step (Pythia: 2097152) for tokens_seen")
+    p.add_argument("--workers", type=positive_int, default=1, help="checkpoints read at once")
+    p.add_argument("--out", type=Path, required=True, help="run dir to write normx/ into")
+    return p
+
+
+if __name__ == "__main__":  # --help and a bad option answer before the imports below
+    parser().parse_args()
+
+from normx_track import keys  # noqa: E402
+from normx_track.gold.statistics import GoldStatistics  # noqa: E402
+from normx_track.probes.base import run_probes  # noqa: E402
+from normx_track.record.checkpoint_loader import (CheckpointError, load_lightning,  # noqa: E402
+                                                  load_pretrained, read_lightning_checkpoint)
+from normx_track.record.embedding_reader import fingerprint, read_embeddings  # noqa: E402
+from normx_track.record.store import (RecordLock, RecordLockedError, RecordWriter, read_json,  # noqa: E402
+                                      read_metrics, record_dir, set_aside, vocab_hash)
+from normx_track.record.suite import (Checkpoint, is_local_suite,  # noqa: E402
+                                      single_checkpoints, suite_checkpoints, suite_tokenizer)
+from normx_track.attribution.normxlogit import row_norms  # noqa: E402
+from normx_track.tracker.snapshot import NormMetrics, norm_arrays  # noqa: E402
+from normx_track.training.config import TrackerConfig  # noqa: E402
 
 
 def _fail(message: str) -> None:
@@ -341,40 +372,6 @@ def check_suite_tokenizer(tokenizer, gold: GoldStatistics, gold_vocab: list[str]
 
 
 # ------------------------------------------------------------------------ command
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.replay",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("sources", nargs="+", help="a suite (hub repo or folder of step folders), "
-                   "HF model folders or hub repos named by step, or .ckpt files")
-    p.add_argument("--revisions", nargs="+", help="the suite's revisions: 'all' (its step "
-                   "branches or folders) or names, e.g. step0 step1000")
-    p.add_argument("--like", type=Path, help="a run dir whose gold, vocab and settings to use")
-    p.add_argument("--gold", type=Path, help="gold.npz (python -m normx_track.gold)")
-    p.add_argument("--vocab", type=Path, help="vocab.json: token strings by id "
-                   "(default: the one beside --gold)")
-    p.add_argument("--min-count", type=non_negative_int, default=None)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--norms-only", action="store_true", help="read only the embedding "
-                      "tensors (the default for Hugging Face checkpoints)")
-    mode.add_argument("--full", action="store_true", help="load whole models (for probes)")
-    p.add_argument("--probes", type=Path, help="with --full: an evidence probe file (JSON "
-                   "lines, or BLiMP rows) scored with the suite's tokenizer")
-    p.add_argument("--tokens-per-step", type=non_negative_int, default=None,
-                   help="tokens per optimizer step (Pythia: 2097152) for tokens_seen")
-    p.add_argument("--workers", type=_positive, default=1, help="checkpoints read at once")
-    p.add_argument("--out", type=Path, required=True, help="run dir to write normx/ into")
-    return p
-
-
-def _positive(text: str) -> int:
-    value = non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _suite_probes(args: argparse.Namespace, tokenizer, checkpoint: Checkpoint) -> list:
     """--probes with the suite's tokenizer: evidence and minimal-pair accuracy."""
     from normx_track.record.embedding_reader import read_config

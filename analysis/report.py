@@ -20,19 +20,42 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
 
-from normx_track import keys as K
-from normx_track.keys import auroc_key, correlation_key
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.report",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("path", type=Path, metavar="RUN_OR_MULTIRUN_DIR",
+                   help="a run dir (holding normx/) or a Hydra multirun dir")
+    p.add_argument("--out", type=Path, help="the HTML file (default DIR/report.html)")
+    p.add_argument("--steps", type=int, nargs="+", metavar="STEP",
+                   help="steps for the token tables (default: first, middle, last snapshot; "
+                        "a step without a snapshot shows the nearest one)")
+    p.add_argument("--top-k", type=int, default=15, help="tokens per table (default 15)")
+    p.add_argument("--log-steps", action=argparse.BooleanOptionalAction, default=True,
+                   help="log-scaled (symlog) step axis (the default; --no-log-steps: linear)")
+    p.add_argument("--group-by", nargs="+", metavar="KEY",
+                   help="multirun only: keys to group runs by (see analysis.sweep)")
+    p.add_argument("--band", choices=("std", "minmax"), default="std",
+                   help="multirun only: spread over seeds (default std)")
+    return p
 
-from . import robustness
-from .curves import build_figures
-from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, load_run,
+
+if __name__ == "__main__":  # --help and a bad option answer before the imports below
+    parser().parse_args()
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from normx_track import keys as K  # noqa: E402
+from normx_track.keys import auroc_key, correlation_key  # noqa: E402
+
+from . import robustness  # noqa: E402
+from .curves import build_figures  # noqa: E402
+from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, load_run,  # noqa: E402
                    load_sweep, no_record_message, unwritable)
-from .sweep import build_sweep, emergence_summary
+from .sweep import build_sweep, emergence_summary  # noqa: E402
 
 # The summary's metrics: plain and frequency-controlled Spearman side by side, the AUROC,
 # accuracy and evidence AP (key prefixes, as the tracker and probes define them), and the
@@ -306,25 +329,6 @@ def sweep_report(runs: list[Run], root: Path, steps: Sequence[int] | None = None
             + "<h2>Top and bottom norm tokens</h2>" + per_run
             + "<h2>Config (first run)</h2>" + _json_block(runs[0].config))
     return page(f"normx-track sweep report: {root}", body)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.report",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("path", type=Path, metavar="RUN_OR_MULTIRUN_DIR",
-                   help="a run dir (holding normx/) or a Hydra multirun dir")
-    p.add_argument("--out", type=Path, help="the HTML file (default DIR/report.html)")
-    p.add_argument("--steps", type=int, nargs="+", metavar="STEP",
-                   help="steps for the token tables (default: first, middle, last snapshot; "
-                        "a step without a snapshot shows the nearest one)")
-    p.add_argument("--top-k", type=int, default=15, help="tokens per table (default 15)")
-    p.add_argument("--log-steps", action=argparse.BooleanOptionalAction, default=True,
-                   help="log-scaled (symlog) step axis (the default; --no-log-steps: linear)")
-    p.add_argument("--group-by", nargs="+", metavar="KEY",
-                   help="multirun only: keys to group runs by (see analysis.sweep)")
-    p.add_argument("--band", choices=("std", "minmax"), default="std",
-                   help="multirun only: spread over seeds (default std)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,16 +26,43 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from scipy import stats
-from matplotlib.figure import Figure
 
-from normx_track.keys import OUTPUT_PREFIX, PREFIX, auroc_key, correlation_key
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis.sweep",
+                                description=__doc__.split("\n\n")[0],
+                                epilog="Example: python -m analysis.sweep multirun/2025-01-01/"
+                                       "12-00-00 --group-by model.tie_word_embeddings")
+    p.add_argument("multirun_dir", type=Path, help="a Hydra multirun dir (job subdirs 0/, 1/, ...)")
+    p.add_argument("--group-by", nargs="+", metavar="KEY",
+                   help="override/config keys to group runs by (default: every override key "
+                        "except seed)")
+    p.add_argument("--out", type=Path, help="output dir (default MULTIRUN_DIR/analysis)")
+    p.add_argument("--band", choices=("std", "minmax"), default="std",
+                   help="spread over seeds drawn around each mean (default: std)")
+    p.add_argument("--log-steps", action="store_true", help="log-scaled (symlog) step axis")
+    p.add_argument("--metrics", nargs="+", metavar="PATTERN",
+                   help="fnmatch patterns of the metric keys in summary.csv (default: all), "
+                        "e.g. 'normx/spearman/*'")
+    p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT",
+                   help="figure formats (default: png svg)")
+    p.add_argument("--mix-vocabularies", action="store_true",
+                   help="average runs of different vocabularies (vocab_hash) within a group")
+    return p
 
-from . import figures as F
-from .emergence import curve_table
-from .load import (NoRecordError, RecordWarning, Run, cli_warnings, default_group_keys,
+
+if __name__ == "__main__":  # --help and a bad option answer before the imports below
+    parser().parse_args()
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from normx_track.keys import OUTPUT_PREFIX, PREFIX, auroc_key, correlation_key  # noqa: E402
+
+from . import figures as F  # noqa: E402
+from .emergence import curve_table  # noqa: E402
+from .load import (NoRecordError, RecordWarning, Run, cli_warnings, default_group_keys,  # noqa: E402
                    load_sweep, metric_columns, mixed_vocabularies, sweep_frame, varying_keys)
 
 SUMMARY_COLUMNS = ["n_runs", "final_mean", "final_std", "peak_mean", "peak_std",
@@ -183,29 +210,6 @@ def build_sweep(runs: list[Run], group_by: list[str] | None = None, band: str = 
         except F.Skipped as why:
             figures[name] = str(why)
     return figures, table, frame, labels
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.sweep",
-                                description=__doc__.split("\n\n")[0],
-                                epilog="Example: python -m analysis.sweep multirun/2025-01-01/"
-                                       "12-00-00 --group-by model.tie_word_embeddings")
-    p.add_argument("multirun_dir", type=Path, help="a Hydra multirun dir (job subdirs 0/, 1/, ...)")
-    p.add_argument("--group-by", nargs="+", metavar="KEY",
-                   help="override/config keys to group runs by (default: every override key "
-                        "except seed)")
-    p.add_argument("--out", type=Path, help="output dir (default MULTIRUN_DIR/analysis)")
-    p.add_argument("--band", choices=("std", "minmax"), default="std",
-                   help="spread over seeds drawn around each mean (default: std)")
-    p.add_argument("--log-steps", action="store_true", help="log-scaled (symlog) step axis")
-    p.add_argument("--metrics", nargs="+", metavar="PATTERN",
-                   help="fnmatch patterns of the metric keys in summary.csv (default: all), "
-                        "e.g. 'normx/spearman/*'")
-    p.add_argument("--formats", nargs="+", default=["png", "svg"], metavar="FMT",
-                   help="figure formats (default: png svg)")
-    p.add_argument("--mix-vocabularies", action="store_true",
-                   help="average runs of different vocabularies (vocab_hash) within a group")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ import os
 import sys
 
 from normx_track import keys as K
-from normx_track.training.loggers import wandb_logged_in
 from normx_track.keys import auroc_key, correlation_key, norm_key
 
 STEP = "trainer/global_step"
@@ -72,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", default="normx-track")
     parser.add_argument("--name", default="normx")
     args = parser.parse_args(argv)
+    from normx_track.training.loggers import wandb_logged_in  # Lightning: after the arguments
+
     if os.environ.get("WANDB_MODE") in ("offline", "disabled") or not wandb_logged_in():
         print("wandb_layout: W&B is offline (not logged in, or WANDB_MODE=offline); "
               "nothing to do — run it again when online")

@@ -20,18 +20,14 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterable
 
-import torch
-from transformers import AutoModelForCausalLM
-
+# Light imports only: torch, transformers and the library modules that import them are
+# imported in the functions that use them, so an example answers --help and a bad option
+# before loading them (issue 30 §6).
 from normx_track.errors import InputError
 from normx_track.record.atomic import AtomicWriteError
-from normx_track.record.checkpoint_loader import first_line
 from normx_track.record.store import (RECORD_DIR, RecordLockedError, aside_name, set_aside,
                                       vocab_hash)
 from normx_track.training.config import Config, validate
-from normx_track.training.data.datamodule import TextDataModule
-from normx_track.training.model import build_hf_config
-from normx_track.training.tracker_factory import tracker_arguments
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 USER_FACING = (InputError, RecordLockedError, AtomicWriteError)  # one line, exit status 2
@@ -45,6 +41,8 @@ def compose(overrides: list[str]) -> Config:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from normx_track.record.checkpoint_loader import first_line
+
     ConfigStore.instance().store(name="config_schema", node=Config)
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -57,6 +55,13 @@ def compose(overrides: list[str]) -> Config:
 def data_model_and_tracker_args(cfg: Config, out: Path):
     """The corpus (tokenised and cached), the freshly initialised HF model (seeded as
     train.py seeds it) and the tracker's arguments (gold, vocab, probes, schedule)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from normx_track.training.data.datamodule import TextDataModule
+    from normx_track.training.model import build_hf_config
+    from normx_track.training.tracker_factory import tracker_arguments
+
     torch.manual_seed(cfg.seed)
     data = TextDataModule(cfg.data, seed=cfg.seed)
     data.prepare_data()
@@ -113,6 +118,8 @@ def identity(run_id: str, vocab: list[str]) -> dict[str, str]:
 
 def record_meta(out: Path) -> dict | None:
     """The record's meta.json (None: no record yet); one line naming it if damaged."""
+    from normx_track.record.checkpoint_loader import first_line
+
     path = out / RECORD_DIR / "meta.json"
     if not path.exists():
         return None

@@ -21,6 +21,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ArgumentParser, at_least_one, check_run_folder, check_same_run, cli,  # noqa: E402
                     compose, data_model_and_tracker_args, identity, new_run_id, start_fresh)
 
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="the run folder (the record goes to OUT/normx)")
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N")
+    p.add_argument("--wandb", action="store_true", help="report to W&B (offline unless logged in)")
+    p.add_argument("overrides", nargs="*", default=["debug=tiny"],
+                   help="Hydra overrides of this project's configs (default: debug=tiny)")
+    return p
+
+
+if __name__ == "__main__":  # --help and a bad option answer before the imports below
+    if cli(parser().parse_intermixed_args):  # a bad option: its one error line is printed
+        sys.exit(2)
+
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
@@ -131,14 +147,7 @@ def resume_or_start(out: Path, resume: bool, max_steps: int, tracker: NormTracke
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> None:
-        parser = ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("out", type=Path, help="the run folder (the record goes to OUT/normx)")
-        parser.add_argument("--max-steps", type=int, default=200)
-        parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N")
-        parser.add_argument("--wandb", action="store_true", help="report to W&B (offline unless logged in)")
-        parser.add_argument("overrides", nargs="*", default=["debug=tiny"],
-                            help="Hydra overrides of this project's configs (default: debug=tiny)")
-        args = parser.parse_intermixed_args(argv)  # OUT, options and overrides in any order
+        args = parser().parse_intermixed_args(argv)  # OUT, options and overrides in any order
         at_least_one("--max-steps", args.max_steps)
         check_run_folder(args.out)
         trainer, tracker = build_trainer(args.out, args.max_steps, args.overrides, wandb=args.wandb)

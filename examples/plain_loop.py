@@ -15,11 +15,26 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ArgumentParser, at_least_one, check_run_folder, check_same_run, cli,  # noqa: E402
                     compose, data_model_and_tracker_args, identity, new_run_id, start_fresh)
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path, help="the run folder (the record goes to OUT/normx)")
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("overrides", nargs="*", default=["debug=tiny"],
+                   help="Hydra overrides of this project's configs (default: debug=tiny)")
+    return p
+
+
+if __name__ == "__main__":  # --help and a bad option answer before the imports below
+    if cli(parser().parse_intermixed_args):  # a bad option: its one error line is printed
+        sys.exit(2)
+
+import torch  # noqa: E402
 
 from normx_track import Tracker  # noqa: E402
 from normx_track.errors import InputError  # noqa: E402
@@ -115,13 +130,7 @@ def train(out: Path, max_steps: int, overrides: list[str], resume: bool = False,
 
 def main(argv: list[str] | None = None) -> int:
     def body() -> None:
-        parser = ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("out", type=Path, help="the run folder (the record goes to OUT/normx)")
-        parser.add_argument("--max-steps", type=int, default=200)
-        parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-        parser.add_argument("overrides", nargs="*", default=["debug=tiny"],
-                            help="Hydra overrides of this project's configs (default: debug=tiny)")
-        args = parser.parse_intermixed_args(argv)  # OUT, options and overrides in any order
+        args = parser().parse_intermixed_args(argv)  # OUT, options and overrides in any order
         train(args.out, args.max_steps, args.overrides, resume=args.resume)
     return cli(body)
 
