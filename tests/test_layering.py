@@ -6,7 +6,7 @@ Layers, bottom to top (a module may import its own layer and those below it; imp
 inside functions count, since they are how circles hide):
 
     0  keys, errors, modeling, text,       plain names, model plumbing, text helpers,
-       version                             the package's version
+       version, files                      the package's version, user files checked
     1  record, gold                        files and statistics
     2  attribution                         NormXLogit / LogAt, explain
     3  probes                              evidence, faithfulness, likelihood, files
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "normx_track"
 
 LAYERS = {
-    "keys": 0, "errors": 0, "modeling": 0, "text": 0, "version": 0,
+    "keys": 0, "errors": 0, "modeling": 0, "text": 0, "version": 0, "files": 0,
     "record": 1, "gold": 1,
     "attribution": 2,
     "probes": 3,

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Iterator
 
 from normx_track.errors import InputError
+from normx_track.files import text_file_problem
 
 SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json",
             ".parquet": "parquet", ".csv": "csv"}
 _SPLIT = re.compile(r"^(train|validation|valid|val|test|dev|eval)(\[.*\])?$")
-_SNIFF = 1 << 20
 BATCH = 1024
 
 
@@ -81,28 +81,14 @@ def check_specs(specs: list[str]) -> None:
 
 def _check_file(spec: str) -> None:
     path = Path(spec)
-    if not path.exists():
-        raise CorpusError(f"{spec}: no such file or folder")
-    if path.suffix.lower() not in SUFFIXES:
+    if path.exists() and path.suffix.lower() not in SUFFIXES:
         raise CorpusError(f"{spec}: unsupported suffix {path.suffix!r}; use one of "
                           f"{sorted(SUFFIXES)}, a save_to_disk folder, or hf:NAME:SPLIT")
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(_SNIFF)
-    except OSError as err:
-        raise CorpusError(f"{spec}: cannot read ({err.strerror or err})") from None
-    if not head:
-        raise CorpusError(f"{spec}: empty file")
-    if path.suffix.lower() == ".parquet":
-        return
-    if b"\0" in head:
-        raise CorpusError(f"{spec}: looks binary (NUL bytes), not text")
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if err.start < len(head) - 4:  # not just a character cut at the sniff boundary
-            raise CorpusError(f"{spec}: not UTF-8 text (byte {err.start}: {err.reason})"
-                              ) from None
+    problem = text_file_problem(path)
+    if problem == "does not exist":
+        raise CorpusError(f"{spec}: no such file or folder")
+    if problem is not None:
+        raise CorpusError(f"{spec} {problem}")
 
 
 def iter_texts(specs: list[str], text_field: str = "text", split: str = "train"

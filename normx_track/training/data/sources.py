@@ -11,6 +11,7 @@ import datasets
 
 from normx_track.training.config import DataConfig
 from normx_track.errors import InputError
+from normx_track.files import text_file_problem
 
 # File suffix -> the `datasets` packaged builder that reads it.
 _BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json",
@@ -21,36 +22,16 @@ class DataSourceError(InputError):
     """A data source cannot be read; the message names the file or config key."""
 
 
-_SNIFF_BYTES = 1 << 20  # how much of a file the up-front checks read
 
 
 def check_file(name: str) -> None:
     """Fail early, naming the file, on what `datasets` would report as a deep traceback:
     missing, a folder, empty, whitespace only, binary (NUL bytes) or not UTF-8 text."""
-    path = Path(name)
-    if not path.exists():
+    problem = text_file_problem(name)
+    if problem == "does not exist":
         raise DataSourceError(f"data.files: no such file: {name}")
-    if not path.is_file():
-        raise DataSourceError(f"data.files: {name} is not a file")
-    if path.stat().st_size == 0:
-        raise DataSourceError(f"data.files: {name} is empty")
-    if path.suffix.lower() == ".parquet":
-        return
-    with path.open("rb") as handle:
-        head = handle.read(_SNIFF_BYTES)
-        if b"\0" in head:
-            raise DataSourceError(f"data.files: {name} looks binary (NUL bytes), not text")
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as err:
-            if err.start < len(head) - 4:  # not just a character cut at the sniff boundary
-                raise DataSourceError(f"data.files: {name} is not UTF-8 text (byte "
-                                      f"{err.start}: {err.reason})") from None
-        blank = not head.strip()
-        while blank and (chunk := handle.read(_SNIFF_BYTES)):
-            blank = not chunk.strip()
-    if blank:
-        raise DataSourceError(f"data.files: {name} holds only whitespace")
+    if problem is not None:
+        raise DataSourceError(f"data.files: {name} {problem}")
 
 
 def builder_for(files: list[str]) -> str:
