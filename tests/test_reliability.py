@@ -420,6 +420,7 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 18 s: two gloo processes
 @pytest.mark.timeout(300)
 def test_stop_on_nonfinite_stops_every_ddp_rank(tmp_path):
     script = tmp_path / "ddp_nan.py"

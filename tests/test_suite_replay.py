@@ -327,6 +327,7 @@ MEASURE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 14 s: two replay processes, 20 checkpoints
 def test_memory_stays_at_one_checkpoint_whatever_the_suite_length(tmp_path):
     """Peak RSS of a --full replay of 20 checkpoints against 1: the old replay loaded all
     of them before measuring the first (20 x 18 MB here)."""

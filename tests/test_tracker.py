@@ -174,6 +174,7 @@ def test_ddp_two_processes_in_a_sweep_give_the_single_process_rows(tiny_run, cac
     assert_rows_close(rows_of(sweep / "0"), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # 37 s: two FSDP processes, then a resume
 @pytest.mark.timeout(300)
 def test_fsdp_two_processes_give_the_single_process_rows_and_resume(tiny_run, cache_dir, tmp_path):
     """FSDP over gloo: the tracker gathers the sharded embedding, the probes run on the

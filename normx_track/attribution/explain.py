@@ -47,18 +47,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
+from normx_track.keys import CONTEXT_MIXING_METHODS
 
-from normx_track.attribution.masked import is_masked_lm
-from normx_track.attribution.mixing import METHODS as MIXING_METHODS
-from normx_track.attribution.mixing import UnsupportedModel, context_mixing
-from normx_track.attribution.normxlogit import attribute
-from normx_track.errors import InputError
-from normx_track.modeling import context_size, encoder_context_size, num_layers
-from normx_track.record import checkpoint_loader as checkpoints
-from normx_track.record.store import read_json, vocab_hash
-from normx_track.text import continuation_tokens
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m normx_track.attribution.explain",
+        description="Explain a model's next-token prediction with NormXLogit and LogAt.")
+    p.add_argument("checkpoint", help="a LanguageModel .ckpt or a Hugging Face model directory")
+    p.add_argument("text", help="the text whose next token is explained (a masked LM: the "
+                                "text with the tokenizer's mask token in it, once)")
+    p.add_argument("--target", help="explain this word (its first token) instead of the argmax")
+    p.add_argument("--foil", help="contrast with this word: scores are target - foil")
+    p.add_argument("--layer", type=int, help="layer to read (0 = embeddings; default: last)")
+    p.add_argument("--tokenizer", help="tokenizer directory, tokenizer.json or hub name")
+    p.add_argument("--norm-factor", default="word_embedding",
+                   choices=("word_embedding", "embedding_output"))
+    p.add_argument("--html", type=Path, help="write a coloured HTML view here")
+    p.add_argument("--layerwise", metavar="METHODS",
+                   help="context-mixing methods shown layer by layer beside NormXLogit, "
+                        f"comma-separated: {','.join(CONTEXT_MIXING_METHODS)}")
+    return p
+
+
+if __name__ == "__main__":  # --help and a bad option answer before the imports below
+    _parser().parse_args()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from normx_track.attribution.masked import is_masked_lm  # noqa: E402
+from normx_track.attribution.mixing import METHODS as MIXING_METHODS  # noqa: E402
+from normx_track.attribution.mixing import UnsupportedModel, context_mixing  # noqa: E402
+from normx_track.attribution.normxlogit import attribute  # noqa: E402
+from normx_track.errors import InputError  # noqa: E402
+from normx_track.modeling import context_size, encoder_context_size, num_layers  # noqa: E402
+from normx_track.record import checkpoint_loader as checkpoints  # noqa: E402
+from normx_track.record.store import read_json, vocab_hash  # noqa: E402
+from normx_track.text import continuation_tokens  # noqa: E402
 
 __all__ = ["ExplainError", "Explanation", "check_run_tokenizer", "check_vocabulary", "explain",
            "format_table", "layerwise_names", "load_tokenizer", "main", "recorded_tokenizer",
@@ -455,27 +481,6 @@ its own largest value.</p>
 <table class="layerwise"><tr><th>method</th><th>layer</th>{header}</tr>
 {"".join(cells)}</table>
 """
-
-
-# ---------------------------------------------------------------------------------- CLI
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m normx_track.attribution.explain",
-        description="Explain a model's next-token prediction with NormXLogit and LogAt.")
-    p.add_argument("checkpoint", help="a LanguageModel .ckpt or a Hugging Face model directory")
-    p.add_argument("text", help="the text whose next token is explained (a masked LM: the "
-                                "text with the tokenizer's mask token in it, once)")
-    p.add_argument("--target", help="explain this word (its first token) instead of the argmax")
-    p.add_argument("--foil", help="contrast with this word: scores are target - foil")
-    p.add_argument("--layer", type=int, help="layer to read (0 = embeddings; default: last)")
-    p.add_argument("--tokenizer", help="tokenizer directory, tokenizer.json or hub name")
-    p.add_argument("--norm-factor", default="word_embedding",
-                   choices=("word_embedding", "embedding_output"))
-    p.add_argument("--html", type=Path, help="write a coloured HTML view here")
-    p.add_argument("--layerwise", metavar="METHODS",
-                   help="context-mixing methods shown layer by layer beside NormXLogit, "
-                        f"comma-separated: {','.join(MIXING_METHODS)}")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,18 +10,16 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
+from normx_track.tracker.from_corpus import PROBES_BY_OBJECTIVE
 from normx_track.tracker.lightning import NormTracker
 from normx_track.attribution.mixing import UnsupportedModel, method_class
 from normx_track.training.config import Config, ConfigError, TrackerConfig, is_masked, to_dict
 from normx_track.training.data.datamodule import TextDataModule
-from normx_track.training.data.tokenizer import surface_forms
-from normx_track.gold.statistics import GoldStatistics, cache_key, compute_gold, load_lexicon
+from normx_track.text import surface_forms
+from normx_track.gold.statistics import (GoldStatistics, cache_key, compute_gold, load_lexicon,
+                                         without_specials)
 from normx_track.gold.word_labels import label_function_words
 from normx_track.probes.blimp import is_blimp_spec, load_blimp
-from normx_track.probes.evidence import EvidenceProbe
-from normx_track.probes.faithfulness import FaithfulnessProbe
-from normx_track.probes.masked_evidence import MaskedEvidenceProbe
-from normx_track.probes.masked_faithfulness import MaskedFaithfulnessProbe
 from normx_track.probes.function_words import resolve_function_words
 
 log = logging.getLogger(__name__)
@@ -37,20 +35,6 @@ def cached_gold(datamodule: TextDataModule, cfg: Config) -> GoldStatistics:
     gold = compute_gold(datamodule.statistics_documents(t.stats_tokens), datamodule.vocab_size,
                         window=t.window, shuffle_correction=t.shuffle_correction, seed=cfg.seed)
     gold.save(path)
-    return gold
-
-
-def without_specials(gold: GoldStatistics, special_ids) -> GoldStatistics:
-    """The gold signals NaN at the special tokens, so no correlation uses them (counts
-    and function-word labels as they are)."""
-    ids = np.asarray(sorted(set(special_ids)), dtype=np.int64)
-    ids = ids[ids < gold.vocab_size]
-    for name in gold.names():
-        if name in ("counts", "function_word"):
-            continue
-        values = np.array(getattr(gold, name), dtype=np.float64)
-        values[ids] = np.nan
-        setattr(gold, name, values)
     return gold
 
 
@@ -78,13 +62,6 @@ def lexicon_signals(paths: list[str], datamodule: TextDataModule) -> dict[str, n
         (log.warning if skipped else log.info)("lexicon %s: %s", path, stats)
         signals[f"lexicon/{Path(path).stem}"] = scores
     return signals
-
-
-# The probes of each objective, evidence then faithfulness, under the same metric names: a
-# masked LM's evidence the authors' way (mask accuracy, PLL-word-l2r accuracy) and its
-# faithfulness with [MASK] as the replacement.
-PROBES_BY_OBJECTIVE = {"causal": (EvidenceProbe, FaithfulnessProbe),
-                       "masked": (MaskedEvidenceProbe, MaskedFaithfulnessProbe)}
 
 
 def layout_model(arch: str) -> torch.nn.Module:
