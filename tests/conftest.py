@@ -190,3 +190,13 @@ def tiny_sweep(tmp_path_factory, cache_dir) -> Path:
     return shared_dir(tmp_path_factory, "tiny_sweep", lambda out: run_train(
         cache_dir, "-m", *TINY, "seed=0,1", "model.tie_word_embeddings=true,false",
         "logger=none", f"hydra.sweep.dir={out}"))
+
+
+def load_example(name: str):
+    """examples/<name>.py as a module (the examples are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

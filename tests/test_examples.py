@@ -16,24 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, load_example, subprocess_env
 from normx_track.record.store import read_metrics
 
 EXAMPLES = ("plain_loop", "hf_trainer")
 
 
-def _example(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def examples():
-    return {name: _example(name) for name in EXAMPLES}
+    return {name: load_example(name) for name in EXAMPLES}
 
 
 @pytest.fixture(scope="module")

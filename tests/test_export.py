@@ -14,19 +14,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, tiny_config
+from conftest import load_example, tiny_config
 from normx_track.export import main as export_main
 
 TEXT = " the keys to the cabinet are"
 
 
-def _example(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +30,11 @@ def runs(tmp_path_factory, cache_dir) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("export_runs")
     overrides = ["debug=tiny", f"data.cache_dir={cache_dir}"]
-    plain = _example("plain_loop")
+    plain = load_example("plain_loop")
     plain.train(root / "plain", 10, overrides)
     plain.train(root / "plain_seed1", 10, [*overrides, "seed=1"])
     run(tiny_config(root / "lightning", cache_dir, "logger=none", "trainer.max_steps=4"))
-    trainer, _ = _example("hf_trainer").build_trainer(root / "hf", 10, overrides)
+    trainer, _ = load_example("hf_trainer").build_trainer(root / "hf", 10, overrides)
     trainer.train()
     return {"plain": root / "plain", "plain_seed1": root / "plain_seed1",
             "lightning": root / "lightning", "hf": root / "hf"}

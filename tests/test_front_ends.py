@@ -3,7 +3,6 @@
 gap and no duplicate; a checkpoint of normx-track 0.1.0 still resumes."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -14,18 +13,13 @@ import pytest
 import scipy.stats
 import torch
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, load_example, tiny_config
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.record.store import list_snapshots, load_snapshot, read_metrics
 
 STEPS = [0, 1, 2, 4, 8, 12, 16, 20]  # debug=tiny: every 4 steps, log-spaced below
 
 
-def _example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +70,7 @@ class _KillAt:
 
 def test_the_plain_loop_records_the_schedule_and_resumes_without_gap_or_duplicate(
         tmp_path, overrides):
-    plain = _example("plain_loop")
+    plain = load_example("plain_loop")
     whole = tmp_path / "whole"
     plain.train(whole, 20, overrides)
     rows = read_metrics(whole)
@@ -99,7 +93,7 @@ def test_the_hf_trainer_callback_records_the_schedule_and_resumes_from_checkpoin
         tmp_path, overrides):
     from transformers import TrainerCallback
 
-    hf = _example("hf_trainer")
+    hf = load_example("hf_trainer")
 
     class StopAt(TrainerCallback):  # a kill after checkpoint-10: the run ends at step 13
         def on_step_end(self, args, state, control, **kwargs):
@@ -131,7 +125,7 @@ def test_the_hf_trainer_callback_records_the_schedule_and_resumes_from_checkpoin
 def test_the_trainer_callback_state_also_restores_through_the_trainer_state(tmp_path, overrides):
     """With restore_callback_states_from_checkpoint the Trainer rebuilds callbacks from
     their exported state: it must get the live tracker back, holding that state."""
-    hf = _example("hf_trainer")
+    hf = load_example("hf_trainer")
     out = tmp_path / "run"
     trainer, _ = hf.build_trainer(out, 10, overrides, save_steps=5)
     trainer.train()
@@ -147,8 +141,8 @@ def test_the_three_front_ends_record_the_same_step_0_row(tmp_path, cache_dir, ov
     from normx_track.training.run import run
 
     run(tiny_config(tmp_path / "lightning", cache_dir, "logger=none", "trainer.max_steps=1"))
-    _example("plain_loop").train(tmp_path / "plain", 1, overrides)
-    trainer, _ = _example("hf_trainer").build_trainer(tmp_path / "hf", 1, overrides)
+    load_example("plain_loop").train(tmp_path / "plain", 1, overrides)
+    trainer, _ = load_example("hf_trainer").build_trainer(tmp_path / "hf", 1, overrides)
     trainer.train()
     first = {name: read_metrics(tmp_path / name)[0] for name in ("lightning", "plain", "hf")}
     assert first["lightning"]["step"] == 0 and len(first["lightning"]) > 20
