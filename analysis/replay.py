@@ -67,7 +67,7 @@ if __name__ == "__main__":  # --help and a bad option answer before the imports 
 
 from normx_track import keys  # noqa: E402
 from normx_track.gold.statistics import GoldStatistics  # noqa: E402
-from normx_track.probes.base import run_probes  # noqa: E402
+from normx_track.probes.protocol import run_probes  # noqa: E402
 from normx_track.record.checkpoint_loader import (CheckpointError, load_lightning,  # noqa: E402
                                                   load_pretrained, read_lightning_checkpoint)
 from normx_track.record.embedding_reader import fingerprint, read_embeddings  # noqa: E402
@@ -75,7 +75,7 @@ from normx_track.record.store import (RecordLock, RecordLockedError, RecordWrite
                                       read_metrics, record_dir, set_aside, vocab_hash)
 from normx_track.record.suite import (Checkpoint, is_local_suite,  # noqa: E402
                                       single_checkpoints, suite_checkpoints, suite_tokenizer)
-from normx_track.attribution.normxlogit import row_norms  # noqa: E402
+from normx_track.modeling import row_norms  # noqa: E402
 from normx_track.tracker.snapshot import NormMetrics, norm_arrays  # noqa: E402
 from normx_track.training.config import TrackerConfig  # noqa: E402
 

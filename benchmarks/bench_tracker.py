@@ -32,7 +32,7 @@ from normx_track.training.config import Config, ModelConfig, validate
 from normx_track.training.data.datamodule import TextDataModule
 from normx_track.gold.statistics import compute_gold
 from normx_track.training.model import LanguageModel
-from normx_track.probes.base import EvidenceProbe
+from normx_track.probes.evidence import EvidenceProbe
 from normx_track.tracker.snapshot import NormMetrics, norm_arrays
 from normx_track.training.tracker_factory import build_tracker
 from summary import emit  # benchmarks/ is on sys.path when run as a script
@@ -65,16 +65,22 @@ def train_seconds(cfg: Config, datamodule: TextDataModule, tracked: bool, out: P
     return timer.seconds, timer.inside
 
 
+HOOKS = ("on_train_start", "on_train_batch_end", "on_validation_end", "on_save_checkpoint",
+         "on_train_end")  # every hook the callback does work in
+
+
 def timed(tracker, timer: TrainTimer):
-    """Count the seconds spent in the tracker's snapshots: a direct, low-noise measure."""
-    snapshot = tracker._snapshot
+    """Count the seconds spent in the tracker's hooks (its snapshots and its per-step
+    bookkeeping): a direct, low-noise measure."""
+    for name in HOOKS:
+        hook = getattr(tracker, name)
 
-    def counted(*args):
-        start = time.perf_counter()
-        snapshot(*args)
-        timer.inside += time.perf_counter() - start
+        def counted(*args, _hook=hook, **kwargs):
+            start = time.perf_counter()
+            _hook(*args, **kwargs)
+            timer.inside += time.perf_counter() - start
 
-    tracker._snapshot = counted
+        setattr(tracker, name, counted)
     return tracker
 
 

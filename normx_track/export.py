@@ -217,8 +217,8 @@ def check_tokenizer(tok, model, run_dir: Path, given: bool, own: str | None = No
 
 def fit_tokenizer(tok, model) -> None:
     """The model's context size as model_max_length, and its pad token where it has one."""
-    from normx_track.attribution.masked import encoder_context_size, is_masked_lm
-    from normx_track.attribution.normxlogit import context_size
+    from normx_track.attribution.masked import is_masked_lm
+    from normx_track.modeling import context_size, encoder_context_size
 
     size = encoder_context_size(model) if is_masked_lm(model) else context_size(model)
     if size:

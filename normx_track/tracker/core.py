@@ -36,7 +36,7 @@ from normx_track import keys
 from normx_track.version import __version__
 from normx_track.errors import InputError
 from normx_track.gold.statistics import GoldStatistics
-from normx_track.probes.base import Probe, run_probes
+from normx_track.probes.protocol import Probe, run_probes
 from normx_track.record.store import RecordWriter, vocab_hash
 from normx_track.tracker.distributed import Distributed, TorchDistributed
 from normx_track.tracker.inputs import checked_state, state_identity, vocab_by_id

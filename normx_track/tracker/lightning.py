@@ -20,7 +20,7 @@ from typing_extensions import override
 from normx_track import keys
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.record.checkpoint_loader import tracker_state  # noqa: F401 - re-exported
-from normx_track.probes.base import Probe
+from normx_track.probes.protocol import Probe
 from normx_track.tracker.core import LOSS_TOKENS, Tracker
 from normx_track.tracker.distributed import StrategyDistributed
 from normx_track.tracker.sinks import LightningLoggers

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from normx_track.attribution import normxlogit as attribution
+from normx_track.modeling import embedding_norms
 
 from normx_track.gold import metrics
 from normx_track.gold.word_labels import function_word_counts
@@ -52,7 +52,7 @@ def full_params(root: torch.nn.Module):
 def norm_arrays(language_model: torch.nn.Module) -> dict[str, np.ndarray]:
     """`input_norm` ||E[w]|| and, when the head is untied, `output_norm` ||U[w]||, as numpy.
     Under FSDP call it inside `full_params(root)`."""
-    norms = attribution.embedding_norms(language_model)
+    norms = embedding_norms(language_model)
     # FSDP2 shards rows as DTensors: the norms are gathered (V floats), not the matrix.
     return {f"{side}_norm": (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu().numpy()
             for side, v in norms.items()}

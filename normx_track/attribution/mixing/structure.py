@@ -38,7 +38,6 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
-import torch
 from torch import Tensor, nn
 
 from normx_track.modeling import padding_inputs
