@@ -10,6 +10,8 @@ Writes, as PNG and SVG (by default into RUN_DIR/figures), on a log step axis by 
   frequency_deciles   mean norm per frequency decile (snapshots + gold counts)
   function_content    function vs content words (gold function_word labels)
   evidence_by_layer   evidence AP per layer and step, a heatmap per method
+  layerwise_comparison  evidence AP by layer per method at the last snapshot, and the last
+                      layer over training, beside the random baseline
   evidence            minimal-pair accuracy, evidence AP and DP per method
   faithfulness        comprehensiveness, sufficiency, leave-one-out Spearman per method
 and min_count_robustness.csv: Spearman and partial Spearman at min_count 1, 5, 10, 20, 50,
@@ -24,7 +26,8 @@ import sys
 from pathlib import Path
 
 FIGURES = ("correlations", "frequency_control", "beyond_frequency", "frequency_deciles",
-           "function_content", "evidence_by_layer", "evidence", "faithfulness")
+           "function_content", "evidence_by_layer", "layerwise_comparison", "evidence",
+           "faithfulness")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,6 +86,8 @@ def build_figures(run: Run, log_steps: bool = True) -> dict[str, Figure | str]:
         steps, norms, gold.get("function_word"), counts if counts is not None else [],
         run.min_count, frame, log_steps))
     attempt("evidence_by_layer", lambda: F.evidence_by_layer(frame))
+    attempt("layerwise_comparison", lambda: F.layerwise_comparison(
+        frame, log_steps, title=f"{run.name}: evidence alignment by layer"))
     attempt("evidence", lambda: F.probe_curves(frame, F.EVIDENCE, log_steps,
                                                "Evidence alignment"))
     attempt("faithfulness", lambda: F.probe_curves(frame, F.FAITHFULNESS, log_steps,

@@ -423,6 +423,59 @@ def evidence_by_layer(frame: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
+def layerwise_table(frame: pd.DataFrame) -> tuple[int, pd.DataFrame]:
+    """(step, table): evidence AP by layer at the last snapshot that recorded it, a row per
+    method, a column per layer (NaN where a method has no such layer: the context-mixing
+    methods start at layer 1, after the first block)."""
+    matrices = layer_matrix(frame)
+    if not matrices:
+        raise Skipped("no normx/evidence_ap_by_layer/<method>/layer_NN columns in metrics.jsonl")
+    recorded = np.any([np.isfinite(m).any(axis=0) for _, m in matrices.values()], axis=0)
+    last = int(np.flatnonzero(recorded)[-1]) if recorded.any() else len(frame) - 1
+    layers = sorted({l for ls, _ in matrices.values() for l in ls})
+    rows = {method: {l: m[ls.index(l), last] if l in ls else np.nan for l in layers}
+            for method, (ls, m) in matrices.items()}
+    return int(frame["step"].iloc[last]), pd.DataFrame.from_dict(rows, orient="index")
+
+
+def layerwise_comparison(frame: pd.DataFrame, log_steps: bool = True, title: str = "") -> Figure:
+    """Evidence AP by layer for every method at the last snapshot (left), and each method's
+    last layer over training (right), the random ranking's AP a grey dashed line in both:
+    NormXLogit's logit lens beside the context-mixing methods."""
+    step, table = layerwise_table(frame)
+    matrices = layer_matrix(frame)
+    steps = _column(frame, "step")
+    random_key = K.EVIDENCE_AP.format(method="random")
+    fig, (by_layer, over_training) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for (method, (layers, matrix)), color in zip(matrices.items(), _colors(len(matrices))):
+        row = table.loc[method, layers].to_numpy(np.float64)
+        by_layer.plot(layers, row, marker="o", color=color, label=method, gid=method)
+        key = K.EVIDENCE_AP_BY_LAYER.format(method=method, layer=layers[-1])
+        ok = np.isfinite(matrix[-1])
+        over_training.plot(steps[ok], matrix[-1][ok], marker=".", color=color,
+                           label=f"{method} (layer {layers[-1]})", gid=key)
+    if random_key in frame:
+        values = _column(frame, random_key)
+        ok = np.isfinite(values)
+        at_step = values[steps == step]
+        if at_step.size and np.isfinite(at_step[0]):
+            by_layer.axhline(at_step[0], color="0.5", ls="--", label="random", gid=random_key)
+        over_training.plot(steps[ok], values[ok], "--", color="0.5", label="random",
+                           gid=random_key)
+    layers = list(table.columns)
+    by_layer.set_xticks(layers, [f"{l}\n(emb)" if l == 0 else str(l) for l in layers])
+    by_layer.set_xlabel("layer (the matrix or logit lens after it)")
+    by_layer.set_ylabel("average precision of the cue")
+    by_layer.set_title(f"By layer at step {step}")
+    _legend(by_layer)
+    over_training.set_ylabel("average precision of the cue")
+    over_training.set_title("Last layer over training")
+    _step_axis(over_training, log_steps)
+    _legend(over_training)
+    fig.suptitle(title or "Evidence alignment by layer: NormXLogit against context mixing")
+    return fig
+
+
 def probe_curves(frame: pd.DataFrame, families: dict[str, str], log_steps: bool = False,
                  title: str = "") -> Figure:
     """A panel per probe key family present (e.g. pair_accuracy, evidence_ap/<method>), a

@@ -52,6 +52,7 @@ from normx_track import keys as K  # noqa: E402
 from normx_track.keys import auroc_key, correlation_key  # noqa: E402
 
 from . import robustness  # noqa: E402
+from .figures import Skipped, layerwise_table  # noqa: E402
 from .curves import build_figures  # noqa: E402
 from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, load_run,  # noqa: E402
                    load_sweep, no_record_message, unwritable)
@@ -268,6 +269,26 @@ def robustness_html(run: Run) -> str:
                          float_format="{:.3f}"))
 
 
+def layerwise_html(run: Run) -> str:
+    """Evidence AP by layer at the last snapshot, a row per method (NormXLogit's logit lens
+    from the embeddings, layer 0; the context-mixing methods from layer 1)."""
+    try:
+        step, table = layerwise_table(run.frame)
+    except Skipped as why:
+        return f"<p class='skipped'>{html.escape(str(why))}</p>"
+    table = table.rename(columns=lambda l: "0 (emb)" if l == 0 else str(l))
+    table.insert(0, "method", table.index)
+    random = run.frame.loc[run.frame["step"] == step, K.EVIDENCE_AP.format(method="random")] \
+        if K.EVIDENCE_AP.format(method="random") in run.frame else pd.Series(dtype=float)
+    baseline = (f" The random ranking's AP at this step: {float(random.iloc[0]):.3f}."
+                if len(random) and np.isfinite(random.iloc[0]) else "")
+    return (f"<p>Evidence AP by layer at step {step}.{baseline} For the context-mixing "
+            "methods read AP, not DP: DP is the softmax mass on the cue, and a mixing weight "
+            "lies in [0, 1], so its softmax stays near the uniform share whatever the "
+            "ranking.</p>"
+            + table_html(table, text_columns=["method"], float_format="{:.3f}"))
+
+
 def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
                log_steps: bool = True) -> str:
     figures = figures_html(build_figures(run, log_steps))
@@ -286,6 +307,7 @@ def run_report(run: Run, steps: Sequence[int] | None = None, top_k: int = 15,
             + f"<h2>Summary</h2>{last}"
             + f"<h2>Robustness: the count cutoff</h2>{robustness_html(run)}"
             + f"<h2>Figures</h2>{figures}"
+            + f"<h2>Evidence alignment by layer</h2>{layerwise_html(run)}"
             + f"<h2>Norm against information gain</h2>{information_gain_html(run, steps)}"
             + "<h2>Emergence: when each token becomes important</h2>"
             + emergence_html(run, top_k, log_steps)

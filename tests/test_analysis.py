@@ -381,6 +381,57 @@ def test_layer_heatmap_and_probe_curves(probe_run):
     assert np.isnan(lines_by_gid(figs["evidence"])["normx/evidence_ap/logat"].get_ydata()[1])
 
 
+def layerwise_frame() -> pd.DataFrame:
+    """Three snapshots of NormXLogit (layers 0-2) and ALTI (layers 1-2, as the mixing methods
+    are), the random AP beside them; the last row has no per-layer values (a step between
+    probe snapshots), so the last snapshot *with* them is step 20."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for step in (0, 10, 20, 25):
+        row = {"step": step, "normx/evidence_ap/random": float(rng.uniform(0.2, 0.3))}
+        if step != 25:
+            row.update({f"normx/evidence_ap_by_layer/normxlogit/layer_{l:02d}":
+                        float(rng.uniform()) for l in range(3)})
+            row.update({f"normx/evidence_ap_by_layer/alti/layer_{l:02d}": float(rng.uniform())
+                        for l in (1, 2)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_layerwise_table_and_comparison_figure_read_the_last_probed_snapshot():
+    frame = layerwise_frame()
+    at_20 = frame[frame.step == 20].iloc[0]
+    step, table = F.layerwise_table(frame)
+    assert step == 20 and list(table.columns) == [0, 1, 2]
+    assert np.isnan(table.loc["alti", 0])  # mixing methods have no embedding layer
+    for method, layers in (("normxlogit", (0, 1, 2)), ("alti", (1, 2))):
+        for l in layers:
+            assert table.loc[method, l] == at_20[f"normx/evidence_ap_by_layer/{method}/layer_{l:02d}"]
+    fig = F.layerwise_comparison(frame)
+    by_layer, over_training = fig.axes
+    lines = {(ax, line.get_gid()): line for ax in fig.axes for line in ax.get_lines()}
+    alti = lines[(by_layer, "alti")]
+    assert list(alti.get_xdata()) == [1, 2]
+    np.testing.assert_array_equal(alti.get_ydata(), table.loc["alti", [1, 2]].to_numpy(float))
+    random_level = lines[(by_layer, "normx/evidence_ap/random")]
+    assert random_level.get_ydata()[0] == at_20["normx/evidence_ap/random"]
+    last = lines[(over_training, "normx/evidence_ap_by_layer/normxlogit/layer_02")]
+    np.testing.assert_array_equal(last.get_xdata(), [0, 10, 20])
+    np.testing.assert_array_equal(
+        last.get_ydata(), frame["normx/evidence_ap_by_layer/normxlogit/layer_02"][:3])
+    np.testing.assert_array_equal(lines[(over_training, "normx/evidence_ap/random")].get_xdata(),
+                                  [0, 10, 20, 25])
+
+
+def test_run_report_holds_the_per_layer_table(probe_run):
+    page = report.run_report(load_run(probe_run))
+    rows = jsonl(probe_run)
+    section = page.split("<h2>Evidence alignment by layer</h2>")[1].split("<h2>")[0]
+    assert f"at step {rows[-1]['step']}." in section
+    value = rows[-1]["normx/evidence_ap_by_layer/normxlogit/layer_02"]
+    assert f"{value:.3f}" in section and "<td class=\"t\">logat</td>" in section
+
+
 def test_curves_cli_writes_png_and_svg_and_says_what_it_skips(plain_run, probe_run, tmp_path,
                                                               capsys):
     assert curves.main([str(probe_run), "--out", str(tmp_path / "all"), "--log-steps"]) == 0

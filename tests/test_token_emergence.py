@@ -188,6 +188,23 @@ def test_order_statistics_equal_scipy():
     assert rows[("spearman", "log_frequency")]["ci_high"] < 0  # frequent types settle early
 
 
+def test_resampled_spearman_equals_one_resample_at_a_time():
+    """The bootstrap ranks every resample at once; each row must be the coefficient
+    `correlations()` gives that resample alone (ties from repeated draws included)."""
+    rng = np.random.default_rng(4)
+    n = 40
+    x = np.round(rng.random(n) * 8)  # ties
+    y, z = x + rng.random(n), rng.integers(1, 30, n).astype(float)
+    take = rng.integers(0, n, (25, n))
+    take[0] = 0  # a constant resample: NaN, as correlations() says
+    for control in (None, z):
+        got = E.resampled_spearman(x, y, control, take)
+        one_by_one = [E._spearman(x[t], y[t], None if control is None else control[t])
+                      for t in take]
+        np.testing.assert_allclose(got, one_by_one, rtol=1e-10, atol=1e-12)
+        assert np.isnan(got[0])
+
+
 def test_curve_summary_by_hand():
     summary = E.curve_summary([0, 10, 20, 30, 40], [0.0, 0.6, 0.5, 0.29, 0.4])
     assert summary == {"peak": 0.6, "peak_step": 10.0, "half_life_steps": 20.0}
