@@ -443,11 +443,16 @@ def layerwise_comparison(frame: pd.DataFrame, log_steps: bool = True, title: str
     last layer over training (right), the random ranking's AP a grey dashed line in both:
     NormXLogit's logit lens beside the context-mixing methods."""
     step, table = layerwise_table(frame)
-    matrices = layer_matrix(frame)
+    matrices = layer_matrix(frame)  # the logit-lens methods (from layer 0) first
+    matrices = dict(sorted(matrices.items(), key=lambda kv: (kv[1][0][0] != 0, kv[0])))
+    known = ("normxlogit", "logat", *K.CONTEXT_MIXING_METHODS)  # one colour a method, any run
+    palette = _colors(len(known) + len(matrices))
+    colors = [palette[known.index(m)] if m in known else palette[len(known) + i]
+              for i, m in enumerate(matrices)]
     steps = _column(frame, "step")
     random_key = K.EVIDENCE_AP.format(method="random")
     fig, (by_layer, over_training) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    for (method, (layers, matrix)), color in zip(matrices.items(), _colors(len(matrices))):
+    for (method, (layers, matrix)), color in zip(matrices.items(), colors):
         row = table.loc[method, layers].to_numpy(np.float64)
         by_layer.plot(layers, row, marker="o", color=color, label=method, gid=method)
         key = K.EVIDENCE_AP_BY_LAYER.format(method=method, layer=layers[-1])

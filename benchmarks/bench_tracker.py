@@ -10,15 +10,21 @@
    training they make at a snapshot every 100 and every 500 steps. On a GPU the step, the
    norms and the probe's forward passes all move to the device; the metrics stay on CPU.
 
+4. With --profile: one tracked default run under cProfile, inside the tracker's hooks only,
+   and where that time goes (the norms, the metrics, each probe, the record's writes).
+
     python benchmarks/bench_tracker.py [--steps 600] [--repeats 2] [--skip-default-run]
+                                       [--profile]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import cProfile
 import functools
 import logging
 import os
+import pstats
 import tempfile
 import time
 import warnings
@@ -48,15 +54,15 @@ class TrainTimer(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def train_seconds(cfg: Config, datamodule: TextDataModule, tracked: bool, out: Path
-                  ) -> tuple[float, float]:
+def train_seconds(cfg: Config, datamodule: TextDataModule, tracked: bool, out: Path,
+                  profiler: cProfile.Profile | None = None) -> tuple[float, float]:
     L.seed_everything(cfg.seed, verbose=False)
     model = LanguageModel.from_configs(cfg.model, cfg.optim, datamodule.vocab_size,
                                        datamodule.eos_token_id, cfg.trainer.max_steps)
     timer = TrainTimer()
     callbacks: list[L.Callback] = [timer]
     if tracked:
-        callbacks.append(timed(build_tracker(cfg, datamodule, out), timer))
+        callbacks.append(timed(build_tracker(cfg, datamodule, out), timer, profiler))
     trainer = L.Trainer(max_steps=cfg.trainer.max_steps, logger=False, callbacks=callbacks,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0,
@@ -69,19 +75,59 @@ HOOKS = ("on_train_start", "on_train_batch_end", "on_validation_end", "on_save_c
          "on_train_end")  # every hook the callback does work in
 
 
-def timed(tracker, timer: TrainTimer):
+def timed(tracker, timer: TrainTimer, profiler: cProfile.Profile | None = None):
     """Count the seconds spent in the tracker's hooks (its snapshots and its per-step
-    bookkeeping): a direct, low-noise measure."""
+    bookkeeping): a direct, low-noise measure; `profiler` runs inside them only."""
     for name in HOOKS:
         hook = getattr(tracker, name)
 
         def counted(*args, _hook=hook, **kwargs):
             start = time.perf_counter()
-            _hook(*args, **kwargs)
-            timer.inside += time.perf_counter() - start
+            if profiler is not None:
+                profiler.enable()
+            try:
+                _hook(*args, **kwargs)
+            finally:
+                if profiler is not None:
+                    profiler.disable()
+                timer.inside += time.perf_counter() - start
 
         setattr(tracker, name, counted)
     return tracker
+
+
+# The phases of a snapshot (normx_track functions), reported by their cumulative time.
+PHASES = {"norm_arrays": "the norms (embedding rows to numpy)",
+          "__call__ (snapshot.py)": "the metrics against the gold",
+          "run_probes": "the probes, in all", "append (run_record.py)": "the record's writes",
+          "_log": "the loggers (the row to Lightning's loggers)",
+          "_roll_call": "the ranks' roll call", "_losses_over_ranks": "the losses"}
+
+
+def profile_default_run(steps: int) -> None:
+    cfg = validate(Config())
+    cfg.trainer.max_steps = steps
+    cfg.data.cache_dir = os.environ.get("NORMX_CACHE_DIR", ".cache/normx")
+    datamodule = TextDataModule(cfg.data, seed=cfg.seed)
+    datamodule.setup()
+    profiler = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tracker(cfg, datamodule, Path(tmp) / "warm")  # gold cached before timing
+        seconds, inside = train_seconds(cfg, datamodule, True, Path(tmp) / "run", profiler)
+    stats = pstats.Stats(profiler)
+    print(f"\nprofile of one tracked default run ({steps} steps): {seconds:.1f} s wall, "
+          f"{inside:.2f} s inside the tracker's hooks ({100 * inside / (seconds - inside):.2f} %)")
+    rows = []
+    for (path, _, name), (_, _, _, cumulative, _) in stats.stats.items():
+        if "normx_track" not in path:
+            continue
+        label = f"{name} ({Path(path).name})"
+        phase = PHASES.get(name) or PHASES.get(label)
+        if phase is not None or name.endswith("Probe.__call__") or (
+                name == "__call__" and "probes" in path):
+            rows.append((cumulative, f"{label}", phase or "a probe"))
+    for cumulative, label, phase in sorted(rows, reverse=True):
+        print(f"  {cumulative:7.3f} s {100 * cumulative / inside:5.1f} %  {label:<40} {phase}")
 
 
 VARIANTS = {"no tracker": None, "tracker, norms only": {"evidence": False},
@@ -215,10 +261,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-default-run", action="store_true",
                         help="only the snapshot and GPT-2 small figures")
+    parser.add_argument("--profile", action="store_true",
+                        help="only the per-phase profile of one tracked default run")
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     print(f"torch threads: {torch.get_num_threads()}")
+    if args.profile:
+        profile_default_run(args.steps)
+        return
     bench_snapshot()
     bench_gpt2_small()
     if not args.skip_default_run:
