@@ -86,11 +86,14 @@ def last_line(result: dict) -> str:
 
 # -- the BAD cases: a failed start leaves the earlier run's folder exactly as it was ----------
 @pytest.fixture(scope="module")
-def failed_starts(tiny_run, cache_dir, tmp_path_factory):
-    """A finished run copied once per case; each case's folder before and after."""
+def startup_runs(tiny_run, cache_dir, tmp_path_factory):
+    """Every start-up case of this module in one driver process (the imports paid once): the
+    failed starts (a finished run copied once per case, each folder before and after) and
+    the poor inputs (plan_poor_cases)."""
     tmp = tmp_path_factory.mktemp("failed_starts")
     folders = {name: copy_run(tiny_run, tmp / name)
                for name in ("betas", "gpu", "locked")}
+    poor_cases, poor_folders = plan_poor_cases(tmp_path_factory.mktemp("poor"), tiny_run)
     holder = subprocess.Popen(  # another live process holds the folder (a paused run's lock)
         [sys.executable, "-c", "import sys, time; from normx_track.record.store import "
          "RecordLock; RecordLock.acquire(sys.argv[1]); print('held', flush=True); "
@@ -106,12 +109,17 @@ def failed_starts(tiny_run, cache_dir, tmp_path_factory):
         ]
         for case in cases:
             case["argv"].append(f"hydra.run.dir={folders[case['name']]}")
-        results = run_cases(tmp, cache_dir, cases)
+        results = run_cases(tmp, cache_dir, cases + poor_cases)
         after = {name: tree(folder) for name, folder in folders.items()}
     finally:
         holder.kill()
         holder.wait()
-    return results, before, after, folders, holder.pid
+    return (results, before, after, folders, holder.pid), (results, poor_folders)
+
+
+@pytest.fixture(scope="module")
+def failed_starts(startup_runs):
+    return startup_runs[0]
 
 
 @pytest.mark.parametrize("case", ["betas", "gpu", "locked"])
@@ -219,10 +227,8 @@ def plan_poor_cases(tmp: Path, run: Path) -> tuple[list[dict], dict[str, Path]]:
 
 
 @pytest.fixture(scope="module")
-def poor(tiny_run, cache_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("poor")
-    cases, folders = plan_poor_cases(tmp, tiny_run)
-    return run_cases(tmp, cache_dir, cases), folders
+def poor(startup_runs):
+    return startup_runs[1]
 
 
 ONE_LINE = [

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import TINY, run_train
+from conftest import TINY, run_train, train_in_one_process
 from wandb_log import history
 from normx_track import NormTracker, compute_gold
 from normx_track.record import store as records
@@ -133,14 +133,18 @@ def test_fresh_run_in_a_used_folder_sets_the_old_record_aside(tiny_run, cache_di
     used = tmp_path / "used"
     shutil.copytree(tiny_run, used, ignore=shutil.ignore_patterns("wandb"))
     short = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=2"]
-    # A fresh run that stops on bad input has not started: it moves nothing.
-    failed = run_train(cache_dir, *short, "tracker.probe_file=/nowhere.jsonl",
-                       f"hydra.run.dir={used}", check=False)
-    assert failed.returncode == 2, failed.stderr[-2000:]
-    assert not list(used.glob("*.replaced-*")) and not (used / "wandb").exists()
-    assert (used / ".hydra" / "overrides.yaml").read_text() == (
+    # A fresh run that stops on bad input has not started: it moves nothing (the folder is
+    # copied as it is then); then a fresh run (no ckpt_path) in the used folder.
+    between = tmp_path / "between"
+    results = train_in_one_process(cache_dir, {
+        "failed": [*short, "tracker.probe_file=/nowhere.jsonl", f"hydra.run.dir={used}"],
+        "as it was": ["--copy", str(used), str(between)],
+        "fresh": [*short, "logger=none", f"hydra.run.dir={used}"]})
+    assert results["failed"]["code"] == 2, results["failed"]["stderr"][-2000:]
+    assert not list(between.glob("*.replaced-*")) and not (between / "wandb").exists()
+    assert (between / ".hydra" / "overrides.yaml").read_text() == (
         tiny_run / ".hydra" / "overrides.yaml").read_text()
-    run_train(cache_dir, *short, "logger=none", f"hydra.run.dir={used}")  # no ckpt_path
+    assert results["fresh"]["code"] == 0, results["fresh"]["stderr"][-3000:]
     (aside,) = used.glob("normx.replaced-*")
     assert [r["step"] for r in read_metrics(aside)] == [0, 1, 2, 4, 8]  # the old run, whole
     assert sorted(records.list_snapshots(aside)) == [0, 1, 2, 4, 8]
