@@ -279,10 +279,23 @@ def brute_force_ap(scores, relevant):
 
 
 def brute_force_random_ap(relevant):
-    """The mean AP over every ordering of the positions."""
-    values = [brute_force_ap(list(perm), relevant)
-              for perm in itertools.permutations(range(len(relevant)))]
+    """The mean AP over every ordering of the positions. AP depends only on the ranks the
+    relevant positions get, and every set of ranks is equally likely under a random
+    ordering: the mean over the C(n, k) sets equals the mean over the n! orderings
+    (checked on a short row below), in milliseconds where n! would take a minute."""
+    n, k = len(relevant), sum(relevant)
+    values = []
+    for ranks in itertools.combinations(range(n), k):
+        hits = [r in ranks for r in range(n)]
+        values.append(sum(sum(hits[: r + 1]) / (r + 1) for r in ranks) / k)
     return sum(values) / len(values)
+
+
+def test_the_random_ap_over_rank_sets_equals_the_mean_over_every_ordering():
+    relevant = [False, True, False, True, False, False]
+    orderings = [brute_force_ap(list(perm), relevant)
+                 for perm in itertools.permutations(range(len(relevant)))]
+    assert brute_force_random_ap(relevant) == pytest.approx(sum(orderings) / len(orderings))
 
 
 @pytest.mark.parametrize("rank_specials", [False, True])
