@@ -427,7 +427,11 @@ def layerwise_table(frame: pd.DataFrame) -> tuple[int, pd.DataFrame]:
     """(step, table): evidence AP by layer at the last snapshot that recorded it, a row per
     method, a column per layer (NaN where a method has no such layer: the context-mixing
     methods start at layer 1, after the first block)."""
-    matrices = layer_matrix(frame)
+    return _layerwise_table(frame, layer_matrix(frame))
+
+
+def _layerwise_table(frame: pd.DataFrame, matrices: dict[str, tuple[list[int], np.ndarray]]
+                     ) -> tuple[int, pd.DataFrame]:
     if not matrices:
         raise Skipped("no normx/evidence_ap_by_layer/<method>/layer_NN columns in metrics.jsonl")
     recorded = np.any([np.isfinite(m).any(axis=0) for _, m in matrices.values()], axis=0)
@@ -438,12 +442,20 @@ def layerwise_table(frame: pd.DataFrame) -> tuple[int, pd.DataFrame]:
     return int(frame["step"].iloc[last]), pd.DataFrame.from_dict(rows, orient="index")
 
 
+def random_ap_at(frame: pd.DataFrame, step: int) -> float:
+    """The random ranking's evidence AP recorded at `step` (NaN when it was not)."""
+    key = K.EVIDENCE_AP.format(method="random")
+    values = frame.loc[frame["step"] == step, key] if key in frame else pd.Series(dtype=float)
+    return float(values.iloc[0]) if len(values) else float("nan")
+
+
 def layerwise_comparison(frame: pd.DataFrame, log_steps: bool = True, title: str = "") -> Figure:
     """Evidence AP by layer for every method at the last snapshot (left), and each method's
     last layer over training (right), the random ranking's AP a grey dashed line in both:
     NormXLogit's logit lens beside the context-mixing methods."""
-    step, table = layerwise_table(frame)
-    matrices = layer_matrix(frame)  # the logit-lens methods (from layer 0) first
+    matrices = layer_matrix(frame)
+    step, table = _layerwise_table(frame, matrices)
+    # The logit-lens methods (from layer 0) first.
     matrices = dict(sorted(matrices.items(), key=lambda kv: (kv[1][0][0] != 0, kv[0])))
     known = ("normxlogit", "logat", *K.CONTEXT_MIXING_METHODS)  # one colour a method, any run
     palette = _colors(len(known) + len(matrices))
@@ -459,12 +471,11 @@ def layerwise_comparison(frame: pd.DataFrame, log_steps: bool = True, title: str
         ok = np.isfinite(matrix[-1])
         over_training.plot(steps[ok], matrix[-1][ok], marker=".", color=color,
                            label=f"{method} (layer {layers[-1]})", gid=key)
+    if np.isfinite(level := random_ap_at(frame, step)):
+        by_layer.axhline(level, color="0.5", ls="--", label="random", gid=random_key)
     if random_key in frame:
         values = _column(frame, random_key)
         ok = np.isfinite(values)
-        at_step = values[steps == step]
-        if at_step.size and np.isfinite(at_step[0]):
-            by_layer.axhline(at_step[0], color="0.5", ls="--", label="random", gid=random_key)
         over_training.plot(steps[ok], values[ok], "--", color="0.5", label="random",
                            gid=random_key)
     layers = list(table.columns)

@@ -52,7 +52,7 @@ from normx_track import keys as K  # noqa: E402
 from normx_track.keys import auroc_key, correlation_key  # noqa: E402
 
 from . import robustness  # noqa: E402
-from .figures import Skipped, layerwise_table  # noqa: E402
+from .figures import Skipped, layerwise_table, random_ap_at  # noqa: E402
 from .curves import build_figures  # noqa: E402
 from .load import (NoRecordError, RecordWarning, Run, cli_warnings, has_record, load_run,  # noqa: E402
                    load_sweep, no_record_message, unwritable)
@@ -278,10 +278,9 @@ def layerwise_html(run: Run) -> str:
         return f"<p class='skipped'>{html.escape(str(why))}</p>"
     table = table.rename(columns=lambda l: "0 (emb)" if l == 0 else str(l))
     table.insert(0, "method", table.index)
-    random = run.frame.loc[run.frame["step"] == step, K.EVIDENCE_AP.format(method="random")] \
-        if K.EVIDENCE_AP.format(method="random") in run.frame else pd.Series(dtype=float)
-    baseline = (f" The random ranking's AP at this step: {float(random.iloc[0]):.3f}."
-                if len(random) and np.isfinite(random.iloc[0]) else "")
+    random = random_ap_at(run.frame, step)
+    baseline = (f" The random ranking's AP at this step: {random:.3f}."
+                if np.isfinite(random) else "")
     return (f"<p>Evidence AP by layer at step {step}.{baseline} For the context-mixing "
             "methods read AP, not DP: DP is the softmax mass on the cue, and a mixing weight "
             "lies in [0, 1], so its softmax stays near the uniform share whatever the "

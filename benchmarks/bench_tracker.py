@@ -123,9 +123,8 @@ def profile_default_run(steps: int) -> None:
             continue
         label = f"{name} ({Path(path).name})"
         phase = PHASES.get(name) or PHASES.get(label)
-        if phase is not None or name.endswith("Probe.__call__") or (
-                name == "__call__" and "probes" in path):
-            rows.append((cumulative, f"{label}", phase or "a probe"))
+        if phase is not None or (name == "__call__" and "probes" in path):
+            rows.append((cumulative, label, phase or "a probe"))
     for cumulative, label, phase in sorted(rows, reverse=True):
         print(f"  {cumulative:7.3f} s {100 * cumulative / inside:5.1f} %  {label:<40} {phase}")
 

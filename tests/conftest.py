@@ -63,7 +63,7 @@ def run_train(cache_dir: Path, *overrides: str, check: bool = True, cwd: Path | 
 # Each run is `python train.py <argv>` as a user would type it, Hydra's main called once a
 # run in one process (as a multirun's jobs are): the imports, seconds each, are paid once.
 DRIVER = textwrap.dedent("""
-    import contextlib, io, json, os, runpy, shutil, sys, time, traceback
+    import contextlib, io, json, os, runpy, shutil, sys, traceback
     root, runs, results_file = sys.argv[1:]
     results = {}
     for name, argv in json.load(open(runs)).items():
@@ -72,7 +72,7 @@ DRIVER = textwrap.dedent("""
                 shutil.copytree(argv[1], argv[2])
             continue
         sys.argv = ["train.py", *argv]
-        out, err, code, start = io.StringIO(), io.StringIO(), 0, time.perf_counter()
+        out, err, code = io.StringIO(), io.StringIO(), 0
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 runpy.run_path(root + "/train.py", run_name="__main__")
@@ -81,8 +81,7 @@ DRIVER = textwrap.dedent("""
             except BaseException:  # a traceback would reach the user
                 traceback.print_exc()
                 code = 1
-        results[name] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
-                         "seconds": time.perf_counter() - start}
+        results[name] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
     json.dump(results, open(results_file, "w"))
 """)
 

@@ -39,7 +39,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from normx_track.gold.metrics import correlations
+from normx_track.gold.metrics import correlations, partial_coefficient
 
 __all__ = ["Emergence", "SettlingNull", "curve_summary", "emergence", "frequency_bins",
            "order_statistics", "percentile_ranks", "settling_counts", "settling_null",
@@ -185,11 +185,8 @@ def resampled_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray | None,
     r_xy = _row_spearman(x[take], y[take])
     if z is None:
         return r_xy
-    r_xz, r_yz = _row_spearman(x[take], z[take]), _row_spearman(y[take], z[take])
-    spare_x, spare_y = 1 - r_xz**2, 1 - r_yz**2  # metrics._partial's rule for |r| = 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (r_xy - r_xz * r_yz) / np.sqrt(spare_x * spare_y)
-    return np.where((spare_x > 1e-10) & (spare_y > 1e-10), out, np.nan)
+    return partial_coefficient(r_xy, _row_spearman(x[take], z[take]),
+                               _row_spearman(y[take], z[take]))
 
 
 def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:

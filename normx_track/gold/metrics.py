@@ -47,12 +47,19 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return _corr(stats.spearmanr, x, y)
 
 
-def _partial(r_xy: float, r_xz: float, r_yz: float) -> float:
-    # Undefined when the control determines x or y (|r| = 1 up to rounding).
+def partial_coefficient(r_xy, r_xz, r_yz) -> np.ndarray:
+    """(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)), elementwise over arrays of
+    coefficients; NaN where the control determines x or y (|r| = 1 up to rounding)."""
+    r_xy, r_xz, r_yz = (np.asarray(r, np.float64) for r in (r_xy, r_xz, r_yz))
     spare_x, spare_y = 1 - r_xz**2, 1 - r_yz**2
-    if not (spare_x > 1e-10 and spare_y > 1e-10):
-        return math.nan
-    return (r_xy - r_xz * r_yz) / math.sqrt(spare_x * spare_y)
+    defined = (spare_x > 1e-10) & (spare_y > 1e-10)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (r_xy - r_xz * r_yz) / np.sqrt(np.where(defined, spare_x * spare_y, 1.0))
+    return np.where(defined, out, np.nan)
+
+
+def _partial(r_xy: float, r_xz: float, r_yz: float) -> float:
+    return float(partial_coefficient(r_xy, r_xz, r_yz))
 
 
 def correlations(norms: np.ndarray, gold: np.ndarray, counts: np.ndarray,
