@@ -59,7 +59,10 @@ def partial_coefficient(r_xy, r_xz, r_yz) -> np.ndarray:
 
 
 def _partial(r_xy: float, r_xz: float, r_yz: float) -> float:
-    return float(partial_coefficient(r_xy, r_xz, r_yz))
+    value = float(partial_coefficient(r_xy, r_xz, r_yz))
+    # math.nan itself, as every other undefined statistic here: two rows holding it compare
+    # equal (container equality checks identity first), a fresh float('nan') would not.
+    return value if math.isfinite(value) else math.nan
 
 
 def correlations(norms: np.ndarray, gold: np.ndarray, counts: np.ndarray,
