@@ -487,6 +487,48 @@ def test_pair_accuracy_compares_whole_words_by_log_probability(tok):
     assert out["normx/pair_n_shared_first_token"] == 1
 
 
+def test_bad_words_are_read_from_the_good_words_pass_and_only_longer_ones_take_another(
+        tok, monkeypatch):
+    """log p(bad | prefix) is read from the pass over prefix + good wherever the bad word
+    has at most one token past those it shares with the good word; the rest take one
+    more pass of their own rows only. Both against a token-at-a-time loop."""
+    from normx_track.probes import evidence
+    model = perturbed_gpt2(tok, seed=4)
+    pairs = [MinimalPair("the cat", "sleeps", "sleep", (), uid="one_token"),
+             MinimalPair("the cat", RARE + "s", RARE, (), uid="bad_within_good"),
+             MinimalPair("the cat", RARE, RARE + "s", (), uid="one_past_good"),
+             MinimalPair("the cat", "sleep", RARE, (), uid="long_bad")]
+    enc = encode_pairs(pairs, tok)
+    past = [len(b) - n for b, n in zip(enc.bad_tokens, (enc.contrast_position - enc.last))]
+    assert past[:3] == [1, 0, 1] and past[3] >= 2, "precondition: the four cases"
+    scored, again = {}, []
+    real_pair_accuracy = evidence.EvidenceProbe._pair_accuracy
+    real_continuation = evidence.continuation_logprobs
+
+    def spy_accuracy(self, model, good, bad):
+        out = real_pair_accuracy(self, model, good, bad)
+        scored["good"], scored["bad"] = good, bad
+        return out
+
+    def spy_continuation(model, contexts, continuations, *args):
+        again.append(len(contexts))
+        out = real_continuation(model, contexts, continuations, *args)
+        scored["again"] = out
+        return out
+
+    monkeypatch.setattr(evidence.EvidenceProbe, "_pair_accuracy", spy_accuracy)
+    monkeypatch.setattr(evidence, "continuation_logprobs", spy_continuation)
+    EvidenceProbe(pairs, tok, contrastive=False)(model)
+    assert again == [1], "only the bad word two tokens past the good one takes a pass"
+    for i, pair in enumerate(pairs):
+        context = running(tok, pair.prefix)
+        for word, tokens in (("good", enc.good_tokens[i]), ("bad", enc.bad_tokens[i])):
+            expected = _logprob(model, context, tokens)
+            got = scored[word][i] if not (word == "bad" and i == 3) else scored["again"][0]
+            assert got == pytest.approx(expected, abs=1e-4), (pair.uid, word)
+    assert math.isnan(scored["bad"][3]), "the long bad word is not read from the good pass"
+
+
 def _shared_first_token_words(tok, n):
     """Pairs of novel words whose tokenisations share the first token, differ later and
     have the same length (so neither is favoured by length alone)."""

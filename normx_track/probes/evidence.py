@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from normx_track.attribution.normxlogit import attribute_many
@@ -55,7 +56,7 @@ from normx_track.probes.encoding import (EncodedPairs, NothingFitsError, encode_
 from normx_track.probes.evidence_base import (EvidenceBase, ExplainedBatch, LayerwiseMethod,
                                               Ranking, score_arrays)
 from normx_track.probes.files import MinimalPair
-from normx_track.probes.likelihood import continuation_logprobs, logprobs_from_states
+from normx_track.probes.likelihood import continuation_logprobs, logprobs_of_tokens
 
 __all__ = ["EvidenceProbe", "seeded_subset"]
 
@@ -162,9 +163,7 @@ class EvidenceProbe(EvidenceBase):
                                batch.attention_mask.to(device), explain, layers=self.layers,
                                norm_factor=self.norm_factor)
         scores, stacks, contrastive = score_arrays(a, c[0] if c else None)
-        good_logp = logprobs_from_states(model, a.final_states, batch.input_ids,
-                                         [len(ctx) for ctx in batch.context],
-                                         [len(g) for g in batch.good_tokens])
+        word_logp = _word_logprobs(model, a.final_states, batch)
         positions = np.arange(batch.input_ids.shape[1])[None, :]
         cue = batch.cue_mask.numpy()
         # The word read at t (t and its earlier pieces) is never ranked.
@@ -175,7 +174,7 @@ class EvidenceProbe(EvidenceBase):
             contrast = Ranking.of(cue, positions < batch.contrast_word_start.numpy()[:, None],
                                   batch.has_contrast.numpy())
         return ExplainedBatch(ranking, scores, stacks, a.layers, contrast, contrastive,
-                              carry=(good_logp, n_cue_at_t))
+                              carry=(word_logp, n_cue_at_t))
 
     def _inputs(self, batch: EncodedPairs):
         return batch.input_ids, batch.attention_mask, batch.last, batch.good_ids
@@ -187,18 +186,25 @@ class EvidenceProbe(EvidenceBase):
     def _accuracy(self, model: nn.Module, carried: list) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.encoded is not None:
-            out.update(self._pair_accuracy(model, np.concatenate([lp for lp, _ in carried])))
+            good, bad = (np.concatenate(w) for w in zip(*(lp for lp, _ in carried)))
+            out.update(self._pair_accuracy(model, good, bad))
         if self.sentences is not None:
             out.update(self._blimp_accuracy(model))
         return out
 
-    def _pair_accuracy(self, model: nn.Module, good_logp: np.ndarray) -> dict[str, float]:
-        """Good wins when its whole-word log-probability (read from the evidence passes)
-        beats the bad word's (one more pass)."""
+    def _pair_accuracy(self, model: nn.Module, good_logp: np.ndarray, bad_logp: np.ndarray
+                       ) -> dict[str, float]:
+        """Good wins when its whole-word log-probability beats the bad word's, both read
+        from the evidence passes where they can be (`_word_logprobs`); the bad words that
+        go on past their first differing token take one more pass."""
         enc = self.encoded
         n = len(enc)
-        bad_logp = continuation_logprobs(model, enc.context, enc.bad_tokens, self.batch_size,
-                                         self.pad_id)
+        rest = np.flatnonzero(np.isnan(bad_logp))
+        if len(rest):
+            bad_logp = bad_logp.copy()
+            bad_logp[rest] = continuation_logprobs(
+                model, [enc.context[i] for i in rest], [enc.bad_tokens[i] for i in rest],
+                self.batch_size, self.pad_id)
         correct = good_logp > bad_logp
         out = {PAIR_ACCURACY: float(correct.mean()), PAIR_N_PAIRS: n,
                PAIR_N_SHARED_FIRST_TOKEN: int((enc.good_ids == enc.bad_ids).sum())}
@@ -214,6 +220,24 @@ class EvidenceProbe(EvidenceBase):
         out = {BLIMP_ACCURACY: float(correct.mean()), BLIMP_N_PAIRS: n}
         out.update(self._by_uid(BLIMP_ACCURACY_BY_UID, correct, s.pairs))
         return out
+
+
+def _word_logprobs(model: nn.Module, states, batch: EncodedPairs
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The good and the bad words' log-probabilities given the prefix, read from the pass
+    over prefix + good word: the bad word's too where its tokens after those it shares
+    with the good word are at most one (the states before the first differing token are
+    the same for both), NaN for the rest (scored by another pass)."""
+    starts = [len(ctx) for ctx in batch.context]
+    good = logprobs_of_tokens(model, states, starts, batch.good_tokens)
+    shared = (batch.contrast_position - batch.last).tolist()  # leading tokens in common
+    readable = [len(b) <= n + 1 for b, n in zip(batch.bad_tokens, shared)]
+    bad = np.full(len(starts), np.nan)
+    rows = np.flatnonzero(readable)
+    if len(rows):
+        bad[rows] = logprobs_of_tokens(model, states[torch.as_tensor(rows)], [starts[i] for i in rows],
+                                       [batch.bad_tokens[i] for i in rows])
+    return good, bad
 
 
 def _encode_prefixed(pairs: Sequence[MinimalPair], tokenizer, max_length: int | None,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from normx_track.modeling import eval_mode, model_device, padding_inputs
 
-__all__ = ["continuation_logprobs", "logprobs_from_states"]
+__all__ = ["continuation_logprobs", "logprobs_of_tokens"]
 
 
 @torch.no_grad()
@@ -53,24 +53,25 @@ def _batch(model: nn.Module, contexts, continuations, pad_id: int) -> np.ndarray
     ids = ids.to(device)
     mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
     states = model.base_model(input_ids=ids, use_cache=False, **padding_inputs(mask))[0]
-    return logprobs_from_states(model, states, ids, [len(c) for c in contexts],
-                                [len(x) for x in continuations])
+    return logprobs_of_tokens(model, states, [len(c) for c in contexts], continuations)
 
 
-def logprobs_from_states(model: nn.Module, states: Tensor, ids: Tensor, starts: Sequence[int],
-                         lengths: Sequence[int]) -> np.ndarray:
-    """Sum of log p(ids[b, j]) for j in starts[b] .. starts[b] + lengths[b] - 1, read from a
-    pass's final states (after the final norm, [B, T, d]): position j - 1 predicts token j.
-    Only those positions go through the head."""
+def logprobs_of_tokens(model: nn.Module, states: Tensor, starts: Sequence[int],
+                       tokens: Sequence[Sequence[int]]) -> np.ndarray:
+    """Sum over j of log p(tokens[b][j]) at position starts[b] + j, read from a pass's final
+    states: the states at starts[b] - 1 + j predict it, so the tokens need not be the
+    pass's own input there (e.g. another word that shares the input's first tokens), as
+    long as tokens[b][:j] are. Only those positions go through the head."""
     device = states.device
-    row_of, pos = [], []
-    for b, (start, length) in enumerate(zip(starts, lengths)):
-        row_of += [b] * length
-        pos += range(start - 1, start + length - 1)
+    row_of, pos, target = [], [], []
+    for b, (start, row) in enumerate(zip(starts, tokens)):
+        row_of += [b] * len(row)
+        pos += range(start - 1, start + len(row) - 1)
+        target += list(row)
     row_of_t = torch.tensor(row_of, device=device, dtype=torch.long)
     pos_t = torch.tensor(pos, device=device, dtype=torch.long)
     logits = model.get_output_embeddings()(states[row_of_t, pos_t]).float()
-    targets = ids.to(device)[row_of_t, pos_t + 1, None]
+    targets = torch.tensor(target, device=device, dtype=torch.long)[:, None]
     token_logp = logits.log_softmax(-1).gather(1, targets).squeeze(1)
     sums = torch.zeros(len(starts), dtype=torch.float64, device=device)
     sums.index_add_(0, row_of_t, token_logp.double())
