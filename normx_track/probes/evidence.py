@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from normx_track.attribution.normxlogit import attribute_many
+from normx_track.attribution.scores import AttributionScores
 from normx_track.keys import (
     BLIMP_ACCURACY, BLIMP_ACCURACY_BY_UID, BLIMP_N_PAIRS, BLIMP_N_TOO_LONG,
     EVIDENCE_N_CUE_AT_PREDICTION, EVIDENCE_N_CUE_TRUNCATED, PAIR_ACCURACY, PAIR_ACCURACY_BY_UID,
@@ -163,7 +164,7 @@ class EvidenceProbe(EvidenceBase):
                                batch.attention_mask.to(device), explain, layers=self.layers,
                                norm_factor=self.norm_factor)
         scores, stacks, contrastive = score_arrays(a, c[0] if c else None)
-        word_logp = _word_logprobs(model, a.final_states, batch)
+        word_logp = _word_logprobs(a, model, batch)
         positions = np.arange(batch.input_ids.shape[1])[None, :]
         cue = batch.cue_mask.numpy()
         # The word read at t (t and its earlier pieces) is never ranked.
@@ -222,21 +223,24 @@ class EvidenceProbe(EvidenceBase):
         return out
 
 
-def _word_logprobs(model: nn.Module, states, batch: EncodedPairs
+def _word_logprobs(a: AttributionScores, model: nn.Module, batch: EncodedPairs
                    ) -> tuple[np.ndarray, np.ndarray]:
     """The good and the bad words' log-probabilities given the prefix, read from the pass
-    over prefix + good word: the bad word's too where its tokens after those it shares
-    with the good word are at most one (the states before the first differing token are
-    the same for both), NaN for the rest (scored by another pass)."""
-    starts = [len(ctx) for ctx in batch.context]
-    good = logprobs_of_tokens(model, states, starts, batch.good_tokens)
+    over prefix + good word: the first token's from the logits at t the attribution
+    computed, the later tokens' from the states after it. The bad word's too where it has
+    at most one token past those it shares with the good word (the states before the
+    first differing token are the same for both); NaN for the rest (another pass)."""
+    at_t = a.logits.float().log_softmax(-1).cpu()  # [B, V]
+    rows = torch.arange(len(batch))
+    second = [len(ctx) + 1 for ctx in batch.context]  # where each word's second token is
     shared = (batch.contrast_position - batch.last).tolist()  # leading tokens in common
-    readable = [len(b) <= n + 1 for b, n in zip(batch.bad_tokens, shared)]
-    bad = np.full(len(starts), np.nan)
-    rows = np.flatnonzero(readable)
-    if len(rows):
-        bad[rows] = logprobs_of_tokens(model, states[torch.as_tensor(rows)], [starts[i] for i in rows],
-                                       [batch.bad_tokens[i] for i in rows])
+    readable = np.array([len(b) <= n + 1 for b, n in zip(batch.bad_tokens, shared)])
+    good = at_t[rows, batch.good_ids].double().numpy() + logprobs_of_tokens(
+        model, a.final_states, second, [g[1:] for g in batch.good_tokens])
+    bad = at_t[rows, batch.bad_ids].double().numpy() + logprobs_of_tokens(
+        model, a.final_states, second,
+        [b[1:] if r else [] for b, r in zip(batch.bad_tokens, readable)])
+    bad[~readable] = np.nan
     return good, bad
 
 

@@ -61,13 +61,16 @@ def logprobs_of_tokens(model: nn.Module, states: Tensor, starts: Sequence[int],
     """Sum over j of log p(tokens[b][j]) at position starts[b] + j, read from a pass's final
     states: the states at starts[b] - 1 + j predict it, so the tokens need not be the
     pass's own input there (e.g. another word that shares the input's first tokens), as
-    long as tokens[b][:j] are. Only those positions go through the head."""
+    long as tokens[b][:j] are. Only those positions go through the head; an empty row
+    sums to 0."""
     device = states.device
     row_of, pos, target = [], [], []
     for b, (start, row) in enumerate(zip(starts, tokens)):
         row_of += [b] * len(row)
         pos += range(start - 1, start + len(row) - 1)
         target += list(row)
+    if not target:  # every row empty: nothing to read
+        return np.zeros(len(starts))
     row_of_t = torch.tensor(row_of, device=device, dtype=torch.long)
     pos_t = torch.tensor(pos, device=device, dtype=torch.long)
     logits = model.get_output_embeddings()(states[row_of_t, pos_t]).float()
