@@ -166,6 +166,14 @@ def score_arrays(a: AttributionScores, contrast: AttributionScores | None = None
     return scores, stacks, contrastive
 
 
+def _kept_ap_dp(stack: np.ndarray, r: Ranking) -> tuple[np.ndarray, np.ndarray]:
+    """AP and DP of every [B, T] score array in ``stack`` [N, B, T] at once, kept rows only."""
+    ap = average_precision_rows(stack, r.relevant, r.ranked)
+    with np.errstate(invalid="ignore"):  # rows with nothing ranked: NaN, not kept
+        dp = dot_product_alignment_rows(stack, r.relevant, r.ranked)
+    return ap[:, r.keep], dp[:, r.keep]
+
+
 class Alignment:
     """Per-row AP and DP of each method, accumulated over batches; ``n`` the rows scored."""
 
@@ -179,25 +187,23 @@ class Alignment:
     def add(self, scores: dict[str, np.ndarray], r: Ranking, random_name: str) -> None:
         """The kept rows of [B, T] ``scores``, and the random expectation as ``random_name``."""
         self.n += int(r.keep.sum())
-        for name, s in scores.items():
-            self.ap.setdefault(name, []).extend(
-                average_precision_rows(s, r.relevant, r.ranked)[r.keep])
-            with np.errstate(invalid="ignore"):  # rows with nothing ranked: NaN, not kept
-                dp = dot_product_alignment_rows(s, r.relevant, r.ranked)
-            self.dp.setdefault(name, []).extend(dp[r.keep])
+        if scores:
+            ap, dp = _kept_ap_dp(np.stack(list(scores.values())), r)
+            for name, a, d in zip(scores, ap, dp):
+                self.ap.setdefault(name, []).extend(a)
+                self.dp.setdefault(name, []).extend(d)
         random_ap, random_dp = random_baselines_rows(r.relevant, r.ranked)
         self.ap.setdefault(random_name, []).extend(random_ap[r.keep])
         self.dp.setdefault(random_name, []).extend(random_dp[r.keep])
 
     def add_layers(self, stacks: dict[str, np.ndarray], layers: Sequence[int],
                    r: Ranking) -> None:
-        for name, stack in stacks.items():  # [L, B, T]
-            per_layer = average_precision_rows(stack, r.relevant, r.ranked)[:, r.keep]
-            with np.errstate(invalid="ignore"):
-                dp = dot_product_alignment_rows(stack, r.relevant, r.ranked)[:, r.keep]
-            for layer, values, dp_values in zip(layers, per_layer, dp):
-                self.by_layer.setdefault((name, layer), []).extend(values)
-                self.by_layer_dp.setdefault((name, layer), []).extend(dp_values)
+        if not stacks:
+            return
+        ap, dp = _kept_ap_dp(np.concatenate(list(stacks.values())), r)  # [M x L, kept]
+        for i, (name, layer) in enumerate((n, l) for n in stacks for l in layers):
+            self.by_layer.setdefault((name, layer), []).extend(ap[i])
+            self.by_layer_dp.setdefault((name, layer), []).extend(dp[i])
 
     def metrics(self, methods: Sequence[str]) -> dict[str, float]:
         out = {}
@@ -330,11 +336,9 @@ class EvidenceBase:
             stack = torch.as_tensor(stack).float().cpu().numpy()
             main.add_layers({method.name: stack}, layers, ranking)
             # The last layer as the method's headline AP / DP (random already counted).
-            ap = average_precision_rows(stack[-1], ranking.relevant, ranking.ranked)
-            with np.errstate(invalid="ignore"):
-                dp = dot_product_alignment_rows(stack[-1], ranking.relevant, ranking.ranked)
-            main.ap.setdefault(method.name, []).extend(ap[ranking.keep])
-            main.dp.setdefault(method.name, []).extend(dp[ranking.keep])
+            (ap,), (dp,) = _kept_ap_dp(stack[-1:], ranking)
+            main.ap.setdefault(method.name, []).extend(ap)
+            main.dp.setdefault(method.name, []).extend(dp)
 
     def _by_uid(self, key: str, correct: np.ndarray, pairs: Sequence[MinimalPair]) -> dict:
         return accuracy_by_uid(key, correct, pairs) if self.by_uid else {}
