@@ -70,3 +70,16 @@ def test_a_chunked_loss_run_records_the_plain_runs_rows(tiny_run: Path, cache_di
     run(tiny_config(out, cache_dir, "logger=none",
                     "trainer.loss_chunk_tokens=40"))
     assert_rows_close(rows_of(out), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
+
+
+def test_gpt2_takes_the_one_kernel_tanh_gelu_which_is_gpt2s_formula():
+    """GPT-2 models are built with torch's tanh-approximate GELU (one kernel), which must be
+    the formula of GPT-2's own (HF's "gelu_new"): 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))."""
+    import math
+    from transformers.activations import ACT2FN
+    from normx_track.training.model import build_hf_config
+    config = build_hf_config(ModelConfig(arch="gpt2"), vocab_size=64, eos_token_id=0)
+    assert config.activation_function == "gelu_pytorch_tanh"
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    by_hand = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    torch.testing.assert_close(ACT2FN[config.activation_function](x), by_hand)
