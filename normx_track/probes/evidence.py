@@ -69,11 +69,12 @@ class EvidenceProbe(EvidenceBase):
 
     One forward pass per batch over prefix + good word explains the good word at t (and,
     with ``contrastive``, good against bad where they first differ) and gives the good
-    word's log-probability; prefix positions before the prediction point are compared with
-    the cue positions by average precision and dot product, for NormXLogit, LogAt, the norm
-    factor alone and the random expectation, per layer (logit lens) for NormXLogit and
-    LogAt. Accuracy takes one more batched pass for the bad words (and two for BLiMP's
-    sentences). Keys::
+    word's log-probability, and the bad word's where it has at most one token past those
+    the two share; prefix positions before the prediction point are compared with the cue
+    positions by average precision and dot product, for NormXLogit, LogAt, the norm factor
+    alone and the random expectation, per layer (logit lens) for NormXLogit and LogAt.
+    Accuracy takes one more batched pass for the longer bad words only (and two for
+    BLiMP's sentences). Keys::
 
         normx/evidence_ap/<method>, normx/evidence_dp/<method>   normxlogit, logat, norm,
             random (+ normxlogit_contrastive, logat_contrastive, random_contrastive)
@@ -200,7 +201,7 @@ class EvidenceProbe(EvidenceBase):
         go on past their first differing token take one more pass."""
         enc = self.encoded
         n = len(enc)
-        rest = np.flatnonzero(np.isnan(bad_logp))
+        rest = np.flatnonzero(np.isnan(bad_logp))  # (a diverged model's NaN: NaN again)
         if len(rest):
             bad_logp = bad_logp.copy()
             bad_logp[rest] = continuation_logprobs(
