@@ -188,6 +188,35 @@ def test_order_statistics_equal_scipy():
     assert rows[("spearman", "log_frequency")]["ci_high"] < 0  # frequent types settle early
 
 
+def test_order_intervals_are_each_plans_own_bootstrap():
+    """The plans share their resamples and ranks: each interval must be the one a bootstrap
+    of that plan alone gives from the seed, also for a signal with missing values (its own
+    types, so its own resamples)."""
+    rng = np.random.default_rng(5)
+    n, n_boot, seed = 120, 200, 7
+    counts = rng.integers(10, 3000, n)
+    ig, other = rng.random(n) + 0.2 * np.log(counts), rng.random(n)
+    other[:9] = np.nan
+    settling = np.round(100 / np.log(counts) + 10 * rng.random(n))
+    settling[-5:] = np.nan
+    rows = E.order_statistics(settling, counts, {"ig": ig, "other": other}, n_boot=n_boot,
+                              seed=seed)
+    log_freq = np.log(counts)
+    plans = [(log_freq, None), (ig, None), (ig, log_freq), (other, None), (other, log_freq)]
+    assert [(r["statistic"], r["against"]) for r in rows] == [
+        ("spearman", "log_frequency"), ("spearman", "ig"), ("partial_spearman", "ig"),
+        ("spearman", "other"), ("partial_spearman", "other")]
+    for row, (y, z) in zip(rows, plans):
+        use = np.isfinite(settling) & np.isfinite(y)
+        x_, y_, z_ = settling[use], y[use], None if z is None else z[use]
+        take = np.random.default_rng(seed).integers(0, use.sum(), (n_boot, use.sum()))
+        alone = E.resampled_spearman(x_, y_, z_, take)
+        alone = alone[np.isfinite(alone)]
+        assert row["n"] == use.sum()
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(
+            (np.percentile(alone, 2.5), np.percentile(alone, 97.5)), rel=1e-12)
+
+
 def test_resampled_spearman_equals_one_resample_at_a_time():
     """The bootstrap ranks every resample at once; each row must be the coefficient
     `correlations()` gives that resample alone (ties from repeated draws included)."""

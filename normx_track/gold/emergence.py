@@ -163,16 +163,30 @@ def peak_steps(norms: np.ndarray, steps: Sequence[int]) -> np.ndarray:
     return np.asarray(steps, np.float64)[np.argmax(norms, axis=0)]
 
 
-def _bootstrap_ci(x: np.ndarray, y: np.ndarray, z: np.ndarray | None, n_boot: int,
-                  seed: int) -> tuple[float, float]:
-    """95 % percentile interval of the (partial) Spearman over types resampled, the
-    resamples ranked a block at a time (about 4 M values: a 50k-type vocabulary stays in
-    tens of MB)."""
+def _bootstrap_cis(x: np.ndarray, plans: Sequence[tuple[np.ndarray, np.ndarray | None]],
+                   n_boot: int, seed: int) -> list[tuple[float, float]]:
+    """95 % percentile interval of each plan's (partial) Spearman of x with y (controlling z)
+    over types resampled, all plans on the same resamples (the same draws one plan alone
+    would get from `seed`). Each resample block ranks x, and each distinct y or z array,
+    once: a block is about 4 M values, so a 50k-type vocabulary stays in tens of MB."""
     rng = np.random.default_rng(seed)
     block = max(1, 4_000_000 // max(len(x), 1))
-    values = np.concatenate([
-        resampled_spearman(x, y, z, rng.integers(0, len(x), (min(block, n_boot - done), len(x))))
-        for done in range(0, n_boot, block)])
+    values: list[list[np.ndarray]] = [[] for _ in plans]
+    for done in range(0, n_boot, block):
+        take = rng.integers(0, len(x), (min(block, n_boot - done), len(x)))
+        ranked: dict[int, np.ndarray] = {}
+
+        def ranks(v: np.ndarray) -> np.ndarray:
+            if id(v) not in ranked:
+                ranked[id(v)] = _centred_ranks(v[take])
+            return ranked[id(v)]
+
+        for out, (y, z) in zip(values, plans):
+            out.append(_spearman_of_ranks(ranks(x), ranks(y), None if z is None else ranks(z)))
+    return [_percentile_interval(np.concatenate(v)) for v in values]
+
+
+def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
     values = values[np.isfinite(values)]
     if values.size == 0:
         return math.nan, math.nan
@@ -182,18 +196,28 @@ def _bootstrap_ci(x: np.ndarray, y: np.ndarray, z: np.ndarray | None, n_boot: in
 def resampled_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray | None,
                        take: np.ndarray) -> np.ndarray:
     """`_spearman` of each resample (a row of indices in ``take``), all rows at once."""
-    r_xy = _row_spearman(x[take], y[take])
-    if z is None:
+    return _spearman_of_ranks(_centred_ranks(x[take]), _centred_ranks(y[take]),
+                              None if z is None else _centred_ranks(z[take]))
+
+
+def _spearman_of_ranks(rx: np.ndarray, ry: np.ndarray, rz: np.ndarray | None) -> np.ndarray:
+    """Row by row, the Spearman of x and y from their centred ranks (partial, controlling
+    z, where rz is given)."""
+    r_xy = _row_pearson(rx, ry)
+    if rz is None:
         return r_xy
-    return partial_coefficient(r_xy, _row_spearman(x[take], z[take]),
-                               _row_spearman(y[take], z[take]))
+    return partial_coefficient(r_xy, _row_pearson(rx, rz), _row_pearson(ry, rz))
 
 
-def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman of each row of a with the same row of b: NaN where a row is constant."""
-    ra, rb = (stats.rankdata(m, axis=1) for m in (a, b))
-    ra -= ra.mean(axis=1, keepdims=True)
-    rb -= rb.mean(axis=1, keepdims=True)
+def _centred_ranks(m: np.ndarray) -> np.ndarray:
+    """Each row's ranks (ties averaged) less their mean."""
+    ranks = stats.rankdata(m, axis=1)
+    return ranks - ranks.mean(axis=1, keepdims=True)
+
+
+def _row_pearson(ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
+    """Pearson of each row of centred ra with the same row of rb: NaN where a row is
+    constant."""
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (ra * rb).sum(axis=1) / np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
     return np.clip(r, -1, 1)
@@ -214,22 +238,43 @@ def order_statistics(settling: np.ndarray, counts: np.ndarray,
     with log frequency and with each signal, and the partial Spearman controlling log
     frequency, over the types that settle."""
     settling, counts = np.asarray(settling, np.float64), np.asarray(counts, np.float64)
-    rows = []
     ok = np.isfinite(settling) & (counts > 0)
     log_freq = np.log(np.where(counts > 0, counts, 1.0))
     plans = [("spearman", "log_frequency", log_freq, None)]
     for name, values in signals.items():
         plans.append(("spearman", name, np.asarray(values, np.float64), None))
         plans.append(("partial_spearman", name, np.asarray(values, np.float64), log_freq))
-    for statistic, against, y, z in plans:
-        use = ok & np.isfinite(y)
-        x_, y_, z_ = settling[use], y[use], None if z is None else z[use]
-        value = _spearman(x_, y_, z_) if use.sum() >= 3 else math.nan
-        low, high = (_bootstrap_ci(x_, y_, z_, n_boot, seed) if use.sum() >= 3
-                     else (math.nan, math.nan))
+    uses = [ok & np.isfinite(y) for _, _, y, _ in plans]
+    intervals = _intervals_by_types(settling, [(y, z) for _, _, y, z in plans], uses,
+                                    n_boot, seed)
+    rows = []
+    for (statistic, against, y, z), use, (low, high) in zip(plans, uses, intervals):
+        value = (_spearman(settling[use], y[use], None if z is None else z[use])
+                 if use.sum() >= 3 else math.nan)
         rows.append(dict(statistic=statistic, against=against, value=float(value),
                          ci_low=low, ci_high=high, n=int(use.sum())))
     return rows
+
+
+def _intervals_by_types(x: np.ndarray, plans: list[tuple[np.ndarray, np.ndarray | None]],
+                        uses: list[np.ndarray], n_boot: int, seed: int
+                        ) -> list[tuple[float, float]]:
+    """`_bootstrap_cis` of each plan over its types (``uses``): plans over the same types
+    share their resamples and the ranks on them; fewer than 3 types give NaN."""
+    out = [(math.nan, math.nan)] * len(plans)
+    groups: dict[bytes, list[int]] = {}
+    for i, use in enumerate(uses):
+        groups.setdefault(use.tobytes(), []).append(i)
+    for members in groups.values():
+        use = uses[members[0]]
+        if use.sum() < 3:
+            continue
+        restricted = {id(v): v[use] for i in members for v in plans[i] if v is not None}
+        shared = [(restricted[id(y)], None if z is None else restricted[id(z)])
+                  for y, z in (plans[i] for i in members)]
+        for i, ci in zip(members, _bootstrap_cis(x[use], shared, n_boot, seed)):
+            out[i] = ci
+    return out
 
 
 def frequency_bins(values: np.ndarray, counts: np.ndarray, n_bins: int = 8
