@@ -584,7 +584,6 @@ def test_masked_lm_settings_are_checked():
     validate(cfg)
     for key, value, message in (("data.mlm_probability", 0.0, "data.mlm_probability must be > 0"),
                                 ("data.mlm_probability", 1.0, r"data.mlm_probability must be in"),
-                                ("trainer.loss_chunk_tokens", 64, "loss_chunk_tokens is for causal"),
                                 ("data.block_size", 2, "block_size must be >= 3")):
         bad = Config()
         bad.model.arch = "roberta"
@@ -592,6 +591,31 @@ def test_masked_lm_settings_are_checked():
         setattr(getattr(bad, section), name, value)
         with pytest.raises(ConfigError, match=message):
             validate(bad)
+
+
+def test_a_masked_lm_keeps_hfs_loss_whatever_loss_chunk_tokens_says():
+    """conf/trainer/cpu.yaml chunks the loss (a causal LM's): a masked LM's loss, over its
+    masked tokens, stays HF's."""
+    from normx_track.training.config import Config, ModelConfig, OptimConfig, validate
+    from normx_track.training.model import LanguageModel
+
+    cfg = Config()
+    cfg.model.arch, cfg.trainer.loss_chunk_tokens = "roberta", 64
+    validate(cfg)
+    small = ModelConfig(arch="bert", n_layer=1, n_embd=16, n_head=2, n_positions=16)
+    ids = torch.randint(5, 60, (2, 16), generator=torch.Generator().manual_seed(0))
+    labels = torch.where(torch.arange(16) % 4 == 1, ids, -100)
+    losses = []
+    for chunk in (None, 64):
+        torch.manual_seed(0)
+        module = LanguageModel.from_configs(small, OptimConfig(), 64, 2, 10,
+                                            loss_chunk_tokens=chunk, pad_token_id=0,
+                                            bos_token_id=1)
+        assert module.loss_chunk_tokens is None
+        losses.append(module._loss({"input_ids": ids, "labels": labels}))
+    reference = module.model(input_ids=ids, labels=labels).loss  # HF's masked-LM loss
+    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=0)
+    torch.testing.assert_close(losses[1], reference, rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- faithfulness

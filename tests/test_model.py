@@ -63,13 +63,28 @@ def test_the_module_trains_on_the_same_loss_either_way():
                                plain._loss({"input_ids": ids}), rtol=1e-6, atol=1e-6)
 
 
-def test_a_chunked_loss_run_records_the_plain_runs_rows(tiny_run: Path, cache_dir, tmp_path):
+def test_a_plain_loss_run_records_the_chunked_runs_rows(tiny_run: Path, cache_dir, tmp_path):
+    """tiny_run takes trainer=cpu's chunked loss (512 tokens a chunk, 40 here: several a
+    batch); HF's loss over all logits records the same rows."""
     from normx_track.training.run import run
 
-    out = tmp_path / "chunked"
-    run(tiny_config(out, cache_dir, "logger=none",
-                    "trainer.loss_chunk_tokens=40"))
-    assert_rows_close(rows_of(out), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
+    for chunk in ("null", "40"):
+        out = tmp_path / chunk
+        run(tiny_config(out, cache_dir, "logger=none", f"trainer.loss_chunk_tokens={chunk}"))
+        assert_rows_close(rows_of(out), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
+
+
+def test_a_torch_without_the_chunked_op_warns_and_computes_the_same_loss(monkeypatch):
+    import normx_track.training.model as model_module
+
+    ids = torch.randint(0, 300, (3, 32), generator=torch.Generator().manual_seed(3))
+    plain = tiny_module("gpt2", True)
+    monkeypatch.setattr(model_module, "chunked_loss_available", lambda: False)
+    with pytest.warns(UserWarning, match=r"trainer.loss_chunk_tokens=16 needs torch's chunked"):
+        old_torch = tiny_module("gpt2", True, chunk=16)
+    assert old_torch.loss_chunk_tokens is None
+    torch.testing.assert_close(old_torch._loss({"input_ids": ids}),
+                               plain._loss({"input_ids": ids}), rtol=0, atol=0)
 
 
 def test_gpt2_takes_the_one_kernel_tanh_gelu_which_is_gpt2s_formula():

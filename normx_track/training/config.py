@@ -99,8 +99,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 200
     deterministic: bool = False
     compile: bool = False  # torch.compile the HF model for training (conf/trainer/gpu.yaml: on)
-    # null: HF's loss over all logits at once. N: the LM head and cross-entropy N tokens at
-    # a time (torch's linear_cross_entropy): no (tokens x vocabulary) logits in memory.
+    # null: HF's loss over all logits at once. N: a causal LM's head and cross-entropy N
+    # tokens at a time (torch's linear_cross_entropy): no (tokens x vocabulary) logits in
+    # memory (conf/trainer/cpu.yaml: 512). A masked LM's loss is HF's whatever N is.
     loss_chunk_tokens: Optional[int] = None
 
 
@@ -302,10 +303,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.whole_word_mask is for masked LMs (model.arch in "
                           f"{list(MASKED_ARCHS)}); model.arch={cfg.model.arch} is causal: set "
                           "data.whole_word_mask=false")
-    if is_masked(cfg.model.arch) and cfg.trainer.loss_chunk_tokens:
-        raise ConfigError(f"trainer.loss_chunk_tokens is for causal LMs (the next-token "
-                          f"loss); model.arch={cfg.model.arch} trains on masked tokens: set "
-                          f"trainer.loss_chunk_tokens=null")
     if not 0 <= cfg.seed < 2**32:  # numpy's and Lightning's seed range
         raise ConfigError(f"seed must be in [0, 2**32), got {cfg.seed}")
     if cfg.model.n_embd % cfg.model.n_head:

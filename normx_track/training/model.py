@@ -9,11 +9,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
                           PretrainedConfig)
 
 from normx_track.tracker.core import LOSS_TOKENS
-from normx_track.training.config import ConfigError, ModelConfig, OptimConfig, is_masked
+from normx_track.training.config import ModelConfig, OptimConfig, is_masked
 
 
 def build_hf_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int,
@@ -141,15 +142,15 @@ class LanguageModel(L.LightningModule):
         # `loss_chunk_tokens` are how this process trains, not what it learned: a
         # checkpoint resumes with any setting of them.
         self.save_hyperparameters(ignore=["compile_model", "loss_chunk_tokens"])
-        if loss_chunk_tokens and not chunked_loss_available():
-            raise ConfigError(f"trainer.loss_chunk_tokens needs torch's chunked "
-                              f"linear_cross_entropy (torch 2.13 has it); this torch is "
-                              f"{torch.__version__}: set trainer.loss_chunk_tokens=null")
         config = AutoConfig.for_model(**hf_config)
         self.masked = is_masked(config.model_type)
-        if self.masked and loss_chunk_tokens:
-            raise ConfigError("trainer.loss_chunk_tokens is for causal LMs: set "
-                              "trainer.loss_chunk_tokens=null for a masked LM")
+        if self.masked:  # its loss covers the masked tokens only: HF's logits, not chunked
+            loss_chunk_tokens = None
+        if loss_chunk_tokens and not chunked_loss_available():  # the same loss, unchunked
+            rank_zero_warn(f"trainer.loss_chunk_tokens={loss_chunk_tokens} needs torch's "
+                           f"chunked linear_cross_entropy (torch 2.13 has it); torch "
+                           f"{torch.__version__} computes the loss over all logits at once")
+            loss_chunk_tokens = None
         auto = AutoModelForMaskedLM if self.masked else AutoModelForCausalLM
         self.model = auto.from_config(config)
         self._val_sums: torch.Tensor | None = None  # a masked LM's validation sums
