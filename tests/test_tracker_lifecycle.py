@@ -290,40 +290,45 @@ RANK_SCRIPT = textwrap.dedent("""
     from transformers import GPT2Config, GPT2LMHeadModel
     from normx_track import Tracker, compute_gold
     from normx_track.tracker.distributed import RankMissingError, TorchDistributed
-    mode, out = sys.argv[1], sys.argv[2]
+    out = sys.argv[1]
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=8, n_layer=1, n_head=2, n_positions=16))
     rng = np.random.default_rng(0)
     gold = compute_gold([rng.integers(0, 64, 200) for _ in range(5)], vocab_size=64, window=2)
-    # A short roll call where a rank is meant to be missing; where every rank calls, one
-    # long enough that ranks a few seconds apart on a loaded machine are not taken for it.
-    tracker = Tracker(gold, out_dir=out, every_n_steps=4, min_count=1,
-                      distributed=TorchDistributed(timeout_s=60 if mode == "all" else 2))
-    start = time.monotonic()
-    try:
+
+    def track(mode, timeout_s):
+        tracker = Tracker(gold, out_dir=f"{out}/{mode}", every_n_steps=4, min_count=1,
+                          distributed=TorchDistributed(timeout_s=timeout_s))
         for step in range(5):
             if mode == "all" or rank == 0:
                 tracker.step(model, step, tokens_seen=10 * step,
                              losses={"train/loss": torch.tensor(float(rank))})
+        return tracker
+
+    # Every rank calling, with a roll call long enough that ranks a few seconds apart on a
+    # loaded machine are not taken for a missing one: no error, the rows recorded.
+    track("all", timeout_s=60).close()
+    dist.barrier()
+    # Then a second tracker in the same process group, called by rank 0 only: a short roll
+    # call, where rank 1 is meant to be missing.
+    start = time.monotonic()
+    try:
+        track("rank0_only", timeout_s=2)
     except RankMissingError as err:
         open(f"{out}/error{rank}.txt", "w").write(f"{time.monotonic() - start:.1f} {err}")
-        os._exit(0)
-    if mode == "all":
-        tracker.close()
-        dist.barrier()
-        dist.destroy_process_group()
-    else:  # rank 1 trains on without the tracker; it leaves when rank 0 has said why
-        while not os.path.exists(f"{out}/error0.txt") and time.monotonic() - start < 60:
-            time.sleep(0.1)
-        os._exit(0)
+    # Rank 1 trains on without the tracker; it leaves when rank 0 has said why.
+    while not os.path.exists(f"{out}/error0.txt") and time.monotonic() - start < 60:
+        time.sleep(0.1)
+    os._exit(0)
 """)
 
 
-def run_two_ranks(tmp_path: Path, mode: str) -> Path:
-    out = tmp_path / mode
-    out.mkdir()
+def run_two_ranks(tmp_path: Path) -> Path:
+    out = tmp_path / "ranks"
+    (out / "all").mkdir(parents=True)
+    (out / "rank0_only").mkdir()
     script = tmp_path / "ranks.py"
     script.write_text(RANK_SCRIPT)
     with socket.socket() as sock:
@@ -331,7 +336,7 @@ def run_two_ranks(tmp_path: Path, mode: str) -> Path:
         port = sock.getsockname()[1]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), mode, str(out)],
+    procs = [subprocess.Popen([sys.executable, str(script), str(out)],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
@@ -343,16 +348,17 @@ def run_two_ranks(tmp_path: Path, mode: str) -> Path:
 
 @pytest.mark.timeout(180)
 def test_ddp_a_rank_that_skips_step_is_named_within_seconds(tmp_path):
-    out = run_two_ranks(tmp_path, "rank0_only")
-    elapsed, message = (out / "error0.txt").read_text().split(" ", 1)
-    assert float(elapsed) < 10
-    assert "rank 1 (its last tracker call: none) did not reach tracker.open at step 0" in message
-    assert "Every rank must call tracker.step()" in message
-    out = run_two_ranks(tmp_path, "all")  # every rank calling: no error, the rows recorded
-    assert not list(out.glob("error*.txt"))
-    rows = read_metrics(out)
+    out = run_two_ranks(tmp_path)
+    rows = read_metrics(out / "all")  # every rank calling: no error, the rows recorded
     assert [r["step"] for r in rows] == [0, 1, 2, 4]
     assert rows[-1]["train/loss"] == pytest.approx(0.5)  # averaged over the two ranks
+    assert sorted(p.name for p in out.glob("error*.txt")) == ["error0.txt"]
+    elapsed, message = (out / "error0.txt").read_text().split(" ", 1)
+    assert float(elapsed) < 10
+    # (rank 1's last call was to the first tracker)
+    assert ("rank 1 (its last tracker call: tracker.snapshot at step 4) did not reach "
+            "tracker.open at step 0") in message
+    assert "Every rank must call tracker.step()" in message
 
 
 # -- the HF Trainer callback: resume boundaries, a callback added late, two Trainers ----------
