@@ -118,6 +118,14 @@ def tiny_config(out: Path, cache_dir: Path, *overrides: str):
     return validate(OmegaConf.to_object(cfg))
 
 
+def train_here(out: Path, cache_dir: Path, *overrides: str) -> float | None:
+    """The `debug=tiny` run with `overrides` (Hydra's syntax), trained in the test process:
+    for a test that reads the run's record, not the process or Hydra's job files."""
+    from normx_track.training.run import run
+
+    return run(tiny_config(out, cache_dir, *overrides))
+
+
 def shared_dir(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """A folder built once a session for all xdist workers: the first worker to ask builds
     it under a lock, the others wait and read it (so a run is not trained once a worker)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_train
+from conftest import train_here
 from normx_track.probes import blimp
 from normx_track.probes.blimp import CUE_RULES, load_blimp
 from normx_track.probes.files import ProbeFileError
@@ -176,8 +176,8 @@ def test_blimp_run_end_to_end_from_a_local_folder(cache_dir, tmp_path):
     out = tmp_path / "run"
     uids = ("determiner_noun_agreement_with_adjective_1+distractor_agreement_relational_noun"
             "+regular_plural_subject_verb_agreement_2")
-    run_train(cache_dir, *TINY, "trainer.max_steps=2", "logger=csv",
-              f"tracker.probe_file=blimp:{folder}:{uids}", f"hydra.run.dir={out}")
+    train_here(out, cache_dir, "trainer.max_steps=2", "logger=csv",
+               f"tracker.probe_file=blimp:{folder}:{uids}")
     rows = [json.loads(line) for line in (out / "normx" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     last = rows[-1]

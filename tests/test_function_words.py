@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from conftest import TINY, run_train
+from conftest import train_here
 from normx_track.gold.statistics import function_word_labels
 from normx_track.gold.word_labels import REASONS, label_function_words
 from normx_track.probes.function_words import ENGLISH, FunctionWordsError, resolve_function_words
@@ -319,9 +319,8 @@ def test_a_run_on_english_text_files_gets_a_function_word_curve(cache_dir, tmp_p
     corpus = tmp_path / "english.txt"
     corpus.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    run_train(cache_dir, *TINY, "trainer.max_steps=1", "logger=csv", "data=text_files",
-              f"data.files=[{corpus}]", "data.vocab_size=300", "tracker.evidence=false",
-              f"hydra.run.dir={out}")
+    train_here(out, cache_dir, "trainer.max_steps=1", "logger=csv", "data=text_files",
+               f"data.files=[{corpus}]", "data.vocab_size=300", "tracker.evidence=false")
     row = json.loads((out / "normx" / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(row["normx/auroc/function_word"])
     gold = np.load(out / "normx" / "gold.npz")

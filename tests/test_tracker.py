@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import TINY, run_train, train_in_one_process
+from conftest import TINY, run_train, train_here, train_in_one_process
 from wandb_log import history
 from normx_track import NormTracker, compute_gold
 from normx_track.record import store as records
@@ -123,8 +123,8 @@ def test_resume_after_checkpoint_gives_the_uninterrupted_rows(tiny_run, cache_di
     rows after step 4 are dropped and recorded again, equal to the uninterrupted run's."""
     crashed = tmp_path / "crashed"
     shutil.copytree(tiny_run, crashed, ignore=shutil.ignore_patterns("wandb"))
-    run_train(cache_dir, *TINY, "logger=none", f"hydra.run.dir={crashed}",
-              f"ckpt_path={crashed / 'checkpoints' / 'step_00000004.ckpt'}")
+    train_here(crashed, cache_dir, "logger=none",
+               f"ckpt_path={crashed / 'checkpoints' / 'step_00000004.ckpt'}")
     assert_rows_close(rows_of(crashed), rows_of(tiny_run), rtol=1e-6, atol=1e-9)
     assert sorted(records.list_snapshots(crashed)) == [0, 1, 2, 4, 8]
 
@@ -424,8 +424,8 @@ def test_user_lexicon_is_correlated_and_recorded(cache_dir, tmp_path, tiny_run):
     lexicon.write_text("".join(f"{w}\t{len(w) * 0.5 + i % 3}\n" for i, w in enumerate(words))
                        + "notasingletokenword\t1.0\n")
     out = tmp_path / "run"
-    run_train(cache_dir, *TINY, "logger=none", "trainer.max_steps=4",
-              f"tracker.lexicons=[{lexicon}]", f"hydra.run.dir={out}")
+    train_here(out, cache_dir, "logger=none", "trainer.max_steps=4",
+               f"tracker.lexicons=[{lexicon}]")
     row = rows_of(out)[-1]
     gold = GoldStatistics.load(out / "normx" / "gold.npz")
     scores = np.full(gold.vocab_size, np.nan)
