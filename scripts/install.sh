@@ -8,7 +8,7 @@
 #
 # Then the bytecode of the modules a run imports is written, once: uv writes none (nor pip
 # --no-compile, which spares compiling all of torch: 30 s), and where PYTHONDONTWRITEBYTECODE
-# is set every process would compile them again (~20 s a process). Only what a run
+# is set every process would compile them again (~10 s a process). Only what a run
 # imports (all of every package: a minute), two processes at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
