@@ -163,26 +163,22 @@ def peak_steps(norms: np.ndarray, steps: Sequence[int]) -> np.ndarray:
     return np.asarray(steps, np.float64)[np.argmax(norms, axis=0)]
 
 
-def _bootstrap_cis(x: np.ndarray, plans: Sequence[tuple[np.ndarray, np.ndarray | None]],
-                   n_boot: int, seed: int) -> list[tuple[float, float]]:
-    """95 % percentile interval of each plan's (partial) Spearman of x with y (controlling z)
-    over types resampled, all plans on the same resamples (the same draws one plan alone
-    would get from `seed`). Each resample block ranks x, and each distinct y or z array,
-    once: a block is about 4 M values, so a 50k-type vocabulary stays in tens of MB."""
+def _bootstrap_cis(columns: Mapping[int, np.ndarray],
+                   plans: Sequence[tuple[int, int | None]], n_boot: int,
+                   seed: int) -> list[tuple[float, float]]:
+    """95 % percentile interval of each plan's (partial) Spearman of column 0 (x) with column
+    y (controlling column z) over types resampled, all plans on the same resamples (the
+    draws one plan alone would get from `seed`), each column ranked once a block: a block
+    is about 4 M values, so a 50k-type vocabulary stays in tens of MB."""
+    n = len(columns[0])
     rng = np.random.default_rng(seed)
-    block = max(1, 4_000_000 // max(len(x), 1))
+    block = max(1, 4_000_000 // max(n, 1))
     values: list[list[np.ndarray]] = [[] for _ in plans]
     for done in range(0, n_boot, block):
-        take = rng.integers(0, len(x), (min(block, n_boot - done), len(x)))
-        ranked: dict[int, np.ndarray] = {}
-
-        def ranks(v: np.ndarray) -> np.ndarray:
-            if id(v) not in ranked:
-                ranked[id(v)] = _centred_ranks(v[take])
-            return ranked[id(v)]
-
+        take = rng.integers(0, n, (min(block, n_boot - done), n))
+        ranks = {j: _centred_ranks(column[take]) for j, column in columns.items()}
         for out, (y, z) in zip(values, plans):
-            out.append(_spearman_of_ranks(ranks(x), ranks(y), None if z is None else ranks(z)))
+            out.append(_spearman_of_ranks(ranks[0], ranks[y], None if z is None else ranks[z]))
     return [_percentile_interval(np.concatenate(v)) for v in values]
 
 
@@ -240,23 +236,25 @@ def order_statistics(settling: np.ndarray, counts: np.ndarray,
     settling, counts = np.asarray(settling, np.float64), np.asarray(counts, np.float64)
     ok = np.isfinite(settling) & (counts > 0)
     log_freq = np.log(np.where(counts > 0, counts, 1.0))
-    plans = [("spearman", "log_frequency", log_freq, None)]
-    for name, values in signals.items():
-        plans.append(("spearman", name, np.asarray(values, np.float64), None))
-        plans.append(("partial_spearman", name, np.asarray(values, np.float64), log_freq))
-    uses = [ok & np.isfinite(y) for _, _, y, _ in plans]
-    intervals = _intervals_by_types(settling, [(y, z) for _, _, y, z in plans], uses,
+    # Columns by index (0: settling, 1: log frequency, then the signals); plans name them.
+    columns = [settling, log_freq, *(np.asarray(v, np.float64) for v in signals.values())]
+    plans = [("spearman", "log_frequency", 1, None)]
+    for j, name in enumerate(signals, start=2):
+        plans += [("spearman", name, j, None), ("partial_spearman", name, j, 1)]
+    uses = [ok & np.isfinite(columns[y]) for _, _, y, _ in plans]
+    intervals = _intervals_by_types(columns, [(y, z) for _, _, y, z in plans], uses,
                                     n_boot, seed)
     rows = []
     for (statistic, against, y, z), use, (low, high) in zip(plans, uses, intervals):
-        value = (_spearman(settling[use], y[use], None if z is None else z[use])
+        x_, y_ = settling[use], columns[y][use]
+        value = (_spearman(x_, y_, None if z is None else columns[z][use])
                  if use.sum() >= 3 else math.nan)
         rows.append(dict(statistic=statistic, against=against, value=float(value),
                          ci_low=low, ci_high=high, n=int(use.sum())))
     return rows
 
 
-def _intervals_by_types(x: np.ndarray, plans: list[tuple[np.ndarray, np.ndarray | None]],
+def _intervals_by_types(columns: Sequence[np.ndarray], plans: list[tuple[int, int | None]],
                         uses: list[np.ndarray], n_boot: int, seed: int
                         ) -> list[tuple[float, float]]:
     """`_bootstrap_cis` of each plan over its types (``uses``): plans over the same types
@@ -269,10 +267,10 @@ def _intervals_by_types(x: np.ndarray, plans: list[tuple[np.ndarray, np.ndarray 
         use = uses[members[0]]
         if use.sum() < 3:
             continue
-        restricted = {id(v): v[use] for i in members for v in plans[i] if v is not None}
-        shared = [(restricted[id(y)], None if z is None else restricted[id(z)])
-                  for y, z in (plans[i] for i in members)]
-        for i, ci in zip(members, _bootstrap_cis(x[use], shared, n_boot, seed)):
+        needed = {0} | {j for i in members for j in plans[i] if j is not None}
+        restricted = {j: columns[j][use] for j in needed}
+        for i, ci in zip(members, _bootstrap_cis(restricted, [plans[i] for i in members],
+                                                 n_boot, seed)):
             out[i] = ci
     return out
 
