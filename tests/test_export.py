@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from conftest import load_example, tiny_config
+from conftest import load_example, train_here
 from normx_track.export import main as export_main
 
 TEXT = " the keys to the cabinet are"
@@ -26,14 +26,12 @@ TEXT = " the keys to the cabinet are"
 def runs(tmp_path_factory, cache_dir) -> dict[str, Path]:
     """Plain-loop runs of seeds 0 and 1 (tokenizers of the same size, other ids), 10 steps
     each; a 4-step train.py run (seed 0: checkpoints/last.ckpt); a 10-step HF Trainer run."""
-    from normx_track.training.run import run
-
     root = tmp_path_factory.mktemp("export_runs")
     overrides = ["debug=tiny", f"data.cache_dir={cache_dir}"]
     plain = load_example("plain_loop")
     plain.train(root / "plain", 10, overrides)
     plain.train(root / "plain_seed1", 10, [*overrides, "seed=1"])
-    run(tiny_config(root / "lightning", cache_dir, "logger=none", "trainer.max_steps=4"))
+    train_here(root / "lightning", cache_dir, "logger=none", "trainer.max_steps=4")
     trainer, _ = load_example("hf_trainer").build_trainer(root / "hf", 10, overrides)
     trainer.train()
     return {"plain": root / "plain", "plain_seed1": root / "plain_seed1",

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, TINY, subprocess_env, tiny_config
+from conftest import ROOT, TINY, subprocess_env, train_here
 from normx_track.record.store import list_snapshots, read_metrics
 from fake_wandb_server import FakeWandbServer
 from wandb_log import history
@@ -55,11 +55,9 @@ VAL_LOSS = ("val/loss", "val/loss_step")
 def test_kill_9_then_resume_continues_the_record(cache_dir: Path, tmp_path: Path):
     """Killed after its step-20 checkpoint of 40 (a process, as a user's is); the clean run
     and the resume run in this process: the kill is what is tested."""
-    from normx_track.training.run import run
-
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     kill = ["trainer.max_steps=40", "trainer.checkpoint_every_n_steps=10", "logger=none"]
-    run(tiny_config(clean, cache_dir, *kill))
+    train_here(clean, cache_dir, *kill)
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, *kill,
                              f"hydra.run.dir={killed}"], cwd=ROOT, env=subprocess_env(cache_dir),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -69,7 +67,7 @@ def test_kill_9_then_resume_continues_the_record(cache_dir: Path, tmp_path: Path
     before = read_metrics(killed)
     assert before and before[-1]["step"] < 40, "the run finished before it could be killed"
     last = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)  # intact
-    run(tiny_config(killed, cache_dir, *kill, "ckpt_path=last"))
+    train_here(killed, cache_dir, *kill, "ckpt_path=last")
     after = read_metrics(killed)
     kept = [r for r in before if r["step"] <= last["global_step"]]
     rows_close(after[: len(kept)], kept)  # nothing recorded up to the checkpoint was lost

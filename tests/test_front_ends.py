@@ -13,7 +13,7 @@ import pytest
 import scipy.stats
 import torch
 
-from conftest import ROOT, load_example, tiny_config
+from conftest import ROOT, load_example, train_here
 from normx_track.gold.statistics import GoldStatistics
 from normx_track.record.store import list_snapshots, load_snapshot, read_metrics
 
@@ -138,9 +138,7 @@ def test_the_trainer_callback_state_also_restores_through_the_trainer_state(tmp_
 
 
 def test_the_three_front_ends_record_the_same_step_0_row(tmp_path, cache_dir, overrides):
-    from normx_track.training.run import run
-
-    run(tiny_config(tmp_path / "lightning", cache_dir, "logger=none", "trainer.max_steps=1"))
+    train_here(tmp_path / "lightning", cache_dir, "logger=none", "trainer.max_steps=1")
     load_example("plain_loop").train(tmp_path / "plain", 1, overrides)
     trainer, _ = load_example("hf_trainer").build_trainer(tmp_path / "hf", 1, overrides)
     trainer.train()
@@ -153,14 +151,12 @@ def test_the_three_front_ends_record_the_same_step_0_row(tmp_path, cache_dir, ov
 def test_a_checkpoint_written_by_version_0_1_resumes(tmp_path, cache_dir):
     """tests/data/v0_1_run: a 4-step debug=tiny run (logger=none) by normx-track 0.1.0,
     whose tracker lived in normx_track/callback.py."""
-    from normx_track.training.run import run
-
     out = tmp_path / "old"
     shutil.copytree(ROOT / "tests" / "data" / "v0_1_run", out)
     before = (out / "normx" / "metrics.jsonl").read_text().splitlines()
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
     assert state["NormTracker"] == {"last_step": 4, "tokens_seen": 512}
-    run(tiny_config(out, cache_dir, "logger=none", "trainer.max_steps=8", "ckpt_path=last"))
+    train_here(out, cache_dir, "logger=none", "trainer.max_steps=8", "ckpt_path=last")
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [0, 1, 2, 4, 8]
     assert (out / "normx" / "metrics.jsonl").read_text().splitlines()[:4] == before

@@ -484,12 +484,11 @@ def test_masked_language_model_builds_tied_and_trains_on_masked_tokens(arch):
 @pytest.fixture(scope="module")
 def roberta_run(tmp_path_factory, cache_dir):
     """`train.py model=roberta_tiny debug=tiny`, 4 steps, a snapshot and checkpoint at 4."""
-    from conftest import tiny_config
-    from normx_track.training.run import run
+    from conftest import train_here
     out = tmp_path_factory.mktemp("roberta") / "run"
-    run(tiny_config(out, cache_dir, "model=roberta_tiny", "logger=none",
-                    "trainer.max_steps=4", "tracker.every_n_steps=4",
-                    "tracker.faithfulness_examples=2", "tracker.faithfulness_length=12"))
+    train_here(out, cache_dir, "model=roberta_tiny", "logger=none", "trainer.max_steps=4",
+               "tracker.every_n_steps=4", "tracker.faithfulness_examples=2",
+               "tracker.faithfulness_length=12")
     return out
 
 

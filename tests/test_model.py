@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import train_here
 from normx_track.training.config import ModelConfig, OptimConfig
 from normx_track.training.model import LanguageModel, next_token_loss
 from test_tracker import assert_rows_close, rows_of
@@ -66,11 +66,9 @@ def test_the_module_trains_on_the_same_loss_either_way():
 def test_a_plain_loss_run_records_the_chunked_runs_rows(tiny_run: Path, cache_dir, tmp_path):
     """tiny_run takes trainer=cpu's chunked loss (512 tokens a chunk, 40 here: several a
     batch); HF's loss over all logits records the same rows."""
-    from normx_track.training.run import run
-
     for chunk in ("null", "40"):
         out = tmp_path / chunk
-        run(tiny_config(out, cache_dir, "logger=none", f"trainer.loss_chunk_tokens={chunk}"))
+        train_here(out, cache_dir, "logger=none", f"trainer.loss_chunk_tokens={chunk}")
         assert_rows_close(rows_of(out), rows_of(tiny_run), rtol=1e-4, atol=1e-6)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, tiny_config, train_in_one_process
+from conftest import TINY, train_here, train_in_one_process
 
 
 def test_tiny_run_writes_wandb_offline_run_and_checkpoints(tiny_run: Path):
@@ -24,11 +24,9 @@ def test_tiny_run_writes_wandb_offline_run_and_checkpoints(tiny_run: Path):
 
 
 def test_resume_continues_the_step_count(tiny_run: Path, cache_dir: Path, tmp_path: Path):
-    from normx_track.training.run import run
-
     out = tmp_path / "resumed"
     ckpt = tiny_run / "checkpoints" / "step_00000004.ckpt"
-    run(tiny_config(out, cache_dir, "trainer.max_steps=12", "logger=csv", f"ckpt_path={ckpt}"))
+    train_here(out, cache_dir, "trainer.max_steps=12", "logger=csv", f"ckpt_path={ckpt}")
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 12
     steps = sorted(p.name for p in (out / "checkpoints").glob("step_*.ckpt"))
