@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_tracker.py", "bench_gold.py", "bench_attribution.py", "bench_loss.py", "bench_cpu_step.py"]
+BENCHMARKS = ["bench_tracker.py", "bench_gold.py", "bench_attribution.py", "bench_loss.py",
+              "bench_cpu_step.py"]
 
 
 def run(script: str) -> list[dict]:
